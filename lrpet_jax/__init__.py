@@ -1,0 +1,27 @@
+"""lrpet_jax: LRPET (low-rank projection with energy transfer) in JAX.
+
+Guo et al., "Compact Model Training by Low-Rank Projection with Energy
+Transfer", TNNLS 2024, arXiv:2204.05566.
+"""
+
+from lrpet_jax.bn import bn_out_scales
+from lrpet_jax.bn import recompute_batch_stats
+from lrpet_jax.projection import energy_kept
+from lrpet_jax.projection import project_kernel
+from lrpet_jax.projection import project_params
+from lrpet_jax.ranks import uniform_ranks
+from lrpet_jax.transform import low_rank_projection
+from lrpet_jax.transform import lrpet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "bn_out_scales",
+    "energy_kept",
+    "low_rank_projection",
+    "lrpet",
+    "project_kernel",
+    "project_params",
+    "recompute_batch_stats",
+    "uniform_ranks",
+]

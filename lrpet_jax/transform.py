@@ -1,0 +1,145 @@
+"""LRPET as Optax gradient transformations.
+
+``low_rank_projection`` goes last in a chain: given the updates ``u`` the chain
+has produced so far and the pre-step ``params`` (``optax.chain`` hands every
+member the pre-step params), on every ``every``-th call it returns
+
+    u' = P(params + u) − params
+
+for each leaf with a rank (P as in ``projection``), so that
+``optax.apply_updates(params, u') == P(params + u)``; other calls and other
+leaves pass ``u`` through. ``lrpet`` is the paper's full optimizer: PyTorch-style
+SGD followed by the projection.
+"""
+
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lrpet_jax import _trees
+from lrpet_jax import projection
+
+
+def _check_every(every: Any) -> int:
+  if (isinstance(every, bool) or not isinstance(every, numbers.Integral)
+      or every < 1):
+    raise ValueError(f"every must be an int >= 1, got {every!r}")
+  return int(every)
+
+
+def _check_rank_values(ranks: Any) -> None:
+  leaves = jax.tree.leaves(ranks)
+  if not leaves:
+    raise ValueError("ranks selects no leaf: every leaf is None")
+  for path, r in jax.tree_util.tree_leaves_with_path(ranks):
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1:
+      raise ValueError(
+          f"ranks[{_trees.path_str(path)}] must be an int >= 1 or None,"
+          f" got {r!r}")
+
+
+def project_updates(ranks: Any, *, energy_transfer: bool = True,
+                    residual_scale: float = 0.0, eps: float = 1e-5,
+                    min_sigma: float = 1e-4
+                    ) -> optax.GradientTransformationExtraArgs:
+  """Projects on every call (the unconditional inner of ``low_rank_projection``).
+
+  Extra keyword argument at update time: ``out_scales``, a pytree like params
+  with a (c_out,) BatchNorm factor at kernels that feed a BatchNorm and
+  ``None`` elsewhere (``bn_out_scales``); absent → no BN rectification.
+  """
+  _check_rank_values(ranks)
+  projection.check_hyperparameters(residual_scale, eps, min_sigma)
+
+  def init_fn(params):
+    projection.check_rank_tree(ranks, params)
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, *, out_scales=None, **extra_args):
+    del extra_args  # Meant for other members of the chain.
+    if params is None:
+      raise ValueError(optax.NO_PARAMS_MSG)
+    stepped = optax.apply_updates(params, updates)
+    projected = projection.project_params(
+        stepped, ranks, out_scales=out_scales, energy_transfer=energy_transfer,
+        residual_scale=residual_scale, eps=eps, min_sigma=min_sigma)
+    rank_leaves = _trees.align_to(ranks, params, "ranks")
+    treedef = jax.tree.structure(params)
+    new_updates = [
+        u if r is None else (new - p).astype(jnp.result_type(u))
+        for u, p, new, r in zip(
+            treedef.flatten_up_to(updates), jax.tree.leaves(params),
+            jax.tree.leaves(projected), rank_leaves)
+    ]
+    return jax.tree.unflatten(treedef, new_updates), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def low_rank_projection(ranks: Any, *, every: int,
+                        energy_transfer: bool = True,
+                        residual_scale: float = 0.0, eps: float = 1e-5,
+                        min_sigma: float = 1e-4
+                        ) -> optax.GradientTransformationExtraArgs:
+  """LRPET's periodic projection, to put last in an Optax chain.
+
+  Args:
+    ranks: rank pytree (``uniform_ranks``): int at projected leaves, ``None``
+      elsewhere. Checked against the params at ``init``.
+    every: project on the every-th, 2·every-th, … update (calls 1..every−1
+      pass the updates through). Once per epoch on CIFAR = steps per epoch.
+    energy_transfer: rescale kept singular values to preserve ‖W‖_F.
+    residual_scale: ρ, factor on the discarded singular values, in [0, 1].
+    eps: BN-rectification constant in a / (a² + eps).
+    min_sigma: layers whose largest singular value is below it are left alone.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is
+    ``optax.ConditionallyTransformState`` (``.step``: int32 count of updates).
+    The eigendecompositions run only on projection steps (``lax.cond``).
+    Pass ``out_scales=`` to ``update`` for BN rectification.
+  """
+  every = _check_every(every)
+  inner = project_updates(
+      ranks, energy_transfer=energy_transfer, residual_scale=residual_scale,
+      eps=eps, min_sigma=min_sigma)
+  return optax.conditionally_transform(
+      inner, lambda step: (step + 1) % every == 0)
+
+
+def lrpet(learning_rate: optax.ScalarOrSchedule, ranks: Any, *, every: int,
+          momentum: float = 0.9, weight_decay: float = 1e-4,
+          nesterov: bool = False, energy_transfer: bool = True,
+          residual_scale: float = 0.0) -> optax.GradientTransformationExtraArgs:
+  """The paper's optimizer: PyTorch-style SGD, then ``low_rank_projection``.
+
+  SGD as ``torch.optim.SGD``: g ← g + weight_decay·p; b ← momentum·b + g;
+  step = −lr·(g + momentum·b if nesterov else b).
+
+  Args:
+    learning_rate: float or optax schedule.
+    ranks, every, energy_transfer, residual_scale: see ``low_rank_projection``.
+    momentum: in [0, 1).
+    weight_decay: ≥ 0, applied to every parameter (as the official code does).
+    nesterov: Nesterov momentum (needs momentum > 0).
+  """
+  if not 0.0 <= momentum < 1.0:
+    raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+  if not weight_decay >= 0.0:
+    raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+  if nesterov and momentum == 0.0:
+    raise ValueError("nesterov=True needs momentum > 0")
+  if not callable(learning_rate) and not learning_rate > 0:
+    raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay),
+      optax.trace(decay=momentum, nesterov=nesterov) if momentum
+      else optax.identity(),
+      optax.scale_by_learning_rate(learning_rate),
+      low_rank_projection(
+          ranks, every=every, energy_transfer=energy_transfer,
+          residual_scale=residual_scale),
+  )

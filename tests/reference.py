@@ -1,0 +1,41 @@
+"""Float64 NumPy references for the LRPET formulas, independent of lrpet_jax."""
+
+import numpy as np
+
+
+def reference_projection(kernel, rank, *, energy_transfer=True,
+                         residual_scale=0.0, out_scale=None, eps=1e-5,
+                         min_sigma=1e-4):
+  """The paper's projection written directly from a float64 SVD."""
+  kernel = np.asarray(kernel, np.float64)
+  w = kernel.reshape(-1, kernel.shape[-1])
+  if out_scale is not None:
+    a = np.asarray(out_scale, np.float64)
+    w = w * a
+  u, s, vt = np.linalg.svd(w, full_matrices=False)
+  if s[0] < min_sigma:
+    return kernel
+  new_s = s.copy()
+  if energy_transfer:
+    alpha = (np.sum(s**2) - np.sum((residual_scale * s[rank:])**2)) / np.sum(
+        s[:rank]**2)
+    new_s[:rank] *= np.sqrt(alpha)
+  new_s[rank:] *= residual_scale
+  w = (u * new_s) @ vt
+  if out_scale is not None:
+    w = w * (a / (a * a + eps))
+  return w.reshape(kernel.shape)
+
+
+def rel_err(x, ref):
+  x = np.asarray(x, np.float64)
+  ref = np.asarray(ref, np.float64)
+  return np.linalg.norm(x - ref) / np.linalg.norm(ref)
+
+
+def matrix_with_spectrum(rng, m, n, singular_values):
+  """An m×n float32 matrix with the given singular values."""
+  k = len(singular_values)
+  u, _ = np.linalg.qr(rng.standard_normal((m, k)))
+  v, _ = np.linalg.qr(rng.standard_normal((n, k)))
+  return ((u * singular_values) @ v.T).astype(np.float32)
