@@ -201,11 +201,12 @@ def check_rank_tree(ranks: Any, params: Any, name: str = "ranks") -> list[Any]:
 
 def project_params(params: Any, ranks: Any, *, out_scales: Any = None,
                    energy_transfer: bool = True, residual_scale: float = 0.0,
-                   eps: float = 1e-5, min_sigma: float = 1e-4) -> Any:
+                   eps: float = 1e-5, min_sigma: float = 1e-4,
+                   batched: bool | None = None) -> Any:
   """Projects every leaf of ``params`` that has a rank; other leaves pass through.
 
-  Leaves of equal shape and dtype are stacked and projected in one batched
-  eigendecomposition.
+  With ``batched``, leaves of equal shape and dtype are stacked and projected
+  in one batched (vmapped) eigendecomposition.
 
   Args:
     params: pytree of arrays.
@@ -214,6 +215,8 @@ def project_params(params: Any, ranks: Any, *, out_scales: Any = None,
     out_scales: optional pytree like ``params`` with a (c_out,) BN factor at
       kernels that feed a BatchNorm and ``None`` elsewhere (``bn_out_scales``).
     energy_transfer, residual_scale, eps, min_sigma: as in ``project_kernel``.
+    batched: group equal shapes into one call; default: on every backend but
+      CPU (see the comment in the body).
 
   Returns:
     A pytree like ``params``.
@@ -226,6 +229,12 @@ def project_params(params: Any, ranks: Any, *, out_scales: Any = None,
   else:
     scale_leaves = _trees.align_to(out_scales, params, "out_scales")
   paths = [p for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  # jaxlib's CPU LAPACK kernels (0.10.x) fan a batch out over XLA's intra-op
+  # pool and block a pool thread until it is done; two batched calls in flight
+  # at once can deadlock a small pool (seen here on 2 cores). On CPU every
+  # kernel therefore gets its own unbatched eigh, which measured as fast.
+  if batched is None:
+    batched = jax.default_backend() != "cpu"
   groups: dict[Any, list[int]] = {}
   for i, (leaf, rank, scale) in enumerate(
       zip(leaves, rank_leaves, scale_leaves)):
@@ -235,10 +244,11 @@ def project_params(params: Any, ranks: Any, *, out_scales: Any = None,
       raise ValueError(
           f"out_scales[{_trees.path_str(paths[i])}] has shape"
           f" {jnp.shape(scale)}, expected ({jnp.shape(leaf)[-1]},)")
-    key = (jnp.shape(leaf), jnp.result_type(leaf), scale is not None)
+    key = (jnp.shape(leaf), jnp.result_type(leaf), scale is not None,
+           None if batched else i)
     groups.setdefault(key, []).append(i)
   out = list(leaves)
-  for (_, _, has_scale), idx in groups.items():
+  for (_, _, has_scale, _), idx in groups.items():
     projected = project_batch(
         jnp.stack([leaves[i] for i in idx]),
         jnp.asarray([rank_leaves[i] for i in idx], jnp.int32),

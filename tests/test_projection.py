@@ -96,7 +96,18 @@ def test_jit_and_low_precision_dtype():
   assert rel_err(got, want) <= 1e-2  # bf16 output rounding
 
 
-def test_project_params_groups_equal_shapes_with_different_ranks():
+def test_batched_group_with_different_ranks():
+  # One vmapped call over equal shapes, each with its own rank.
+  rng = np.random.default_rng(9)
+  params = {k: rng.standard_normal((3, 3, 6, 8)).astype(np.float32)
+            for k in ("a", "b", "c")}
+  ranks = {"a": 1, "b": 4, "c": 8}
+  got = lrpet_jax.project_params(params, ranks, batched=True)
+  for k, r in ranks.items():
+    assert rel_err(got[k], reference_projection(params[k], r)) <= 1e-4
+
+
+def test_project_params_mixed_tree():
   rng = np.random.default_rng(7)
   params = {
       "a": {"kernel": rng.standard_normal((3, 3, 8, 8)).astype(np.float32),

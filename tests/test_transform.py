@@ -1,0 +1,187 @@
+"""low_rank_projection / lrpet inside Optax chains, against NumPy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lrpet_jax
+from reference import reference_projection, rel_err
+
+
+def make_params(seed=0):
+  rng = np.random.default_rng(seed)
+  f32 = lambda *s: rng.standard_normal(s).astype(np.float32)
+  return {
+      "conv_a": {"kernel": f32(3, 3, 4, 8), "bias": f32(8)},
+      "conv_b": {"kernel": f32(3, 3, 4, 8)},   # same shape: batched with conv_a
+      "bn": {"scale": f32(8), "bias": f32(8)},
+      "head": {"kernel": f32(8, 5), "bias": f32(5)},
+  }
+
+
+RANKS = {
+    "conv_a": {"kernel": 3, "bias": None},
+    "conv_b": {"kernel": 6},
+    "bn": {"scale": None, "bias": None},
+    "head": {"kernel": 2, "bias": None},
+}
+
+
+def grads_for(step, params):
+  rng = np.random.default_rng(100 + step)
+  return jax.tree.map(
+      lambda p: rng.standard_normal(p.shape).astype(np.float32), params)
+
+
+def flat(tree):
+  return {"/".join(k.key for k in path): np.asarray(x, np.float64)
+          for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_lrpet_matches_pytorch_sgd_plus_projection():
+  every, lr, momentum, wd = 3, 0.05, 0.9, 1e-3
+  schedule = optax.piecewise_constant_schedule(lr, {4: 0.1})
+  opt = lrpet_jax.lrpet(schedule, RANKS, every=every, momentum=momentum,
+                        weight_decay=wd)
+  params = make_params()
+  state = opt.init(params)
+
+  @jax.jit
+  def step(params, state, grads):
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  ref = flat(params)
+  buf = {k: np.zeros_like(v) for k, v in ref.items()}
+  rank_of = {"conv_a/kernel": 3, "conv_b/kernel": 6, "head/kernel": 2}
+  for t in range(7):
+    grads = grads_for(t, params)
+    params, state = step(params, state, grads)
+    # torch.optim.SGD, written out in float64.
+    lr_t = lr if t < 4 else lr * 0.1
+    for k, g in flat(grads).items():
+      g = g + wd * ref[k]
+      buf[k] = momentum * buf[k] + g
+      ref[k] = ref[k] - lr_t * buf[k]
+    if (t + 1) % every == 0:
+      for k, r in rank_of.items():
+        ref[k] = reference_projection(ref[k], r)
+    got = flat(params)
+    for k in ref:
+      assert rel_err(got[k], ref[k]) <= 1e-4, (t, k)
+  assert int(state[-1].step) == 7
+
+
+def test_identity_between_projections_and_projection_on_schedule():
+  # Inside clip → adamw → projection: compare each step with the same chain
+  # without the projection, fed the same params and grads.
+  every = 2
+  base = optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(1e-2, weight_decay=1e-2))
+  opt = optax.chain(optax.clip_by_global_norm(1.0),
+                    optax.adamw(1e-2, weight_decay=1e-2),
+                    lrpet_jax.low_rank_projection(RANKS, every=every))
+  params = make_params(1)
+  state, base_state = opt.init(params), base.init(params)
+  update = jax.jit(opt.update)
+  for t in range(5):
+    grads = grads_for(t, params)
+    updates, state = update(grads, state, params)
+    base_updates, base_state = base.update(grads, base_state, params)
+    new = flat(optax.apply_updates(params, updates))
+    stepped = flat(optax.apply_updates(params, base_updates))
+    projecting = (t + 1) % every == 0
+    for k in new:
+      if k in ("conv_a/kernel", "conv_b/kernel", "head/kernel") and projecting:
+        r = {"conv_a/kernel": 3, "conv_b/kernel": 6, "head/kernel": 2}[k]
+        assert rel_err(new[k], reference_projection(stepped[k], r)) <= 1e-4
+      else:
+        np.testing.assert_allclose(new[k], stepped[k], rtol=1e-6, atol=1e-7)
+    params = optax.apply_updates(params, updates)
+
+
+def test_out_scales_are_honoured():
+  params = make_params(2)
+  out_scales = jax.tree.map(lambda r: None, RANKS,
+                            is_leaf=lambda x: x is None)
+  a = np.random.default_rng(3).uniform(0.3, 3.0, 8).astype(np.float32)
+  out_scales["conv_a"]["kernel"] = jnp.asarray(a)
+  opt = lrpet_jax.low_rank_projection(RANKS, every=1)
+  state = opt.init(params)
+  grads = grads_for(0, params)
+  updates, _ = jax.jit(opt.update)(grads, state, params, out_scales=out_scales)
+  new = optax.apply_updates(params, updates)
+  stepped = flat(optax.apply_updates(params, grads))
+  # Leaves without a rank: the update passes through bit for bit.
+  np.testing.assert_array_equal(updates["bn"]["scale"], grads["bn"]["scale"])
+  np.testing.assert_array_equal(updates["head"]["bias"], grads["head"]["bias"])
+  assert rel_err(new["conv_a"]["kernel"], reference_projection(
+      stepped["conv_a/kernel"], 3, out_scale=a)) <= 1e-4
+  assert rel_err(new["conv_b"]["kernel"],
+                 reference_projection(stepped["conv_b/kernel"], 6)) <= 1e-4
+
+
+def test_state_survives_flatten_unflatten():
+  params = make_params(4)
+  opt = lrpet_jax.lrpet(0.1, RANKS, every=2)
+  state = opt.init(params)
+  update = jax.jit(opt.update)
+  _, state = update(grads_for(0, params), state, params)
+  leaves, treedef = jax.tree.flatten(state)
+  restored = jax.tree.unflatten(treedef, [np.asarray(x) for x in leaves])
+  grads = grads_for(1, params)
+  u1, s1 = update(grads, state, params)
+  u2, s2 = update(grads, restored, params)
+  jax.tree.map(np.testing.assert_array_equal, u1, u2)
+  assert int(s1[-1].step) == int(s2[-1].step) == 2
+  # The second update was a projection step: conv_b now has rank 6 of 8.
+  w = np.asarray(optax.apply_updates(params, u2)["conv_b"]["kernel"])
+  s = np.linalg.svd(w.reshape(-1, 8).astype(np.float64), compute_uv=False)
+  assert s[6] <= 1e-5 * s[0] < s[5]
+
+
+def test_eigendecomposition_only_inside_cond():
+  params = make_params(5)
+  opt = lrpet_jax.low_rank_projection(RANKS, every=4)
+  jaxpr = jax.make_jaxpr(opt.update)(params, opt.init(params), params)
+  top_level = {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+  assert "cond" in top_level and "eigh" not in top_level
+  assert "eigh" in str(jaxpr)
+
+
+@pytest.mark.parametrize("every", [0, -1, 2.5, True])
+def test_bad_every(every):
+  with pytest.raises(ValueError, match="every"):
+    lrpet_jax.low_rank_projection(RANKS, every=every)
+
+
+def test_ranks_not_matching_params():
+  params = make_params()
+  opt = lrpet_jax.low_rank_projection({"conv_a": {"kernel": 3}}, every=1)
+  with pytest.raises(ValueError, match="ranks"):
+    opt.init(params)
+
+
+def test_rank_too_large_for_its_leaf():
+  ranks = jax.tree.map(lambda r: r, RANKS, is_leaf=lambda x: x is None)
+  ranks["head"]["kernel"] = 6
+  with pytest.raises(ValueError, match="head/kernel"):
+    lrpet_jax.low_rank_projection(ranks, every=1).init(make_params())
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(momentum=1.0), "momentum"),
+    (dict(weight_decay=-1.0), "weight_decay"),
+    (dict(momentum=0.0, nesterov=True), "nesterov"),
+    (dict(residual_scale=2.0), "residual_scale"),
+])
+def test_lrpet_bad_hyperparameters(kwargs, field):
+  with pytest.raises(ValueError, match=field):
+    lrpet_jax.lrpet(0.1, RANKS, every=1, **kwargs)
+
+
+def test_lrpet_bad_learning_rate():
+  with pytest.raises(ValueError, match="learning_rate"):
+    lrpet_jax.lrpet(0.0, RANKS, every=1)
