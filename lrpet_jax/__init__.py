@@ -4,8 +4,12 @@ Guo et al., "Compact Model Training by Low-Rank Projection with Energy
 Transfer", TNNLS 2024, arXiv:2204.05566.
 """
 
+from lrpet_jax import models
 from lrpet_jax.bn import bn_out_scales
 from lrpet_jax.bn import recompute_batch_stats
+from lrpet_jax.compact import factorize
+from lrpet_jax.accounting import cost
+from lrpet_jax.accounting import ranks_for_budget
 from lrpet_jax.projection import energy_kept
 from lrpet_jax.projection import project_kernel
 from lrpet_jax.projection import project_params
@@ -17,11 +21,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "bn_out_scales",
+    "cost",
     "energy_kept",
+    "factorize",
     "low_rank_projection",
     "lrpet",
+    "models",
     "project_kernel",
     "project_params",
+    "ranks_for_budget",
     "recompute_batch_stats",
     "uniform_ranks",
 ]

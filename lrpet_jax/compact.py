@@ -1,0 +1,133 @@
+"""Compact export: factorize a (projected) dense model's kernels.
+
+A kernel W of shape (..., c_out), viewed as the (m, n) matrix, with rank r and
+truncated SVD W ≈ U_r S_r V_rᵀ becomes two kernels
+
+    first_kernel  = U_r √S_r  reshaped to (..., r)     (k×k conv with r filters)
+    second_kernel = √S_r V_rᵀ reshaped to (1, 1, r, c_out) for a conv, (r, n) dense
+
+so first·second = W_r (exactly W after LRPET's final projection). The bias and
+all other variables (BatchNorm statistics included) carry over. Layers that
+``is_factorized`` rejects (break-even guard) keep their dense kernel.
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from lrpet_jax import _trees
+from lrpet_jax import projection
+from lrpet_jax.models import layers
+
+
+def _split(kernel: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+  shape = kernel.shape
+  m, n = projection.matrix_shape(shape)
+  w = np.asarray(kernel, np.float64).reshape(m, n)
+  u, s, vt = np.linalg.svd(w, full_matrices=False)
+  root = np.sqrt(s[:rank])
+  first = (u[:, :rank] * root).reshape(shape[:-1] + (rank,))
+  second = root[:, None] * vt[:rank]
+  if len(shape) == 4:
+    second = second.reshape(1, 1, rank, n)
+  return first.astype(kernel.dtype), second.astype(kernel.dtype)
+
+
+def _factorize_tree(tree: Any, ranks: Any, path: tuple[str, ...]) -> Any:
+  if not isinstance(tree, dict):
+    return tree
+  out = {}
+  for key, value in tree.items():
+    rank = ranks.get(key) if isinstance(ranks, dict) else None
+    if key == "kernel" and isinstance(rank, int) and layers.is_factorized(
+        rank, np.shape(value)):
+      projection.check_rank(rank, np.shape(value),
+                            f"ranks[{_trees.path_str(path + (key,))}]")
+      out["first_kernel"], out["second_kernel"] = _split(np.asarray(value),
+                                                         rank)
+    else:
+      out[key] = _factorize_tree(value, rank, path + (key,))
+  return out
+
+
+def _plain(tree: Any) -> Any:
+  """Nested plain dicts (FrozenDicts unfrozen), keeping ``None`` leaves."""
+  if hasattr(tree, "items"):
+    return {k: _plain(v) for k, v in tree.items()}
+  return tree
+
+
+def factorize(variables: Any, ranks: Any) -> dict[str, Any]:
+  """Variables of ``models.create(name, ranks=ranks)`` from the dense ones.
+
+  Args:
+    variables: the dense model's variables ({"params": ..., "batch_stats": ...}).
+    ranks: the rank pytree of the dense params (as used in training).
+
+  Returns:
+    The compact model's variables (NumPy arrays; pass through ``jax.device_put``
+    as needed).
+  """
+  variables = _plain(jax.device_get(variables))
+  projection.check_rank_tree(ranks, variables["params"])
+  return {**variables,
+          "params": _factorize_tree(variables["params"], _plain(ranks), ())}
+
+
+def layer_report(variables: Any, ranks: Any, costs: list[Any]) -> list[dict]:
+  """Per projected layer: shape, rank, energy kept, MACs/params dense vs compact.
+
+  Args:
+    variables: dense variables (after the final projection).
+    ranks: their rank pytree.
+    costs: ``accounting.layer_costs`` of the dense model.
+  """
+  params = _trees.leaves_by_path(jax.device_get(variables["params"]))
+  flat_ranks = {_trees.path_tuple(p): r for p, r in
+                jax.tree_util.tree_leaves_with_path(ranks)}
+  rows = []
+  for c in costs:
+    key = c.path + ("kernel",)
+    rank = flat_ranks.get(key)
+    if rank is None:
+      continue
+    shape = tuple(params[key].shape)
+    m, n = projection.matrix_shape(shape)
+    split = layers.is_factorized(rank, shape)
+    compact_weights = rank * (m + n) if split else m * n
+    rows.append({
+        "layer": "/".join(c.path),
+        "shape": list(shape),
+        "rank": rank,
+        "full_rank": min(m, n),
+        "factorized": split,
+        "energy_kept": projection.energy_kept(params[key], rank),
+        "macs_dense": c.positions * m * n,
+        "macs_compact": c.positions * compact_weights,
+        "params_dense": m * n,
+        "params_compact": compact_weights,
+    })
+  return rows
+
+
+def format_report(rows: list[dict]) -> str:
+  """The per-layer report as a fixed-width text table with a total line."""
+  header = (f"{'layer':<34} {'shape':<18} {'rank':>9} {'split':>5}"
+            f" {'energy':>7} {'MACs dense':>11} {'compact':>11}"
+            f" {'params':>9} {'compact':>9}")
+  lines = [header, "-" * len(header)]
+  for r in rows:
+    lines.append(
+        f"{r['layer']:<34} {'x'.join(map(str, r['shape'])):<18}"
+        f" {r['rank']:>4}/{r['full_rank']:<4} {'yes' if r['factorized'] else 'no':>5}"
+        f" {r['energy_kept']:>7.4f} {r['macs_dense']:>11,} {r['macs_compact']:>11,}"
+        f" {r['params_dense']:>9,} {r['params_compact']:>9,}")
+  tot = {k: sum(r[k] for r in rows) for k in
+         ("macs_dense", "macs_compact", "params_dense", "params_compact")}
+  lines.append("-" * len(header))
+  lines.append(
+      f"{'projected layers total':<34} {'':<18} {'':>9} {'':>5} {'':>7}"
+      f" {tot['macs_dense']:>11,} {tot['macs_compact']:>11,}"
+      f" {tot['params_dense']:>9,} {tot['params_compact']:>9,}")
+  return "\n".join(lines)

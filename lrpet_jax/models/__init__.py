@@ -1,0 +1,86 @@
+"""Model zoo: ``create(name, num_classes, ranks)`` and ``bn_pairs(params)``.
+
+``ranks=None`` builds the dense model; a rank pytree for the dense model's
+params (``uniform_ranks``, ``ranks_for_budget``) builds the compact model, whose
+variables ``factorize`` produces from the dense ones.
+"""
+
+import functools
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from lrpet_jax import _trees
+from lrpet_jax.models import cifar_resnet
+from lrpet_jax.models import imagenet_resnet
+from lrpet_jax.models import layers
+from lrpet_jax.models import vgg
+from lrpet_jax.models.layers import LowRankConv, LowRankDense, is_factorized
+
+_ZOO = {
+    "resnet20": functools.partial(cifar_resnet.CifarResNet, depth=20),
+    "resnet32": functools.partial(cifar_resnet.CifarResNet, depth=32),
+    "resnet56": functools.partial(cifar_resnet.CifarResNet, depth=56),
+    "resnet110": functools.partial(cifar_resnet.CifarResNet, depth=110),
+    "vgg16": vgg.VGG,
+    "resnet18": functools.partial(imagenet_resnet.ImageNetResNet,
+                                  stage_sizes=(2, 2, 2, 2),
+                                  block=imagenet_resnet.BasicBlock),
+    "resnet34": functools.partial(imagenet_resnet.ImageNetResNet,
+                                  stage_sizes=(3, 4, 6, 3),
+                                  block=imagenet_resnet.BasicBlock),
+    "resnet50": functools.partial(imagenet_resnet.ImageNetResNet,
+                                  stage_sizes=(3, 4, 6, 3),
+                                  block=imagenet_resnet.Bottleneck),
+}
+NAMES = tuple(_ZOO)
+
+
+def _freeze(ranks: Any) -> Any:
+  """Nested dicts of ranks with their ``None`` leaves kept (module attributes)."""
+  if ranks is None:
+    return None
+  return jax.tree.map(lambda r: r, ranks, is_leaf=lambda r: r is None)
+
+
+def create(name: str, num_classes: int = 10, ranks: Any = None) -> nn.Module:
+  """A zoo model; ``__call__(x, train: bool)`` on NHWC input.
+
+  Args:
+    name: one of ``NAMES``.
+    num_classes: size of the Dense head.
+    ranks: None for the dense model, or a rank pytree of the dense model's
+      params for the compact model.
+  """
+  if name not in _ZOO:
+    raise ValueError(
+        f"unknown model {name!r}; valid names: {', '.join(NAMES)}")
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or (
+      num_classes < 1):
+    raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+  return _ZOO[name](num_classes=num_classes, ranks=_freeze(ranks))
+
+
+def bn_pairs(params: Any) -> dict[str, str]:
+  """{kernel path: BatchNorm path} for a model built from ``layers``.
+
+  Convention: the BatchNorm fed by layer ``.../<name>`` (``name`` containing
+  ``conv``) is its sibling ``.../<name with conv → bn>``: conv1 → bn1,
+  conv → bn, downsample/conv → downsample/bn. Kernels with no such sibling
+  (the Dense head) are not paired.
+  """
+  leaves = _trees.leaves_by_path(params)
+  pairs = {}
+  for path in leaves:
+    if len(path) < 2 or path[-1] != "kernel" or "conv" not in path[-2]:
+      continue
+    bn = path[:-2] + (re.sub("conv", "bn", path[-2], count=1),)
+    if bn + ("scale",) in leaves:
+      pairs["/".join(path)] = "/".join(bn)
+  return pairs
+
+
+__all__ = ["NAMES", "LowRankConv", "LowRankDense", "bn_pairs", "create",
+           "is_factorized", "layers"]

@@ -1,0 +1,97 @@
+"""ImageNet ResNet-18/34/50 in torchvision's layout (v1.5: stride on the 3×3).
+
+7×7/2 stem conv → BN → ReLU → 3×3/2 max-pool, four stages (64, 128, 256, 512
+base widths; bottleneck expansion 4), a 1×1 conv + BN downsample where the
+shape changes, global average pooling and a Dense head. ResNet-50: 25.6M
+params, ≈4.1G MACs at 224×224.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lrpet_jax.models import layers
+
+
+def _conv(ranks, features, k, s, name):
+  return layers.LowRankConv(features, (k, k), strides=s,
+                            rank=layers.rank_of(ranks, name),
+                            kernel_init=layers.kaiming_normal_fan_out,
+                            name=name)
+
+
+class Downsample(nn.Module):
+  """Projection shortcut of the residual: 1×1 conv (stride s) → BN."""
+
+  features: int
+  strides: int
+  ranks: Any = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = _conv(self.ranks, self.features, 1, self.strides, "conv")(x)
+    return layers.batch_norm(train, "bn")(x)
+
+
+class BasicBlock(nn.Module):
+  features: int
+  strides: int = 1
+  ranks: Any = None
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    y = _conv(self.ranks, self.features, 3, self.strides, "conv1")(x)
+    y = nn.relu(layers.batch_norm(train, "bn1")(y))
+    y = _conv(self.ranks, self.features, 3, 1, "conv2")(y)
+    y = layers.batch_norm(train, "bn2")(y)
+    if self.strides != 1 or x.shape[-1] != self.features:
+      x = Downsample(self.features, self.strides,
+                     layers.subtree(self.ranks, "downsample"),
+                     name="downsample")(x, train)
+    return nn.relu(y + x)
+
+
+class Bottleneck(nn.Module):
+  features: int
+  strides: int = 1
+  ranks: Any = None
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    out = self.features * 4
+    y = _conv(self.ranks, self.features, 1, 1, "conv1")(x)
+    y = nn.relu(layers.batch_norm(train, "bn1")(y))
+    y = _conv(self.ranks, self.features, 3, self.strides, "conv2")(y)
+    y = nn.relu(layers.batch_norm(train, "bn2")(y))
+    y = _conv(self.ranks, out, 1, 1, "conv3")(y)
+    y = layers.batch_norm(train, "bn3")(y)
+    if self.strides != 1 or x.shape[-1] != out:
+      x = Downsample(out, self.strides,
+                     layers.subtree(self.ranks, "downsample"),
+                     name="downsample")(x, train)
+    return nn.relu(y + x)
+
+
+class ImageNetResNet(nn.Module):
+  stage_sizes: tuple[int, ...]
+  block: Any
+  num_classes: int = 1000
+  ranks: Any = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = _conv(self.ranks, 64, 7, 2, "conv")(x)
+    x = nn.relu(layers.batch_norm(train, "bn")(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage, blocks in enumerate(self.stage_sizes):
+      for block in range(blocks):
+        name = f"stage{stage + 1}_block{block}"
+        x = self.block(64 * 2**stage, 2 if stage and not block else 1,
+                       layers.subtree(self.ranks, name), name=name)(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    return layers.LowRankDense(self.num_classes,
+                               rank=layers.rank_of(self.ranks, "head"),
+                               name="head")(x)

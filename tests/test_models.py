@@ -1,0 +1,181 @@
+"""Model zoo, compact export and cost accounting."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lrpet_jax
+from lrpet_jax import models
+from lrpet_jax.models import layers
+from reference import rel_err
+
+CIFAR = ("resnet20", "resnet32", "resnet56", "resnet110", "vgg16")
+IMAGENET = ("resnet18", "resnet34", "resnet50")
+
+
+def abstract_variables(model, size):
+  return jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+
+
+@pytest.mark.parametrize("name, macs, params", [
+    # He et al. 2016: 0.27M / 0.46M / 0.85M / 1.7M params.
+    ("resnet20", 40_551_040, 0.27e6), ("resnet32", 68_862_592, 0.46e6),
+    ("resnet56", 125_485_696, 0.85e6), ("resnet110", 252_887_680, 1.7e6),
+])
+def test_cifar_resnet_costs(name, macs, params):
+  model = models.create(name)
+  got = lrpet_jax.cost(model, abstract_variables(model, 32), (32, 32, 3))
+  assert got["macs"] == macs  # 40.55M / 68.86M / 125.49M / 252.89M
+  assert abs(got["params"] - params) / params < 0.02
+  # XLA counts 2 FLOPs per multiply-add but skips the zero-padded taps, which
+  # at 32x32 outweighs the BN/ReLU/add FLOPs it adds.
+  assert 1.5 * macs < got["xla_flops"] < 2.5 * macs
+
+
+def test_vgg16_and_resnet50_costs():
+  vgg = models.create("vgg16")
+  got = lrpet_jax.cost(vgg, abstract_variables(vgg, 32), (32, 32, 3))
+  assert abs(got["macs"] - 313e6) / 313e6 < 0.005
+  assert abs(got["params"] - 14.7e6) / 14.7e6 < 0.005
+  r50 = models.create("resnet50", num_classes=1000)
+  got = lrpet_jax.cost(r50, abstract_variables(r50, 224), (224, 224, 3))
+  assert abs(got["macs"] - 4.1e9) / 4.1e9 < 0.01
+  assert abs(got["params"] - 25.6e6) / 25.6e6 < 0.005
+
+
+def test_unknown_model_lists_names():
+  with pytest.raises(ValueError, match="resnet56.*vgg16"):
+    models.create("resnet57")
+
+
+def test_bn_pairs_cover_every_conv():
+  params = abstract_variables(models.create("resnet50"), 64)["params"]
+  pairs = models.bn_pairs(params)
+  kernels = [p for p, _ in jax.tree_util.tree_leaves_with_path(params)
+             if p[-1].key == "kernel"]
+  assert len(pairs) == len(kernels) - 1  # all but the Dense head
+  assert pairs["stage2_block0/downsample/conv/kernel"] == (
+      "stage2_block0/downsample/bn")
+  assert pairs["stage1_block0/conv3/kernel"] == "stage1_block0/bn3"
+
+
+def test_break_even_guard():
+  assert layers.is_factorized(7, (3, 3, 3, 16))      # 7·(27+16)=301 < 432
+  assert not layers.is_factorized(11, (3, 3, 3, 16))  # 11·43=473 ≥ 432
+  assert not layers.is_factorized(None, (3, 3, 3, 16))
+  assert not layers.is_factorized(5, (10, 10))         # 5·20 = 100 ≥ 100
+
+
+def randomized_bn(variables, seed):
+  """Non-trivial BatchNorm γ, β and running statistics."""
+  rng = np.random.default_rng(seed)
+
+  def fix(path, x):
+    name = path[-1].key
+    if name in ("scale", "var"):
+      return jnp.asarray(rng.uniform(0.5, 1.5, x.shape), x.dtype)
+    if name in ("bias", "mean") and x.ndim == 1:
+      return jnp.asarray(rng.uniform(-0.2, 0.2, x.shape), x.dtype)
+    return x
+  return jax.tree_util.tree_map_with_path(fix, variables)
+
+
+@pytest.mark.parametrize("name", CIFAR + IMAGENET)
+def test_compact_model_matches_projected_dense(name):
+  size = 64 if name in IMAGENET else 32
+  dense = models.create(name)
+  x = jax.random.normal(jax.random.key(1), (2, size, size, 3))
+  variables = randomized_bn(dense.init(jax.random.key(0), x, train=False), 2)
+  ranks = lrpet_jax.uniform_ranks(variables["params"], 0.54)
+  scales = lrpet_jax.bn_out_scales(variables["params"],
+                                   variables["batch_stats"],
+                                   models.bn_pairs(variables["params"]))
+  variables = {**variables, "params": lrpet_jax.project_params(
+      variables["params"], ranks, out_scales=scales)}
+  compact = models.create(name, ranks=ranks)
+  compact_vars = lrpet_jax.factorize(variables, ranks)
+  want = dense.apply(variables, x, train=False)
+  got = compact.apply(compact_vars, x, train=False)
+  assert rel_err(got, want) <= 1e-4
+  # Its cost is what the analytic accounting predicts.
+  costs = lrpet_jax.cost(compact, compact_vars, (size, size, 3))
+  from lrpet_jax import accounting as cost_lib  # pylint: disable=g-import-not-at-top
+  predicted = cost_lib.compact_cost(
+      cost_lib.layer_costs(dense, variables, (size, size, 3)),
+      sum(v.size for v in jax.tree.leaves(variables["params"])), ranks)
+  assert costs["macs"] == predicted["macs"]
+  assert costs["params"] == predicted["params"]
+
+
+def test_factorized_kernel_shapes():
+  dense = models.create("resnet20")
+  variables = dense.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                         train=False)
+  ranks = lrpet_jax.uniform_ranks(variables["params"], 0.5)
+  compact = lrpet_jax.factorize(variables, ranks)["params"]
+  conv = compact["stage2_block0"]["conv1"]
+  assert conv["first_kernel"].shape == (3, 3, 16, 16)
+  assert conv["second_kernel"].shape == (1, 1, 16, 32)
+  head = compact["head"]  # rank 5: 5·(64 + 10) = 370 < 640 weights
+  assert head["first_kernel"].shape == (64, 5)
+  assert head["second_kernel"].shape == (5, 10) and "kernel" not in head
+  w = np.asarray(variables["params"]["stage1_block0"]["conv1"]["kernel"])
+  first = compact["stage1_block0"]["conv1"]["first_kernel"].reshape(-1, 8)
+  second = compact["stage1_block0"]["conv1"]["second_kernel"].reshape(8, 16)
+  u, s, vt = np.linalg.svd(w.reshape(-1, 16).astype(np.float64))
+  np.testing.assert_allclose(first @ second, (u[:, :8] * s[:8]) @ vt[:8],
+                             rtol=1e-4, atol=1e-6)
+
+
+class TestRanksForBudget:
+
+  @functools.cached_property
+  def setup(self):
+    model = models.create("resnet56")
+    return model, abstract_variables(model, 32)
+
+  def compact_macs_reduction(self, model, variables, ranks):
+    compact = models.create("resnet56", ranks=ranks)
+    compact_vars = jax.eval_shape(lambda: compact.init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    dense = lrpet_jax.cost(model, variables, (32, 32, 3))["macs"]
+    return 1 - lrpet_jax.cost(compact, compact_vars, (32, 32, 3))["macs"] / dense
+
+  def test_reaches_the_paper_budget(self):
+    model, variables = self.setup
+    ranks = lrpet_jax.ranks_for_budget(model, variables, (32, 32, 3),
+                                       macs_reduction=0.507)
+    got = self.compact_macs_reduction(model, variables, ranks)
+    assert abs(got - 0.507) < 0.005
+    # ratio 0.54 gives 50.7% fewer MACs (the paper's ResNet-56 setting).
+    paper = self.compact_macs_reduction(
+        model, variables, lrpet_jax.uniform_ranks(variables["params"], 0.54))
+    assert abs(paper - 0.507) < 0.001
+
+  def test_params_budget(self):
+    model, variables = self.setup
+    ranks = lrpet_jax.ranks_for_budget(model, variables, (32, 32, 3),
+                                       params_reduction=0.6)
+    compact = models.create("resnet56", ranks=ranks)
+    n = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
+        lambda: compact.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                             train=False))["params"]))
+    assert abs(1 - n / 853_018 - 0.6) < 0.01
+
+  def test_unreachable_budget_says_the_best(self):
+    model, variables = self.setup
+    with pytest.raises(ValueError, match="best achievable"):
+      lrpet_jax.ranks_for_budget(model, variables, (32, 32, 3),
+                                 macs_reduction=0.999)
+
+  @pytest.mark.parametrize("kwargs", [
+      {}, {"macs_reduction": 0.5, "params_reduction": 0.5},
+      {"macs_reduction": 1.5}, {"params_reduction": 0.0}])
+  def test_bad_targets(self, kwargs):
+    model, variables = self.setup
+    with pytest.raises(ValueError, match="reduction"):
+      lrpet_jax.ranks_for_budget(model, variables, (32, 32, 3), **kwargs)
