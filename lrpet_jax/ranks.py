@@ -58,3 +58,42 @@ def uniform_ranks(params: Any, ratio: float, *,
     return uniform_rank(tuple(leaf.shape), ratio)
 
   return jax.tree_util.tree_map_with_path(rank_of, params)
+
+
+def ranks_to_dict(ranks: Any) -> dict[str, int]:
+  """{"block/conv/kernel": rank} for the ranked leaves (JSON-friendly)."""
+  return {_trees.path_str(p): int(r)
+          for p, r in jax.tree_util.tree_leaves_with_path(ranks)}
+
+
+def ranks_from_dict(params: Any, mapping: dict[str, int]) -> Any:
+  """The rank pytree for ``params`` from ``ranks_to_dict``'s format."""
+  wanted = {_trees.path_tuple(k): v for k, v in mapping.items()}
+  known = set(_trees.leaves_by_path(params))
+  missing = [k for k in wanted if k not in known]
+  if missing:
+    raise ValueError(
+        f"ranks name {_trees.path_str(missing[0])!r}, which is not in params")
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: wanted.get(_trees.path_tuple(path)), params)
+
+
+def round_ranks(ranks: Any, params: Any, multiple: int = 8) -> Any:
+  """Each rank rounded up to a multiple of ``multiple`` (at most full rank).
+
+  For export only: factorizing a rank-r projected kernel at r' > r adds exactly
+  zero singular directions, so the compact model computes the same function,
+  while channel counts that are multiples of the SIMD width run faster on CPU
+  (``benchmarks/compact_inference.py`` measures both).
+  """
+  if isinstance(multiple, bool) or not isinstance(multiple, numbers.Integral) or (
+      multiple < 1):
+    raise ValueError(f"multiple must be an int >= 1, got {multiple!r}")
+
+  def up(rank, leaf):
+    if rank is None:
+      return None
+    full = min(projection.matrix_shape(leaf.shape))
+    return min(-(-rank // multiple) * multiple, full)
+
+  return jax.tree.map(up, ranks, params, is_leaf=lambda r: r is None)

@@ -48,3 +48,16 @@ def test_include_selecting_a_vector_is_an_error():
 def test_bad_ratio(ratio):
   with pytest.raises(ValueError, match="ratio"):
     lrpet_jax.uniform_ranks(PARAMS, ratio)
+
+
+def test_round_ranks():
+  from lrpet_jax.ranks import round_ranks  # pylint: disable=g-import-not-at-top
+  ranks = lrpet_jax.uniform_ranks(PARAMS, 0.54)
+  rounded = round_ranks(ranks, PARAMS, 8)
+  # 7 -> 8, 29 -> 32, head 4 -> 8 but capped at its full rank 10 -> 8.
+  assert rounded["conv1"]["kernel"] == 8 and rounded["conv2"]["kernel"] == 32
+  assert rounded["head"]["kernel"] == 8 and rounded["bn"]["scale"] is None
+  assert round_ranks({"k": {"kernel": 9}}, {"k": {"kernel": np.zeros((12, 10))}},
+                     8)["k"]["kernel"] == 10  # 16 capped at min(12, 10)
+  with pytest.raises(ValueError, match="multiple"):
+    round_ranks(ranks, PARAMS, 0)

@@ -69,7 +69,8 @@ class LowRankConv(nn.Module):
                          (kh, kw, x.shape[-1], self.rank))
       second = self.param("second_kernel", self.kernel_init,
                           (1, 1, self.rank, self.features))
-      y = self._conv(self._conv(x, first, self.strides, pad), second, 1, 0)
+      # The 1×1 conv as a matmul over channels (measured faster on CPU).
+      y = jnp.dot(self._conv(x, first, self.strides, pad), second[0, 0])
     else:
       y = self._conv(x, self.param("kernel", self.kernel_init, shape),
                      self.strides, pad)
