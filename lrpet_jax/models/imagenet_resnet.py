@@ -34,6 +34,18 @@ class Downsample(nn.Module):
     return layers.batch_norm(train, "bn")(x)
 
 
+def _shortcut(x, features, strides, ranks, train):
+  """Identity, or the Downsample projection when the shape changes.
+
+  Called inside a block's compact ``__call__``, so the Downsample module is
+  named ``downsample`` in that block's scope.
+  """
+  if strides == 1 and x.shape[-1] == features:
+    return x
+  return Downsample(features, strides, layers.subtree(ranks, "downsample"),
+                    name="downsample")(x, train)
+
+
 class BasicBlock(nn.Module):
   features: int
   strides: int = 1
@@ -46,11 +58,8 @@ class BasicBlock(nn.Module):
     y = nn.relu(layers.batch_norm(train, "bn1")(y))
     y = _conv(self.ranks, self.features, 3, 1, "conv2")(y)
     y = layers.batch_norm(train, "bn2")(y)
-    if self.strides != 1 or x.shape[-1] != self.features:
-      x = Downsample(self.features, self.strides,
-                     layers.subtree(self.ranks, "downsample"),
-                     name="downsample")(x, train)
-    return nn.relu(y + x)
+    return nn.relu(y + _shortcut(x, self.features, self.strides, self.ranks,
+                                 train))
 
 
 class Bottleneck(nn.Module):
@@ -68,11 +77,7 @@ class Bottleneck(nn.Module):
     y = nn.relu(layers.batch_norm(train, "bn2")(y))
     y = _conv(self.ranks, out, 1, 1, "conv3")(y)
     y = layers.batch_norm(train, "bn3")(y)
-    if self.strides != 1 or x.shape[-1] != out:
-      x = Downsample(out, self.strides,
-                     layers.subtree(self.ranks, "downsample"),
-                     name="downsample")(x, train)
-    return nn.relu(y + x)
+    return nn.relu(y + _shortcut(x, out, self.strides, self.ranks, train))
 
 
 class ImageNetResNet(nn.Module):
