@@ -1,0 +1,48 @@
+r"""The paper's CIFAR-10 setting: ResNet-56, ratio 0.54, 400 epochs.
+
+    python -m lrpet_jax.main --config=configs/cifar.py --workdir=runs/resnet56
+
+Data: ``cifar10`` through tfds (needs internet or a prepared ``data_dir``);
+offline, ``--config.dataset=image_folder:../shared/datasets/cifar10``.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  # Model and compression.
+  c.model = "resnet56"
+  c.num_classes = 10
+  c.ratio = 0.54               # r = max(1, int(n − n·ratio)) for every kernel
+  c.macs_reduction = 0.0       # > 0: ranks_for_budget instead of ratio
+  c.project_every_steps = 0    # 0: once per epoch
+  c.energy_transfer = True
+  c.residual_scale = 0.0       # ρ, factor on the discarded singular values
+  c.bn_rectification = True
+  c.bn_recompute_batches = 100  # precise-BN batches after the final projection
+  # Data.
+  c.dataset = "cifar10"
+  c.data_dir = ml_collections.config_dict.placeholder(str)
+  c.train_subset = 0           # 0: all examples
+  c.test_subset = 0
+  c.mean = (0.4914, 0.4822, 0.4465)
+  c.std = (0.2023, 0.1994, 0.2010)
+  # Optimization (torch.optim.SGD semantics).
+  c.num_epochs = 400
+  c.num_steps = 0              # > 0 overrides num_epochs
+  c.batch_size = 128
+  c.learning_rate = 0.1
+  c.lr_boundaries_epochs = (200, 300)
+  c.lr_decay = 0.1
+  c.momentum = 0.9
+  c.nesterov = False
+  c.weight_decay = 1e-4
+  # Bookkeeping.
+  c.seed = 0
+  c.eval_batch_size = 1000
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 0  # 0: once per epoch (with a test evaluation)
+  c.keep_checkpoints = 3
+  c.distributed = False         # jax.distributed.initialize() for multi-host
+  return c

@@ -1,0 +1,410 @@
+"""LRPET training loop: small pure functions ending in ``train_and_evaluate``.
+
+State saved in ``WORKDIR/checkpoints/<step>/`` is everything needed to go on:
+params, batch_stats, the optimizer state (projection counter included) and the
+step; batches and augmentation draws are functions of (seed, step). Rerunning
+the same command resumes from the newest readable checkpoint.
+"""
+
+import json
+import math
+import pathlib
+import signal
+import time
+from typing import Any
+
+from absl import logging
+import flax
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lrpet_jax import accounting
+from lrpet_jax import bn
+from lrpet_jax import compact
+from lrpet_jax import data as data_lib
+from lrpet_jax import models
+from lrpet_jax import projection
+from lrpet_jax import ranks as ranks_lib
+from lrpet_jax import transform
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+class ConfigError(ValueError):
+  """Bad configuration or workdir: reported in one line, exit status 2."""
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Static checks, before anything is loaded or written."""
+  if config.model not in models.NAMES:
+    raise ConfigError(f"model: unknown {config.model!r}; valid:"
+                      f" {', '.join(models.NAMES)}")
+  try:
+    data_lib.check_dataset_name(config.dataset)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if config.ratio is not None and not 0.0 <= config.ratio < 1.0:
+    raise ConfigError(f"ratio: must be in [0, 1), got {config.ratio}")
+  n = jax.device_count()
+  if config.batch_size % n:
+    raise ConfigError(f"batch_size: {config.batch_size} is not divisible by"
+                      f" the {n} devices")
+  if config.batch_size < 1 or config.num_epochs < 1:
+    raise ConfigError("batch_size and num_epochs must be >= 1")
+
+
+def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """lr ×decay at each epoch in ``lr_boundaries_epochs``."""
+  return optax.piecewise_constant_schedule(
+      config.learning_rate,
+      {int(e * steps_per_epoch): config.lr_decay
+       for e in config.lr_boundaries_epochs})
+
+
+def select_ranks(config, model, abstract_variables, input_shape):
+  if config.get("macs_reduction"):
+    return accounting.ranks_for_budget(
+        model, abstract_variables, input_shape,
+        macs_reduction=config.macs_reduction)
+  return ranks_lib.uniform_ranks(abstract_variables["params"], config.ratio)
+
+
+def make_optimizer(config, ranks, steps_per_epoch):
+  return transform.lrpet(
+      learning_rate_schedule(config, steps_per_epoch), ranks,
+      every=config.project_every_steps or steps_per_epoch,
+      momentum=config.momentum, weight_decay=config.weight_decay,
+      nesterov=config.nesterov, energy_transfer=config.energy_transfer,
+      residual_scale=config.residual_scale)
+
+
+def initial_state(model, tx, seed, input_shape) -> TrainState:
+  variables = model.init(jax.random.key(seed), jnp.zeros((1,) + input_shape),
+                         train=False)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                    batch_stats=variables["batch_stats"],
+                    opt_state=tx.init(variables["params"]))
+
+
+def make_train_step(model, tx, config, pairs):
+  mean, std = tuple(config.mean), tuple(config.std)
+
+  def train_step(state, images, labels, indices):
+    key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+    x = data_lib.normalize(data_lib.augment(images[indices], key), mean, std)
+    y = labels[indices]
+
+    def loss_fn(params):
+      logits, mutated = model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, x, train=True,
+          mutable=["batch_stats"])
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      return loss, (logits, mutated["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    out_scales = (bn.bn_out_scales(state.params, batch_stats, pairs)
+                  if config.bn_rectification else None)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                   out_scales=out_scales)
+    new_state = TrainState(step=state.step + 1,
+                           params=optax.apply_updates(state.params, updates),
+                           batch_stats=batch_stats, opt_state=opt_state)
+    metrics = {"loss": loss,
+               "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_fn(model, config):
+  mean, std = tuple(config.mean), tuple(config.std)
+
+  @jax.jit
+  def correct(variables, images, labels):
+    logits = model.apply(variables, data_lib.normalize(images, mean, std),
+                         train=False)
+    return jnp.sum(jnp.argmax(logits, -1) == labels)
+
+  def evaluate(variables, images, labels):
+    total = 0
+    bs = config.eval_batch_size
+    for i in range(0, len(labels), bs):
+      total += int(correct(variables, images[i:i + bs], labels[i:i + bs]))
+    return total / len(labels)
+
+  return evaluate
+
+
+def checkpoint_manager(workdir: pathlib.Path, config):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from orbax.checkpoint.checkpoint_managers import preservation_policy as pp  # pylint: disable=g-import-not-at-top
+
+  policy = pp.AnyPreservationPolicy([
+      pp.LatestN(n=config.keep_checkpoints),
+      pp.BestN(get_metric_fn=lambda m: m["test_accuracy"], n=1,
+               keep_checkpoints_without_metrics=False),
+  ])
+  return ocp.CheckpointManager(
+      workdir / "checkpoints",
+      options=ocp.CheckpointManagerOptions(preservation_policy=policy,
+                                           enable_async_checkpointing=False),
+  )
+
+
+def run_identity(config, ranks) -> dict:
+  return {"model": config.model, "num_classes": config.num_classes,
+          "ranks": ranks_lib.ranks_to_dict(ranks)}
+
+
+def save(manager, state, identity, metrics=None):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  step = int(state.step)
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(jax.device_get(state)),
+      identity=ocp.args.JsonSave(identity)), metrics=metrics, force=True)
+  manager.wait_until_finished()
+
+
+def restore_latest(manager, abstract_state, identity):
+  """The newest readable checkpoint (falling back past corrupt ones), or None."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      saved_identity = manager.restore(step, args=ocp.args.Composite(
+          identity=ocp.args.JsonRestore()))["identity"]
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("checkpoint %d is unreadable (%s); trying an older one",
+                      step, type(e).__name__)
+      continue
+    if saved_identity != identity:
+      raise ConfigError(
+          f"workdir: holds a checkpoint of model {saved_identity.get('model')!r}"
+          " with other ranks or classes than this config; use a new workdir")
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))["state"]
+      return restored
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("checkpoint %d is unreadable (%s); trying an older one",
+                      step, type(e).__name__)
+  return None
+
+
+class MetricWriter:
+  """metrics.jsonl plus TensorBoard event files in the workdir."""
+
+  def __init__(self, workdir: pathlib.Path):
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+    self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+    self._jsonl.flush()
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, v, step)
+
+  def close(self):
+    self._jsonl.close()
+    self._tb.close()
+
+
+class StopRequested:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.signal = None
+    for s in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(s, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signum
+
+
+def final_projection(state, config, ranks, pairs):
+  out_scales = (bn.bn_out_scales(state.params, state.batch_stats, pairs)
+                if config.bn_rectification else None)
+  return projection.project_params(
+      state.params, ranks, out_scales=out_scales,
+      energy_transfer=config.energy_transfer,
+      residual_scale=config.residual_scale)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict:
+  """Trains, projects, recomputes BN, exports the compact model; returns the summary."""
+  start = time.time()
+  check_config(config)
+  data = data_lib.load(config.dataset, config.get("data_dir"),
+                       config.train_subset, config.test_subset, config.seed)
+  if data.num_classes != config.num_classes:
+    raise ConfigError(f"num_classes: {config.num_classes} but the data set has"
+                      f" {data.num_classes}")
+  workdir = pathlib.Path(workdir)
+  input_shape = data.train_images.shape[1:]
+  model = models.create(config.model, config.num_classes)
+  abstract = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1,) + input_shape), train=False))
+  ranks = select_ranks(config, model, abstract, input_shape)
+  pairs = models.bn_pairs(abstract["params"])
+  n_train = len(data.train_labels)
+  steps_per_epoch = n_train // config.batch_size
+  if steps_per_epoch < 1:
+    raise ConfigError(f"batch_size: {config.batch_size} exceeds the"
+                      f" {n_train} training examples")
+  total_steps = config.num_steps or config.num_epochs * steps_per_epoch
+  tx = make_optimizer(config, ranks, steps_per_epoch)
+  identity = run_identity(config, ranks)
+
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P("data"))
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  manager = checkpoint_manager(workdir, config)
+  abstract_state = jax.eval_shape(
+      lambda: initial_state(model, tx, config.seed, input_shape))
+  state = restore_latest(manager, abstract_state, identity)
+  if state is None:
+    state = initial_state(model, tx, config.seed, input_shape)
+  state = jax.device_put(state, replicated)
+  first_step = int(state.step)
+  logging.info("%s: %d steps (%d per epoch), starting at step %d on %d %s"
+               " device(s)", config.model, total_steps, steps_per_epoch,
+               first_step, jax.device_count(), jax.devices()[0].platform)
+
+  images = jax.device_put(data.train_images, replicated)
+  labels = jax.device_put(data.train_labels, replicated)
+  train_step = jax.jit(make_train_step(model, tx, config, pairs),
+                       donate_argnums=(0,))
+  evaluate = make_eval_fn(model, config)
+  writer = MetricWriter(workdir)
+  stop = StopRequested()
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  project_every = config.project_every_steps or steps_per_epoch
+  checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
+
+  t_log, last_logged = time.time(), first_step
+  pending = None
+  for step in range(first_step, total_steps):
+    indices = jax.device_put(
+        data_lib.batch_indices(config.seed, step, n_train, config.batch_size),
+        batch_sharding)
+    t_proj = time.time()
+    state, metrics = train_step(state, images, labels, indices)
+    if (step + 1) % project_every == 0:
+      jax.block_until_ready(state)
+      logging.info("step %d: projection step took %.3fs", step + 1,
+                   time.time() - t_proj)
+    if pending is not None:
+      _check_finite(*pending, manager)
+    pending = (step + 1, metrics)
+    done = step + 1
+    if done % config.log_every_steps == 0 or done == total_steps:
+      _check_finite(*pending, manager)
+      m = {k: float(v) for k, v in metrics.items()}
+      rate = (done - last_logged) * config.batch_size / (time.time() - t_log)
+      eta = (total_steps - done) * config.batch_size / max(rate, 1e-9)
+      m.update(lr=float(schedule(done - 1)), images_per_second=rate)
+      writer.write(done, {f"train_{k}": v for k, v in m.items()})
+      logging.info("step %d/%d  loss %.4f  acc %.3f  lr %.4g  %.0f img/s"
+                   "  ETA %.0fs", done, total_steps, m["loss"], m["accuracy"],
+                   m["lr"], rate, eta)
+      t_log, last_logged = time.time(), done
+    if done % checkpoint_every == 0 or done == total_steps:
+      _check_finite(*pending, manager)
+      acc = evaluate({"params": state.params, "batch_stats": state.batch_stats},
+                     data.test_images, data.test_labels)
+      writer.write(done, {"test_accuracy": acc})
+      logging.info("step %d: test accuracy %.4f", done, acc)
+      save(manager, state, identity, {"test_accuracy": acc})
+    if stop.signal is not None:
+      save(manager, state, identity)
+      logging.warning("signal %d: saved step %d and stopped", stop.signal,
+                      done)
+      writer.close()
+      return {"stopped_at_step": done}
+
+  summary = finish(config, workdir, model, state, ranks, pairs, data,
+                   input_shape)
+  summary["wall_time_s"] = time.time() - start
+  writer.write(total_steps, {k: v for k, v in summary.items()
+                             if isinstance(v, float)})
+  writer.close()
+  (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+  logging.info("summary: %s", json.dumps(summary))
+  print(json.dumps(summary, indent=1))
+  return summary
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+def _check_finite(step, metrics, manager):
+  loss = float(metrics["loss"])
+  if not math.isfinite(loss):
+    raise NonFiniteLoss(
+        f"loss is {loss} at step {step}; stopped, last good checkpoint:"
+        f" {manager.latest_step()}")
+
+
+def finish(config, workdir, model, state, ranks, pairs, data,
+           input_shape) -> dict:
+  """Final projection, precise BN, compact export and evaluation of both models."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  params = jax.device_get(final_projection(state, config, ranks, pairs))
+  mean, std = tuple(config.mean), tuple(config.std)
+  n = len(data.train_labels)
+  batches = (data_lib.normalize(
+      data.train_images[data_lib.batch_indices(config.seed, i, n,
+                                               config.batch_size)], mean, std)
+             for i in range(config.bn_recompute_batches))
+  apply_fn = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
+  batch_stats = bn.recompute_batch_stats(
+      apply_fn, {"params": params, "batch_stats": state.batch_stats}, batches)
+  dense_vars = jax.device_get({"params": params, "batch_stats": batch_stats})
+  dense_acc = make_eval_fn(model, config)(dense_vars, data.test_images,
+                                          data.test_labels)
+  compact_model = models.create(config.model, config.num_classes, ranks=ranks)
+  compact_vars = compact.factorize(dense_vars, ranks)
+  compact_acc = make_eval_fn(compact_model, config)(
+      compact_vars, data.test_images, data.test_labels)
+  dense_cost = accounting.cost(model, dense_vars, input_shape)
+  compact_cost = accounting.cost(compact_model, compact_vars, input_shape)
+  rows = compact.layer_report(dense_vars, ranks, accounting.layer_costs(
+      model, dense_vars, input_shape))
+  checkpointer = ocp.StandardCheckpointer()
+  for name, tree in (("dense_final", dense_vars), ("compact", compact_vars)):
+    checkpointer.save((workdir / name).absolute(), tree, force=True)
+  checkpointer.wait_until_finished()
+  (workdir / "ranks.json").write_text(
+      json.dumps(ranks_lib.ranks_to_dict(ranks), indent=1))
+  (workdir / "compact_report.json").write_text(json.dumps(
+      {"layers": rows, "dense": dense_cost, "compact": compact_cost}, indent=1))
+  (workdir / "compact_report.txt").write_text(compact.format_report(rows))
+  return {
+      "model": config.model, "dataset": config.dataset,
+      "steps": int(state.step),
+      "dense_accuracy": dense_acc, "compact_accuracy": compact_acc,
+      "dense_macs": dense_cost["macs"], "compact_macs": compact_cost["macs"],
+      "dense_params": dense_cost["params"],
+      "compact_params": compact_cost["params"],
+      "macs_reduction": 1 - compact_cost["macs"] / dense_cost["macs"],
+      "params_reduction": 1 - compact_cost["params"] / dense_cost["params"],
+      "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+  }
