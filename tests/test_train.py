@@ -1,0 +1,118 @@
+"""The training pipeline end to end on a tiny image folder, in subprocesses."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+  """10 classes of random 32x32 JPEGs: 12 train and 3 test images each."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("folder")
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 12), ("test", 3)):
+    for c in range(10):
+      d = root / split / f"class{c}"
+      d.mkdir(parents=True)
+      for i in range(n):
+        img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        img[..., c % 3] = 40 * (c // 3)  # a learnable class cue
+        (d / f"{i}.jpg").write_bytes(tf.io.encode_jpeg(img).numpy())
+  return root
+
+
+def command(folder, workdir, *overrides):
+  return [sys.executable, "-m", "lrpet_jax.main",
+          f"--config={ROOT / 'configs' / 'smoke.py'}", f"--workdir={workdir}",
+          f"--config.dataset=image_folder:{folder}", "--config.train_subset=0",
+          "--config.test_subset=0", "--config.batch_size=16",
+          "--config.num_steps=12", "--config.project_every_steps=3",
+          "--config.checkpoint_every_steps=4", "--config.log_every_steps=4",
+          "--config.bn_recompute_batches=2", "--config.eval_batch_size=30",
+          *overrides]
+
+
+def run(cmd, **kwargs):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.run(cmd, capture_output=True, text=True, env=env,
+                        timeout=600, check=False, cwd=ROOT, **kwargs)
+
+
+def final_state(workdir):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(workdir).absolute() / "checkpoints" / "12" / "state"
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def test_pipeline_and_exact_resume_after_sigkill(image_folder, tmp_path):
+  straight = tmp_path / "straight"
+  result = run(command(image_folder, straight))
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((straight / "summary.json").read_text())
+  assert summary["steps"] == 12
+  assert summary["dense_accuracy"] == summary["compact_accuracy"]
+  assert 0.45 < summary["macs_reduction"] < 0.55
+  for name in ("metrics.jsonl", "compact_report.json", "ranks.json",
+               "compact", "dense_final", "tensorboard"):
+    assert (straight / name).exists(), name
+  assert sorted(p.name for p in (straight / "checkpoints").iterdir()
+                if p.name.isdigit()) == ["12", "4", "8"]
+
+  killed = tmp_path / "killed"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.Popen(command(image_folder, killed), cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (killed / "checkpoints" / "8").exists():
+    assert proc.poll() is None and time.time() < deadline, "no checkpoint 8"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "summary.json").exists()
+  result = run(command(image_folder, killed))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "starting at step" in result.stderr and "at step 0 " not in result.stderr
+
+  a, b = final_state(straight), final_state(killed)
+  import jax  # pylint: disable=g-import-not-at-top
+  diffs = jax.tree.leaves(jax.tree.map(
+      lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - y),
+                                initial=0.0)), a, b))
+  assert max(diffs) <= 1e-6
+
+
+@pytest.mark.parametrize("override, field", [
+    ("--config.model=resnet57", "model"),
+    ("--config.ratio=1.5", "ratio"),
+    ("--config.dataset=image_folder:/nonexistent/cifar", "dataset"),
+    ("--config.dataset=mnist", "dataset"),
+    ("--config.batch_size=0", "batch_size"),
+])
+def test_bad_input_one_line_exit_2(image_folder, tmp_path, override, field):
+  workdir = tmp_path / "w"
+  result = run(command(image_folder, workdir, override))
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and field in last
+  assert not workdir.exists()
+
+
+def test_workdir_of_another_model_is_refused(image_folder, tmp_path):
+  workdir = tmp_path / "w"
+  assert run(command(image_folder, workdir, "--config.num_steps=4")
+             ).returncode == 0
+  before = sorted(str(p) for p in workdir.rglob("*"))
+  result = run(command(image_folder, workdir, "--config.model=resnet32"))
+  assert result.returncode == 2
+  assert "workdir" in result.stderr.strip().splitlines()[-1]
+  assert sorted(str(p) for p in workdir.rglob("*")) == before
