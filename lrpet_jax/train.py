@@ -177,6 +177,17 @@ def save(manager, state, identity, metrics=None):
   manager.wait_until_finished()
 
 
+def _set_aside(manager, step, error):
+  """Moves an unreadable checkpoint to WORKDIR/checkpoints_unreadable/<step>."""
+  source = pathlib.Path(manager.directory) / str(step)
+  target = source.parent.parent / "checkpoints_unreadable" / str(step)
+  logging.warning("checkpoint %d is unreadable (%s); moved to %s, trying an"
+                  " older one", step, type(error).__name__, target)
+  target.parent.mkdir(exist_ok=True)
+  source.rename(target)
+  manager.reload()
+
+
 def restore_latest(manager, abstract_state, identity):
   """The newest readable checkpoint (falling back past corrupt ones), or None."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -185,20 +196,17 @@ def restore_latest(manager, abstract_state, identity):
       saved_identity = manager.restore(step, args=ocp.args.Composite(
           identity=ocp.args.JsonRestore()))["identity"]
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning("checkpoint %d is unreadable (%s); trying an older one",
-                      step, type(e).__name__)
+      _set_aside(manager, step, e)
       continue
     if saved_identity != identity:
       raise ConfigError(
           f"workdir: holds a checkpoint of model {saved_identity.get('model')!r}"
           " with other ranks or classes than this config; use a new workdir")
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(
+      return manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))["state"]
-      return restored
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning("checkpoint %d is unreadable (%s); trying an older one",
-                      step, type(e).__name__)
+      _set_aside(manager, step, e)
   return None
 
 
