@@ -72,10 +72,11 @@ def load(dataset: str, data_dir: str | None = None, train_subset: int = 0,
           " copy") from None
   arrays = {}
   for split in ("train", "test"):
-    batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
-                                             shuffle_files=False))
-    arrays[split] = (np.asarray(batch["image"], np.uint8),
-                     np.asarray(batch["label"], np.int32))
+    chunks = list(tfds.as_numpy(builder.as_dataset(
+        split=split, batch_size=4096, shuffle_files=False)))
+    arrays[split] = (
+        np.concatenate([c["image"] for c in chunks]).astype(np.uint8),
+        np.concatenate([c["label"] for c in chunks]).astype(np.int32))
   train = _subset(*arrays["train"], train_subset, seed)
   test = _subset(*arrays["test"], test_subset, seed + 1)
   return InMemoryData(*train, *test,
