@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 TFDS_NAMES = ("cifar10", "cifar100")
+STREAMED = ("imagenet2012",)  # through tf.data: lrpet_jax.imagenet_input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,7 @@ class InMemoryData:
 
 
 def check_dataset_name(dataset: str) -> None:
-  if dataset in TFDS_NAMES:
+  if dataset in TFDS_NAMES + STREAMED:
     return
   if dataset.startswith("image_folder:"):
     path = pathlib.Path(dataset.split(":", 1)[1])
@@ -41,7 +42,8 @@ def check_dataset_name(dataset: str) -> None:
           f" {path.absolute()}")
     return
   raise ValueError(
-      f"dataset: unknown {dataset!r}; use one of {', '.join(TFDS_NAMES)} or"
+      f"dataset: unknown {dataset!r}; use one of"
+      f" {', '.join(TFDS_NAMES + STREAMED)} or"
       " image_folder:PATH")
 
 

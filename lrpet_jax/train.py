@@ -97,13 +97,15 @@ def initial_state(model, tx, seed, input_shape) -> TrainState:
                     opt_state=tx.init(variables["params"]))
 
 
-def make_train_step(model, tx, config, pairs):
+def make_train_step(model, tx, config, pairs, device_augment=True):
+  """(state, images uint8 (B, H, W, 3), labels (B,)) -> (state, metrics)."""
   mean, std = tuple(config.mean), tuple(config.std)
 
-  def train_step(state, images, labels, indices):
-    key = jax.random.fold_in(jax.random.key(config.seed), state.step)
-    x = data_lib.normalize(data_lib.augment(images[indices], key), mean, std)
-    y = labels[indices]
+  def train_step(state, images, labels):
+    if device_augment:
+      key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+      images = data_lib.augment(images, key)
+    x, y = data_lib.normalize(images, mean, std), labels
 
     def loss_fn(params):
       logits, mutated = model.apply(
@@ -129,22 +131,30 @@ def make_train_step(model, tx, config, pairs):
 
 
 def make_eval_fn(model, config):
+  """evaluate(variables, batches) -> {"top1", "top5"} over (images, labels) batches."""
   mean, std = tuple(config.mean), tuple(config.std)
 
   @jax.jit
-  def correct(variables, images, labels):
+  def counts(variables, images, labels):
     logits = model.apply(variables, data_lib.normalize(images, mean, std),
                          train=False)
-    return jnp.sum(jnp.argmax(logits, -1) == labels)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    return (jnp.sum(top5[:, 0] == labels),
+            jnp.sum(jnp.any(top5 == labels[:, None], axis=-1)))
 
-  def evaluate(variables, images, labels):
-    total = 0
-    bs = config.eval_batch_size
-    for i in range(0, len(labels), bs):
-      total += int(correct(variables, images[i:i + bs], labels[i:i + bs]))
-    return total / len(labels)
+  def evaluate(variables, batches):
+    top1 = top5 = n = 0
+    for images, labels in batches:
+      c1, c5 = counts(variables, images, labels)
+      top1, top5, n = top1 + int(c1), top5 + int(c5), n + len(labels)
+    return {"top1": top1 / n, "top5": top5 / n}
 
   return evaluate
+
+
+def array_batches(images, labels, batch_size):
+  for i in range(0, len(labels), batch_size):
+    yield images[i:i + batch_size], labels[i:i + batch_size]
 
 
 def checkpoint_manager(workdir: pathlib.Path, config):
@@ -251,36 +261,114 @@ def final_projection(state, config, ranks, pairs):
       residual_scale=config.residual_scale)
 
 
+class InMemoryInput:
+  """Small data sets (CIFAR): uint8 arrays on the device, augmented in the step."""
+
+  device_augment = True
+
+  def __init__(self, config, replicated, batch_sharding):
+    self.config = config
+    self.data = data_lib.load(config.dataset, config.get("data_dir"),
+                              config.train_subset, config.test_subset,
+                              config.seed)
+    self.num_classes = self.data.num_classes
+    self.num_train = len(self.data.train_labels)
+    self.input_shape = self.data.train_images.shape[1:]
+    self._images = jax.device_put(self.data.train_images, replicated)
+    self._labels = jax.device_put(self.data.train_labels, replicated)
+    self._sharding = batch_sharding
+    self._gather = jax.jit(lambda im, lb, idx: (im[idx], lb[idx]))
+
+  def train_batches(self, start_step):
+    step = start_step
+    while True:
+      idx = data_lib.batch_indices(self.config.seed, step, self.num_train,
+                                   self.config.batch_size)
+      yield self._gather(self._images, self._labels,
+                         jax.device_put(idx, self._sharding))
+      step += 1
+
+  def eval_batches(self):
+    return array_batches(self.data.test_images, self.data.test_labels,
+                         self.config.eval_batch_size)
+
+  def bn_batches(self, count):
+    """Un-augmented training batches for the BN recomputation."""
+    for i in range(count):
+      idx = data_lib.batch_indices(self.config.seed, i, self.num_train,
+                                   self.config.batch_size)
+      yield data_lib.normalize(self.data.train_images[idx],
+                               tuple(self.config.mean), tuple(self.config.std))
+
+
+class StreamInput:
+  """ImageNet through tf.data, augmented on the host."""
+
+  device_augment = False
+
+  def __init__(self, config, replicated, batch_sharding):
+    del replicated
+    from lrpet_jax import imagenet_input  # pylint: disable=g-import-not-at-top
+    self._lib = imagenet_input
+    self.config = config
+    self.builder = imagenet_input.builder(config.dataset, config.get("data_dir"))
+    self.num_classes = self.builder.info.features["label"].num_classes
+    self.num_train = imagenet_input.process_split(
+        self.builder, "train", drop_remainder=True)[1]
+    self.input_shape = (config.image_size, config.image_size, 3)
+    self._sharding = batch_sharding
+
+  def _local_batch(self):
+    return self.config.batch_size // jax.process_count()
+
+  def train_batches(self, start_step):
+    for images, labels in self._lib.train_batches(
+        self.builder, batch_size=self._local_batch(), seed=self.config.seed,
+        start_step=start_step, image_size=self.config.image_size):
+      yield (jax.make_array_from_process_local_data(self._sharding, images),
+             jax.make_array_from_process_local_data(self._sharding, labels))
+
+  def eval_batches(self):
+    return self._lib.eval_batches(self.builder,
+                                  batch_size=self.config.eval_batch_size,
+                                  image_size=self.config.image_size)
+
+  def bn_batches(self, count):
+    mean, std = tuple(self.config.mean), tuple(self.config.std)
+    for i, (images, _) in enumerate(self.train_batches(0)):
+      if i == count:
+        return
+      yield data_lib.normalize(images, mean, std)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
   """Trains, projects, recomputes BN, exports the compact model; returns the summary."""
   start = time.time()
   check_config(config)
-  data = data_lib.load(config.dataset, config.get("data_dir"),
-                       config.train_subset, config.test_subset, config.seed)
-  if data.num_classes != config.num_classes:
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P("data"))
+  source = (StreamInput if config.dataset in data_lib.STREAMED
+            else InMemoryInput)(config, replicated, batch_sharding)
+  if source.num_classes != config.num_classes:
     raise ConfigError(f"num_classes: {config.num_classes} but the data set has"
-                      f" {data.num_classes}")
+                      f" {source.num_classes}")
   workdir = pathlib.Path(workdir)
-  input_shape = data.train_images.shape[1:]
+  input_shape = tuple(source.input_shape)
   model = models.create(config.model, config.num_classes)
   abstract = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1,) + input_shape), train=False))
   ranks = select_ranks(config, model, abstract, input_shape)
   pairs = models.bn_pairs(abstract["params"])
-  n_train = len(data.train_labels)
-  steps_per_epoch = n_train // config.batch_size
+  steps_per_epoch = source.num_train // config.batch_size
   if steps_per_epoch < 1:
     raise ConfigError(f"batch_size: {config.batch_size} exceeds the"
-                      f" {n_train} training examples")
+                      f" {source.num_train} training examples")
   total_steps = config.num_steps or config.num_epochs * steps_per_epoch
   tx = make_optimizer(config, ranks, steps_per_epoch)
   identity = run_identity(config, ranks)
-
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P("data"))
 
   workdir.mkdir(parents=True, exist_ok=True)
   manager = checkpoint_manager(workdir, config)
@@ -295,25 +383,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                " device(s)", config.model, total_steps, steps_per_epoch,
                first_step, jax.device_count(), jax.devices()[0].platform)
 
-  images = jax.device_put(data.train_images, replicated)
-  labels = jax.device_put(data.train_labels, replicated)
-  train_step = jax.jit(make_train_step(model, tx, config, pairs),
-                       donate_argnums=(0,))
+  train_step = jax.jit(
+      make_train_step(model, tx, config, pairs, source.device_augment),
+      donate_argnums=(0,))
   evaluate = make_eval_fn(model, config)
   writer = MetricWriter(workdir)
   stop = StopRequested()
   schedule = learning_rate_schedule(config, steps_per_epoch)
   project_every = config.project_every_steps or steps_per_epoch
   checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
+  batches = source.train_batches(first_step)
 
   t_log, last_logged = time.time(), first_step
   pending = None
   for step in range(first_step, total_steps):
-    indices = jax.device_put(
-        data_lib.batch_indices(config.seed, step, n_train, config.batch_size),
-        batch_sharding)
+    images, labels = next(batches)
     t_proj = time.time()
-    state, metrics = train_step(state, images, labels, indices)
+    state, metrics = train_step(state, images, labels)
     if (step + 1) % project_every == 0:
       jax.block_until_ready(state)
       logging.info("step %d: projection step took %.3fs", step + 1,
@@ -336,10 +422,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if done % checkpoint_every == 0 or done == total_steps:
       _check_finite(*pending, manager)
       acc = evaluate({"params": state.params, "batch_stats": state.batch_stats},
-                     data.test_images, data.test_labels)
-      writer.write(done, {"test_accuracy": acc})
-      logging.info("step %d: test accuracy %.4f", done, acc)
-      save(manager, state, identity, {"test_accuracy": acc})
+                     source.eval_batches())
+      writer.write(done, {"test_top1": acc["top1"], "test_top5": acc["top5"]})
+      logging.info("step %d: test top-1 %.4f  top-5 %.4f", done, acc["top1"],
+                   acc["top5"])
+      save(manager, state, identity, {"test_accuracy": acc["top1"]})
     if stop.signal is not None:
       save(manager, state, identity)
       logging.warning("signal %d: saved step %d and stopped", stop.signal,
@@ -347,7 +434,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       writer.close()
       return {"stopped_at_step": done}
 
-  summary = finish(config, workdir, model, state, ranks, pairs, data,
+  summary = finish(config, workdir, model, state, ranks, pairs, source,
                    input_shape)
   summary["wall_time_s"] = time.time() - start
   writer.write(total_steps, {k: v for k, v in summary.items()
@@ -371,27 +458,21 @@ def _check_finite(step, metrics, manager):
         f" {manager.latest_step()}")
 
 
-def finish(config, workdir, model, state, ranks, pairs, data,
+def finish(config, workdir, model, state, ranks, pairs, source,
            input_shape) -> dict:
   """Final projection, precise BN, compact export and evaluation of both models."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   params = jax.device_get(final_projection(state, config, ranks, pairs))
-  mean, std = tuple(config.mean), tuple(config.std)
-  n = len(data.train_labels)
-  batches = (data_lib.normalize(
-      data.train_images[data_lib.batch_indices(config.seed, i, n,
-                                               config.batch_size)], mean, std)
-             for i in range(config.bn_recompute_batches))
   apply_fn = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
   batch_stats = bn.recompute_batch_stats(
-      apply_fn, {"params": params, "batch_stats": state.batch_stats}, batches)
+      apply_fn, {"params": params, "batch_stats": state.batch_stats},
+      source.bn_batches(config.bn_recompute_batches))
   dense_vars = jax.device_get({"params": params, "batch_stats": batch_stats})
-  dense_acc = make_eval_fn(model, config)(dense_vars, data.test_images,
-                                          data.test_labels)
+  dense_acc = make_eval_fn(model, config)(dense_vars, source.eval_batches())
   compact_model = models.create(config.model, config.num_classes, ranks=ranks)
   compact_vars = compact.factorize(dense_vars, ranks)
-  compact_acc = make_eval_fn(compact_model, config)(
-      compact_vars, data.test_images, data.test_labels)
+  compact_acc = make_eval_fn(compact_model, config)(compact_vars,
+                                                    source.eval_batches())
   dense_cost = accounting.cost(model, dense_vars, input_shape)
   compact_cost = accounting.cost(compact_model, compact_vars, input_shape)
   rows = compact.layer_report(dense_vars, ranks, accounting.layer_costs(
@@ -408,7 +489,9 @@ def finish(config, workdir, model, state, ranks, pairs, data,
   return {
       "model": config.model, "dataset": config.dataset,
       "steps": int(state.step),
-      "dense_accuracy": dense_acc, "compact_accuracy": compact_acc,
+      "dense_accuracy": dense_acc["top1"],
+      "compact_accuracy": compact_acc["top1"],
+      "dense_top5": dense_acc["top5"], "compact_top5": compact_acc["top5"],
       "dense_macs": dense_cost["macs"], "compact_macs": compact_cost["macs"],
       "dense_params": dense_cost["params"],
       "compact_params": compact_cost["params"],
