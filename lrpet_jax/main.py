@@ -38,11 +38,6 @@ def main(argv):
   except train.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except ValueError as e:
-    if str(e).startswith(("dataset:", "ranks", "ratio")):
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-    raise
   except train.NonFiniteLoss as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -350,8 +350,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        axis_types=(jax.sharding.AxisType.Auto,))
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
-  source = (StreamInput if config.dataset in data_lib.STREAMED
-            else InMemoryInput)(config, replicated, batch_sharding)
+  try:
+    source = (StreamInput if config.dataset in data_lib.STREAMED
+              else InMemoryInput)(config, replicated, batch_sharding)
+  except ValueError as e:  # data sets that cannot be found or prepared
+    raise ConfigError(str(e)) from None
   if source.num_classes != config.num_classes:
     raise ConfigError(f"num_classes: {config.num_classes} but the data set has"
                       f" {source.num_classes}")
@@ -360,7 +363,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   model = models.create(config.model, config.num_classes)
   abstract = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1,) + input_shape), train=False))
-  ranks = select_ranks(config, model, abstract, input_shape)
+  try:
+    ranks = select_ranks(config, model, abstract, input_shape)
+  except ValueError as e:  # e.g. an unreachable macs_reduction
+    raise ConfigError(str(e)) from None
   pairs = models.bn_pairs(abstract["params"])
   steps_per_epoch = source.num_train // config.batch_size
   if steps_per_epoch < 1:
