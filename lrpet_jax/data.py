@@ -54,6 +54,18 @@ def _subset(images, labels, n, seed):
   return images[keep], labels[keep]
 
 
+def prepared_builder(dataset: str, data_dir: str | None, hint: str):
+  """``tfds.builder(dataset)``, downloaded and prepared, or one-line ValueError."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(dataset, data_dir=data_dir)
+  try:
+    builder.download_and_prepare()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"dataset: cannot load or download {dataset!r}"
+                     f" ({type(e).__name__}); {hint}") from None
+  return builder
+
+
 def load(dataset: str, data_dir: str | None = None, train_subset: int = 0,
          test_subset: int = 0, seed: int = 0) -> InMemoryData:
   """Loads a whole small data set as uint8 arrays (optionally a seeded subset)."""
@@ -63,15 +75,9 @@ def load(dataset: str, data_dir: str | None = None, train_subset: int = 0,
   if dataset.startswith("image_folder:"):
     builder = tfds.folder_dataset.ImageFolder(dataset.split(":", 1)[1])
   else:
-    builder = tfds.builder(dataset, data_dir=data_dir)
-    try:
-      builder.download_and_prepare()
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(
-          f"dataset: cannot load or download {dataset!r}"
-          f" ({type(e).__name__}); point --config.data_dir at a prepared tfds"
-          " directory or use --config.dataset=image_folder:PATH for a local"
-          " copy") from None
+    builder = prepared_builder(
+        dataset, data_dir, "point --config.data_dir at a prepared tfds"
+        " directory or use --config.dataset=image_folder:PATH for a local copy")
   arrays = {}
   for split in ("train", "test"):
     chunks = list(tfds.as_numpy(builder.as_dataset(

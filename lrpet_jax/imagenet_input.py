@@ -25,16 +25,10 @@ def _tf():
 
 
 def builder(dataset: str, data_dir: str | None):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  b = tfds.builder(dataset, data_dir=data_dir)
-  try:
-    b.download_and_prepare()
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(
-        f"dataset: cannot prepare {dataset!r} ({type(e).__name__}); ImageNet"
-        " needs a manual download: put the tars in <data_dir>/downloads/manual"
-        " and pass --config.data_dir") from None
-  return b
+  from lrpet_jax import data  # pylint: disable=g-import-not-at-top
+  return data.prepared_builder(
+      dataset, data_dir, "ImageNet needs a manual download: put the tars in"
+      " <data_dir>/downloads/manual and pass --config.data_dir")
 
 
 def process_split(b, split: str, drop_remainder: bool = False):

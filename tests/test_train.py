@@ -84,6 +84,19 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "starting at step" in result.stderr and "at step 0 " not in result.stderr
 
+  # The README's restore snippet works on what this run wrote.
+  blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(),
+                      re.S)
+  snippet = next(b for b in blocks if "dense_final" in b)
+  ns = {"workdir": str(straight), "model_name": "resnet20", "input_size": 32}
+  exec(snippet, ns)  # pylint: disable=exec-used
+  x = np.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)),
+                 np.float32)
+  np.testing.assert_allclose(
+      ns["compact"].apply(ns["compact_vars"], x, train=False),
+      ns["dense"].apply(ns["dense_vars"], x, train=False), rtol=1e-4, atol=1e-4)
+  assert int(ns["state"]["step"]) == 12
+
   a, b = final_state(straight), final_state(killed)
   import jax  # pylint: disable=g-import-not-at-top
   diffs = jax.tree.leaves(jax.tree.map(
@@ -106,6 +119,18 @@ def test_bad_input_one_line_exit_2(image_folder, tmp_path, override, field):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and field in last
   assert not workdir.exists()
+
+
+def test_batch_not_divisible_by_devices(image_folder, tmp_path):
+  result = subprocess.run(
+      command(image_folder, tmp_path / "w", "--config.batch_size=12"),
+      capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert "batch_size" in last and "8 devices" in last
+  assert not (tmp_path / "w").exists()
 
 
 def test_workdir_of_another_model_is_refused(image_folder, tmp_path):
