@@ -100,9 +100,12 @@ def _project_matrix(w, rank, out_scale, *, energy_transfer, residual_scale,
     w_eff = w
   w_r, sigma_max = _truncate(w_eff, rank)
   residual = w_eff - w_r
+  kept = jnp.sum(w_r * w_r)
+  lost = jnp.sum(residual * residual)
+  dead = sigma_max < min_sigma
+  energy = jnp.where(dead, 1.0, kept / jnp.maximum(kept + lost,
+                                                    jnp.finfo(w.dtype).tiny))
   if energy_transfer:
-    kept = jnp.sum(w_r * w_r)
-    lost = jnp.sum(residual * residual)
     alpha = 1.0 + (1.0 - residual_scale**2) * lost / jnp.maximum(
         kept, jnp.finfo(w.dtype).tiny)
     projected = jnp.sqrt(alpha) * w_r
@@ -112,7 +115,7 @@ def _project_matrix(w, rank, out_scale, *, energy_transfer, residual_scale,
     projected = projected + residual_scale * residual
   if out_scale is not None:
     projected = projected * (out_scale / (out_scale * out_scale + eps))
-  return jnp.where(sigma_max < min_sigma, w, projected)
+  return jnp.where(dead, w, projected), energy
 
 
 def project_batch(kernels: jax.Array, ranks: jax.Array,
@@ -127,7 +130,9 @@ def project_batch(kernels: jax.Array, ranks: jax.Array,
     out_scales: (B, c_out) BN factors or None.
 
   Returns:
-    (B, ..., c_out) projected kernels in the input dtype.
+    (B, ..., c_out) projected kernels in the input dtype, and (B,) the fraction
+    of each (BN-scaled) kernel's energy the rank-r truncation kept, before
+    energy transfer (1 for a dead layer).
   """
   shape = kernels.shape
   dtype = kernels.dtype
@@ -138,10 +143,10 @@ def project_batch(kernels: jax.Array, ranks: jax.Array,
       _project_matrix, energy_transfer=energy_transfer,
       residual_scale=residual_scale, eps=eps, min_sigma=min_sigma)
   if out_scales is None:
-    out = jax.vmap(lambda x, r: fn(x, r, None))(w, ranks)
+    out, energy = jax.vmap(lambda x, r: fn(x, r, None))(w, ranks)
   else:
-    out = jax.vmap(fn)(w, ranks, out_scales.astype(cdtype))
-  return out.reshape(shape).astype(dtype)
+    out, energy = jax.vmap(fn)(w, ranks, out_scales.astype(cdtype))
+  return out.reshape(shape).astype(dtype), energy
 
 
 def project_kernel(kernel: jax.Array, rank: int, *,
@@ -175,7 +180,7 @@ def project_kernel(kernel: jax.Array, rank: int, *,
       kernel[None], jnp.asarray([rank], jnp.int32),
       None if out_scale is None else jnp.asarray(out_scale)[None],
       energy_transfer=energy_transfer, residual_scale=residual_scale, eps=eps,
-      min_sigma=min_sigma)
+      min_sigma=min_sigma)[0]
   return out[0]
 
 
@@ -202,7 +207,8 @@ def check_rank_tree(ranks: Any, params: Any, name: str = "ranks") -> list[Any]:
 def project_params(params: Any, ranks: Any, *, out_scales: Any = None,
                    energy_transfer: bool = True, residual_scale: float = 0.0,
                    eps: float = 1e-5, min_sigma: float = 1e-4,
-                   batched: bool | None = None) -> Any:
+                   batched: bool | None = None,
+                   return_energy: bool = False) -> Any:
   """Projects every leaf of ``params`` that has a rank; other leaves pass through.
 
   With ``batched``, leaves of equal shape and dtype are stacked and projected
@@ -217,9 +223,11 @@ def project_params(params: Any, ranks: Any, *, out_scales: Any = None,
     energy_transfer, residual_scale, eps, min_sigma: as in ``project_kernel``.
     batched: group equal shapes into one call; default: on every backend but
       CPU (see the comment in the body).
+    return_energy: also return, for each ranked leaf in ``jax.tree.leaves``
+      order, the fraction of its energy the truncation kept (a (L,) array).
 
   Returns:
-    A pytree like ``params``.
+    A pytree like ``params`` (and the energy array with ``return_energy``).
   """
   check_hyperparameters(residual_scale, eps, min_sigma)
   leaves, treedef = jax.tree.flatten(params)
@@ -248,13 +256,19 @@ def project_params(params: Any, ranks: Any, *, out_scales: Any = None,
            None if batched else i)
     groups.setdefault(key, []).append(i)
   out = list(leaves)
+  energy = [None] * len(leaves)
   for (_, _, has_scale, _), idx in groups.items():
-    projected = project_batch(
+    projected, kept = project_batch(
         jnp.stack([leaves[i] for i in idx]),
         jnp.asarray([rank_leaves[i] for i in idx], jnp.int32),
         jnp.stack([scale_leaves[i] for i in idx]) if has_scale else None,
         energy_transfer=energy_transfer, residual_scale=residual_scale,
         eps=eps, min_sigma=min_sigma)
     for j, i in enumerate(idx):
-      out[i] = projected[j]
-  return jax.tree.unflatten(treedef, out)
+      out[i], energy[i] = projected[j], kept[j]
+  projected_tree = jax.tree.unflatten(treedef, out)
+  if not return_energy:
+    return projected_tree
+  kept_list = [e for e in energy if e is not None]
+  return projected_tree, (jnp.stack(kept_list) if kept_list
+                          else jnp.zeros((0,), jnp.float32))

@@ -407,9 +407,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     t_proj = time.time()
     state, metrics = train_step(state, images, labels)
     if (step + 1) % project_every == 0:
-      jax.block_until_ready(state)
-      logging.info("step %d: projection step took %.3fs", step + 1,
-                   time.time() - t_proj)
+      energy = np.asarray(state.opt_state[-1].inner_state.energy_kept)
+      logging.info("step %d: projection step took %.3fs; energy kept by the"
+                   " truncation: mean %.4f, min %.4f", step + 1,
+                   time.time() - t_proj, energy.mean(), energy.min())
+      writer.write(step + 1, {"projection_energy_kept_mean": float(
+          energy.mean()), "projection_energy_kept_min": float(energy.min()),
+                              "projection_step_seconds": time.time() - t_proj})
     if pending is not None:
       _check_finite(*pending, manager)
     pending = (step + 1, metrics)

@@ -13,7 +13,7 @@ SGD followed by the projection.
 """
 
 import numbers
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,14 @@ def _check_rank_values(ranks: Any) -> None:
           f" got {r!r}")
 
 
+class ProjectionState(NamedTuple):
+  """``energy_kept``: (L,) float32, for each ranked leaf (``jax.tree.leaves``
+  order of the params) the fraction Σ_{i<r} s_i²/Σ s_i² the last projection
+  kept before energy transfer; ones before the first projection."""
+
+  energy_kept: jax.Array
+
+
 def project_updates(ranks: Any, *, energy_transfer: bool = True,
                     residual_scale: float = 0.0, eps: float = 1e-5,
                     min_sigma: float = 1e-4
@@ -55,17 +63,19 @@ def project_updates(ranks: Any, *, energy_transfer: bool = True,
   projection.check_hyperparameters(residual_scale, eps, min_sigma)
 
   def init_fn(params):
-    projection.check_rank_tree(ranks, params)
-    return optax.EmptyState()
+    aligned = projection.check_rank_tree(ranks, params)
+    return ProjectionState(energy_kept=jnp.ones(
+        (sum(r is not None for r in aligned),), jnp.float32))
 
   def update_fn(updates, state, params=None, *, out_scales=None, **extra_args):
     del extra_args  # Meant for other members of the chain.
     if params is None:
       raise ValueError(optax.NO_PARAMS_MSG)
     stepped = optax.apply_updates(params, updates)
-    projected = projection.project_params(
+    projected, energy = projection.project_params(
         stepped, ranks, out_scales=out_scales, energy_transfer=energy_transfer,
-        residual_scale=residual_scale, eps=eps, min_sigma=min_sigma)
+        residual_scale=residual_scale, eps=eps, min_sigma=min_sigma,
+        return_energy=True)
     rank_leaves = _trees.align_to(ranks, params, "ranks")
     treedef = jax.tree.structure(params)
     new_updates = [
@@ -74,7 +84,9 @@ def project_updates(ranks: Any, *, energy_transfer: bool = True,
             treedef.flatten_up_to(updates), jax.tree.leaves(params),
             jax.tree.leaves(projected), rank_leaves)
     ]
-    return jax.tree.unflatten(treedef, new_updates), state
+    del state
+    return jax.tree.unflatten(treedef, new_updates), ProjectionState(
+        energy.astype(jnp.float32))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -98,7 +110,8 @@ def low_rank_projection(ranks: Any, *, every: int,
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is
-    ``optax.ConditionallyTransformState`` (``.step``: int32 count of updates).
+    ``optax.ConditionallyTransformState`` (``.step``: int32 count of updates;
+    ``.inner_state``: a ``ProjectionState`` with the last energy kept).
     The eigendecompositions run only on projection steps (``lax.cond``).
     Pass ``out_scales=`` to ``update`` for BN rectification.
   """

@@ -111,7 +111,8 @@ def test_out_scales_are_honoured():
   opt = lrpet_jax.low_rank_projection(RANKS, every=1)
   state = opt.init(params)
   grads = grads_for(0, params)
-  updates, _ = jax.jit(opt.update)(grads, state, params, out_scales=out_scales)
+  updates, new_state = jax.jit(opt.update)(grads, state, params,
+                                           out_scales=out_scales)
   new = optax.apply_updates(params, updates)
   stepped = flat(optax.apply_updates(params, grads))
   # Leaves without a rank: the update passes through bit for bit.
@@ -121,6 +122,16 @@ def test_out_scales_are_honoured():
       stepped["conv_a/kernel"], 3, out_scale=a)) <= 1e-4
   assert rel_err(new["conv_b"]["kernel"],
                  reference_projection(stepped["conv_b/kernel"], 6)) <= 1e-4
+  # Energy kept by each truncation, in leaf order (conv_a, conv_b, head).
+  want = []
+  for k, r, a_k in (("conv_a/kernel", 3, a), ("conv_b/kernel", 6, None),
+                    ("head/kernel", 2, None)):
+    w = stepped[k].reshape(-1, stepped[k].shape[-1])
+    s = np.linalg.svd(w if a_k is None else w * a_k, compute_uv=False)
+    want.append(np.sum(s[:r] ** 2) / np.sum(s ** 2))
+  np.testing.assert_allclose(new_state.inner_state.energy_kept, want,
+                             rtol=1e-5)
+  assert np.all(np.asarray(state.inner_state.energy_kept) == 1.0)
 
 
 def test_state_survives_flatten_unflatten():
