@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lrpet_jax import _trees
 from lrpet_jax import ranks as ranks_lib
 from lrpet_jax.models import layers
 
@@ -86,12 +87,6 @@ def cost(model: nn.Module, variables: Any,
           "xla_flops": float(analysis.get("flops", float("nan")))}
 
 
-def _flat_ranks(ranks: Any) -> dict[tuple[str, ...], int]:
-  from lrpet_jax import _trees  # pylint: disable=g-import-not-at-top
-  return {_trees.path_tuple(p): r for p, r in
-          jax.tree_util.tree_leaves_with_path(ranks)}
-
-
 def compact_cost(costs: list[LayerCost], total_params: int,
                  ranks: Any) -> dict[str, int]:
   """MACs and params of the compact model, from the dense model's layer costs.
@@ -99,7 +94,7 @@ def compact_cost(costs: list[LayerCost], total_params: int,
   A layer whose kernel has a rank r is factorized (when ``is_factorized``):
   its m·n kernel becomes r·(m + n) weights at the same output positions.
   """
-  flat = _flat_ranks(ranks)
+  flat = _trees.leaves_by_path(ranks)
   macs, params = 0, total_params
   for c in costs:
     (shape,) = c.kernel_shapes

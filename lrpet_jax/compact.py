@@ -84,8 +84,7 @@ def layer_report(variables: Any, ranks: Any, costs: list[Any]) -> list[dict]:
     costs: ``accounting.layer_costs`` of the dense model.
   """
   params = _trees.leaves_by_path(jax.device_get(variables["params"]))
-  flat_ranks = {_trees.path_tuple(p): r for p, r in
-                jax.tree_util.tree_leaves_with_path(ranks)}
+  flat_ranks = _trees.leaves_by_path(ranks)
   rows = []
   for c in costs:
     key = c.path + ("kernel",)

@@ -43,10 +43,13 @@ def command(folder, workdir, *overrides):
           *overrides]
 
 
-def run(cmd, **kwargs):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+def run(cmd, **extra_env):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **extra_env)
   return subprocess.run(cmd, capture_output=True, text=True, env=env,
-                        timeout=600, check=False, cwd=ROOT, **kwargs)
+                        timeout=600, check=False, cwd=ROOT)
+
+
+EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
 
 def final_state(workdir):
@@ -122,11 +125,8 @@ def test_bad_input_one_line_exit_2(image_folder, tmp_path, override, field):
 
 
 def test_batch_not_divisible_by_devices(image_folder, tmp_path):
-  result = subprocess.run(
-      command(image_folder, tmp_path / "w", "--config.batch_size=12"),
-      capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  result = run(command(image_folder, tmp_path / "w", "--config.batch_size=12"),
+               **EIGHT_DEVICES)
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert "batch_size" in last and "8 devices" in last
@@ -201,13 +201,8 @@ def test_eight_devices_match_one(image_folder, tmp_path):
     workdir = tmp_path / f"d{devices}"
     args = ("--config.num_steps=8", "--config.log_every_steps=1",
             "--config.learning_rate=0.01", "--config.project_every_steps=100")
-    result = run(command(image_folder, workdir, *args)
-                 ) if devices == 1 else subprocess.run(
-                     command(image_folder, workdir, *args),
-                     capture_output=True, text=True, timeout=600, check=False,
-                     cwd=ROOT, env=dict(
-                         os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-                         XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+    result = run(command(image_folder, workdir, *args),
+                 **(EIGHT_DEVICES if devices == 8 else {}))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"on {devices} cpu device(s)" in result.stderr
     rows = [json.loads(l) for l in
