@@ -11,6 +11,12 @@ import ml_collections
 
 def get_config():
   c = ml_collections.ConfigDict()
+  # What to train: "lrpet" (the paper), "dense" (no projection, the baseline)
+  # or "compact" (the factorized model at the ranks below, plain SGD; random
+  # init, or init_from a dense variables checkpoint such as WORKDIR/dense_final,
+  # truncated by SVD: decompose-and-retrain).
+  c.method = "lrpet"
+  c.init_from = ml_collections.config_dict.placeholder(str)
   # Model and compression.
   c.model = "resnet56"
   c.num_classes = 10
@@ -21,6 +27,7 @@ def get_config():
   c.residual_scale = 0.0       # ρ, factor on the discarded singular values
   c.bn_rectification = True
   c.bn_recompute_batches = 100  # precise-BN batches after the final projection
+  c.log_spectra = False        # singular values at each projection → spectra.json
   # Data.
   c.dataset = "cifar10"
   c.data_dir = ml_collections.config_dict.placeholder(str)

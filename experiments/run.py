@@ -31,7 +31,6 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments" / "results"
 
 # Each scale: the base overrides of configs/cifar.py, the epoch at which
 # decompose-and-retrain decomposes, the sweep ratios and the seeds.
@@ -95,7 +94,7 @@ def phases(scale, method, seed):
                lr_boundaries_epochs=before)
   tune = dict(base, method="compact", num_epochs=epochs - cut,
               lr_boundaries_epochs=after,
-              learning_rate=lr * decay ** len(before))
+              learning_rate=round(lr * decay ** len(before), 12))
   return [("dense", dense), ("finetune", tune)]
 
 
@@ -113,7 +112,7 @@ def read_jsonl(path):
   return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def collect(name, scale, seed, phase_dirs, commands, commit):
+def collect(name, scale, seed, phase_dirs, commands, commits):
   """The result record of a finished run, from its workdirs."""
   summaries = [json.loads((d / "summary.json").read_text())
                for d in phase_dirs]
@@ -131,7 +130,7 @@ def collect(name, scale, seed, phase_dirs, commands, commit):
   final = summaries[-1]
   spectra = d / "spectra.json"
   return {
-      "run": name, "scale": scale, "seed": seed, "commit": commit,
+      "run": name, "scale": scale, "seed": seed, "commits": commits,
       "commands": commands, "phases": summaries,
       "final": final,
       "wall_time_s": sum(s["wall_time_s"] for s in summaries),
@@ -142,9 +141,9 @@ def collect(name, scale, seed, phase_dirs, commands, commit):
   }
 
 
-def run_one(scale, method, seed, workroot):
+def run_one(scale, method, seed, workroot, results):
   name = f"{method}_seed{seed}"
-  out = RESULTS / scale / f"{name}.json"
+  out = results / scale / f"{name}.json"
   if out.exists():
     print(f"{name}: done ({out})", flush=True)
     return
@@ -160,6 +159,7 @@ def run_one(scale, method, seed, workroot):
     if (workdir / "summary.json").exists():
       continue
     workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "commit.txt").write_text(git_commit())
     print(f"{name}/{phase}: {' '.join(cmd[1:])}", flush=True)
     t = time.time()
     with open(workdir / "log.txt", "a", encoding="utf-8") as log:
@@ -169,7 +169,9 @@ def run_one(scale, method, seed, workroot):
       raise SystemExit(f"{name}/{phase} failed (exit {rc}); see"
                        f" {workdir / 'log.txt'}")
     print(f"{name}/{phase}: {time.time() - t:.0f}s", flush=True)
-  record = collect(name, scale, seed, phase_dirs, commands, git_commit())
+  commits = [(d / "commit.txt").read_text() if (d / "commit.txt").exists()
+             else None for d in phase_dirs]
+  record = collect(name, scale, seed, phase_dirs, commands, commits)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(record, indent=1))
   print(f"{name}: done in {record['wall_time_s']:.0f}s", flush=True)
@@ -183,6 +185,7 @@ def main(argv=None):
   parser.add_argument("--seeds", default="",
                       help="comma-separated seeds (default: the scale's)")
   parser.add_argument("--workroot", default=str(ROOT / "runs" / "experiments"))
+  parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
   args = parser.parse_args(argv)
   spec = SCALES[args.scale]
   seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
@@ -194,7 +197,8 @@ def main(argv=None):
   plan += [(m, s) for s in seeds[1:] for m in METHODS]
   for method, seed in plan:
     if wanted is None or method in wanted:
-      run_one(args.scale, method, seed, pathlib.Path(args.workroot))
+      run_one(args.scale, method, seed, pathlib.Path(args.workroot),
+              pathlib.Path(args.results))
 
 
 if __name__ == "__main__":

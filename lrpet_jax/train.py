@@ -1,5 +1,11 @@
 """LRPET training loop: small pure functions ending in ``train_and_evaluate``.
 
+``config.method`` picks what is trained, with the same data, schedule and
+bookkeeping: ``lrpet`` (the dense model under ``transform.lrpet``), ``dense``
+(the dense model, plain SGD, no projection) or ``compact`` (the factorized
+model at the run's ranks, plain SGD; random init, or ``init_from`` a dense
+``variables`` checkpoint truncated by SVD to those ranks: decompose-and-retrain).
+
 State saved in ``WORKDIR/checkpoints/<step>/`` is everything needed to go on:
 params, batch_stats, the optimizer state (projection counter included) and the
 step; batches and augmentation draws are functions of (seed, step). Rerunning
@@ -23,6 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from lrpet_jax import _trees
 from lrpet_jax import accounting
 from lrpet_jax import bn
 from lrpet_jax import compact
@@ -45,6 +52,9 @@ class ConfigError(ValueError):
   """Bad configuration or workdir: reported in one line, exit status 2."""
 
 
+METHODS = ("lrpet", "dense", "compact")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Static checks, before anything is loaded or written."""
   if config.model not in models.NAMES:
@@ -54,6 +64,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     data_lib.check_dataset_name(config.dataset)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  method = config.get("method", "lrpet")
+  if method not in METHODS:
+    raise ConfigError(f"method: unknown {method!r}; valid: {', '.join(METHODS)}")
+  init_from = config.get("init_from")
+  if init_from and method != "compact":
+    raise ConfigError(f"init_from: only for method 'compact', not {method!r}")
+  if init_from and not pathlib.Path(init_from).is_dir():
+    raise ConfigError(f"init_from: no checkpoint directory at {init_from}")
+  if config.get("log_spectra") and method != "lrpet":
+    raise ConfigError(f"log_spectra: only for method 'lrpet', not {method!r}")
   if config.ratio is not None and not 0.0 <= config.ratio < 1.0:
     raise ConfigError(f"ratio: must be in [0, 1), got {config.ratio}")
   n = jax.device_count()
@@ -81,6 +101,12 @@ def select_ranks(config, model, abstract_variables, input_shape):
 
 
 def make_optimizer(config, ranks, steps_per_epoch):
+  """``transform.lrpet`` for method lrpet, else the same SGD without projection."""
+  if config.get("method", "lrpet") != "lrpet":
+    return transform.pytorch_sgd(
+        learning_rate_schedule(config, steps_per_epoch),
+        momentum=config.momentum, weight_decay=config.weight_decay,
+        nesterov=config.nesterov)
   return transform.lrpet(
       learning_rate_schedule(config, steps_per_epoch), ranks,
       every=config.project_every_steps or steps_per_epoch,
@@ -89,12 +115,36 @@ def make_optimizer(config, ranks, steps_per_epoch):
       residual_scale=config.residual_scale)
 
 
-def initial_state(model, tx, seed, input_shape) -> TrainState:
-  variables = model.init(jax.random.key(seed), jnp.zeros((1,) + input_shape),
-                         train=False)
+def initial_state(model, tx, seed, input_shape, variables=None) -> TrainState:
+  """Step 0: ``variables`` (e.g. ``decomposed_variables``) or a random init."""
+  if variables is None:
+    variables = model.init(jax.random.key(seed),
+                           jnp.zeros((1,) + input_shape), train=False)
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                     batch_stats=variables["batch_stats"],
                     opt_state=tx.init(variables["params"]))
+
+
+def decomposed_variables(path, dense_abstract, ranks):
+  """Dense ``variables`` saved at ``path`` (``WORKDIR/dense_final``), each
+  ranked kernel truncated by SVD to its rank (no energy transfer), factorized
+  into the compact model's variables."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path).absolute()
+  try:
+    dense = ocp.StandardCheckpointer().restore(path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"init_from: cannot read a checkpoint at {path}"
+                      f" ({type(e).__name__})") from None
+  want = jax.tree.map(lambda x: x.shape, dense_abstract)
+  got = jax.tree.map(lambda x: x.shape, dense) if isinstance(dense, dict) else None
+  if got != want:
+    raise ConfigError(f"init_from: {path} does not hold variables of this"
+                      " config's dense model")
+  params = projection.project_params(dense["params"], ranks,
+                                     energy_transfer=False)
+  return compact.factorize(
+      {"params": params, "batch_stats": dense["batch_stats"]}, ranks)
 
 
 def make_train_step(model, tx, config, pairs, device_augment=True):
@@ -116,10 +166,11 @@ def make_train_step(model, tx, config, pairs, device_augment=True):
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
-    out_scales = (bn.bn_out_scales(state.params, batch_stats, pairs)
-                  if config.bn_rectification else None)
+    extra = {}
+    if pairs is not None and config.bn_rectification:
+      extra["out_scales"] = bn.bn_out_scales(state.params, batch_stats, pairs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params,
-                                   out_scales=out_scales)
+                                   **extra)
     new_state = TrainState(step=state.step + 1,
                            params=optax.apply_updates(state.params, updates),
                            batch_stats=batch_stats, opt_state=opt_state)
@@ -175,6 +226,7 @@ def checkpoint_manager(workdir: pathlib.Path, config):
 
 def run_identity(config, ranks) -> dict:
   return {"model": config.model, "num_classes": config.num_classes,
+          "method": config.get("method", "lrpet"),
           "ranks": ranks_lib.ranks_to_dict(ranks)}
 
 
@@ -211,7 +263,8 @@ def restore_latest(manager, abstract_state, identity):
     if saved_identity != identity:
       raise ConfigError(
           f"workdir: holds a checkpoint of model {saved_identity.get('model')!r}"
-          " with other ranks or classes than this config; use a new workdir")
+          " with another method, ranks or classes than this config; use a new"
+          " workdir")
     try:
       return manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))["state"]
@@ -237,6 +290,47 @@ class MetricWriter:
   def close(self):
     self._jsonl.close()
     self._tb.close()
+
+
+class SpectraLog:
+  """Singular values of every ranked kernel (as the (m, n) matrix) at each
+  projection step, in ``WORKDIR/spectra.json``: ``before`` from the params
+  entering the projection step (one SGD update before the truncation, which
+  happens inside the jitted step) and ``after`` from the step's result.
+  Float64 NumPy SVD on the host, once per projection."""
+
+  def __init__(self, workdir: pathlib.Path, ranks):
+    self._path = workdir / "spectra.json"
+    self._ranks = {k: r for k, r in _trees.leaves_by_path(ranks).items()}
+    self._before = None
+    if self._path.exists():  # a resumed run appends
+      self.record = json.loads(self._path.read_text())
+    else:
+      self.record = {"steps": [], "layers": {
+          "/".join(k): {"rank": r, "before": [], "after": []}
+          for k, r in self._ranks.items()}}
+
+  def _spectra(self, params):
+    flat = _trees.leaves_by_path(params)
+    out = {}
+    for k in self._ranks:
+      w = np.asarray(jax.device_get(flat[k]), np.float64)
+      out["/".join(k)] = np.linalg.svd(
+          w.reshape(projection.matrix_shape(w.shape)), compute_uv=False)
+    return out
+
+  def before(self, params):
+    self._before = self._spectra(params)
+
+  def after(self, step, params):
+    after = self._spectra(params)
+    self.record["steps"].append(step)
+    for name, layer in self.record["layers"].items():
+      layer["before"].append(self._before[name].tolist())
+      layer["after"].append(after[name].tolist())
+    tmp = self._path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(self.record))
+    tmp.replace(self._path)
 
 
 class StopRequested:
@@ -360,14 +454,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                       f" {source.num_classes}")
   workdir = pathlib.Path(workdir)
   input_shape = tuple(source.input_shape)
-  model = models.create(config.model, config.num_classes)
-  abstract = jax.eval_shape(lambda: model.init(
+  method = config.get("method", "lrpet")
+  dense_model = models.create(config.model, config.num_classes)
+  abstract = jax.eval_shape(lambda: dense_model.init(
       jax.random.key(0), jnp.zeros((1,) + input_shape), train=False))
   try:
-    ranks = select_ranks(config, model, abstract, input_shape)
+    ranks = select_ranks(config, dense_model, abstract, input_shape)
   except ValueError as e:  # e.g. an unreachable macs_reduction
     raise ConfigError(str(e)) from None
-  pairs = models.bn_pairs(abstract["params"])
+  if method == "compact":
+    model, pairs = models.create(config.model, config.num_classes, ranks), None
+  else:
+    model, pairs = dense_model, models.bn_pairs(abstract["params"])
+  if method == "dense":
+    pairs = None
   steps_per_epoch = source.num_train // config.batch_size
   if steps_per_epoch < 1:
     raise ConfigError(f"batch_size: {config.batch_size} exceeds the"
@@ -382,11 +482,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       lambda: initial_state(model, tx, config.seed, input_shape))
   state = restore_latest(manager, abstract_state, identity)
   if state is None:
-    state = initial_state(model, tx, config.seed, input_shape)
+    variables = (decomposed_variables(config.init_from, abstract, ranks)
+                 if config.get("init_from") else None)
+    state = initial_state(model, tx, config.seed, input_shape, variables)
   state = jax.device_put(state, replicated)
   first_step = int(state.step)
-  logging.info("%s: %d steps (%d per epoch), starting at step %d on %d %s"
-               " device(s)", config.model, total_steps, steps_per_epoch,
+  logging.info("%s %s: %d steps (%d per epoch), starting at step %d on %d %s"
+               " device(s)", method, config.model, total_steps, steps_per_epoch,
                first_step, jax.device_count(), jax.devices()[0].platform)
 
   train_step = jax.jit(
@@ -402,11 +504,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   t_log, last_logged = time.time(), first_step
   pending = None
+  spectra = SpectraLog(workdir, ranks) if config.get("log_spectra") else None
   for step in range(first_step, total_steps):
     images, labels = next(batches)
+    projecting = method == "lrpet" and (step + 1) % project_every == 0
+    if projecting and spectra is not None:
+      spectra.before(state.params)
     t_proj = time.time()
     state, metrics = train_step(state, images, labels)
-    if (step + 1) % project_every == 0:
+    if projecting and spectra is not None:
+      spectra.after(step + 1, state.params)
+    if projecting:
       energy = np.asarray(state.opt_state[-1].inner_state.energy_kept)
       logging.info("step %d: projection step took %.3fs; energy kept by the"
                    " truncation: mean %.4f, min %.4f", step + 1,
@@ -445,7 +553,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       return {"stopped_at_step": done}
 
   summary = finish(config, workdir, model, state, ranks, pairs, source,
-                   input_shape)
+                   input_shape, abstract)
+  summary["steps_per_epoch"] = steps_per_epoch
   summary["wall_time_s"] = time.time() - start
   writer.write(total_steps, {k: v for k, v in summary.items()
                              if isinstance(v, float)})
@@ -468,44 +577,78 @@ def _check_finite(step, metrics, manager):
         f" {manager.latest_step()}")
 
 
-def finish(config, workdir, model, state, ranks, pairs, source,
-           input_shape) -> dict:
-  """Final projection, precise BN, compact export and evaluation of both models."""
+def _deployed_evaluation(config, model, variables, source):
+  return make_eval_fn(model, config)(variables, source.eval_batches())
+
+
+def finish(config, workdir, model, state, ranks, pairs, source, input_shape,
+           dense_abstract) -> dict:
+  """Final projection (lrpet), precise BN, export and evaluation.
+
+  Writes ``dense_final/`` (methods lrpet and dense) and ``compact/`` (lrpet and
+  compact) as Orbax ``variables`` checkpoints. ``final_accuracy`` is the model
+  the method deploys: the compact one, or the dense one for method dense.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  params = jax.device_get(final_projection(state, config, ranks, pairs))
+  method = config.get("method", "lrpet")
+  params = (final_projection(state, config, ranks, pairs) if method == "lrpet"
+            else state.params)
+  params = jax.device_get(params)
   apply_fn = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
   batch_stats = bn.recompute_batch_stats(
       apply_fn, {"params": params, "batch_stats": state.batch_stats},
       source.bn_batches(config.bn_recompute_batches))
-  dense_vars = jax.device_get({"params": params, "batch_stats": batch_stats})
-  dense_acc = make_eval_fn(model, config)(dense_vars, source.eval_batches())
+  trained = jax.device_get({"params": params, "batch_stats": batch_stats})
+  dense_model = models.create(config.model, config.num_classes)
   compact_model = models.create(config.model, config.num_classes, ranks=ranks)
-  compact_vars = compact.factorize(dense_vars, ranks)
-  compact_acc = make_eval_fn(compact_model, config)(compact_vars,
-                                                    source.eval_batches())
-  dense_cost = accounting.cost(model, dense_vars, input_shape)
-  compact_cost = accounting.cost(compact_model, compact_vars, input_shape)
-  rows = compact.layer_report(dense_vars, ranks, accounting.layer_costs(
-      model, dense_vars, input_shape))
+  dense_vars = compact_vars = dense_acc = compact_acc = None
+  if method == "compact":
+    compact_vars = trained
+  else:
+    dense_vars = trained
+    dense_acc = _deployed_evaluation(config, dense_model, dense_vars, source)
+  if method == "lrpet":
+    compact_vars = compact.factorize(dense_vars, ranks)
+  if compact_vars is not None:
+    compact_acc = _deployed_evaluation(config, compact_model, compact_vars,
+                                       source)
+  dense_cost = accounting.cost(dense_model, dense_vars or dense_abstract,
+                               input_shape)
+  outputs = {"dense_final": dense_vars, "compact": compact_vars}
   checkpointer = ocp.StandardCheckpointer()
-  for name, tree in (("dense_final", dense_vars), ("compact", compact_vars)):
-    checkpointer.save((workdir / name).absolute(), tree, force=True)
+  for name, tree in outputs.items():
+    if tree is not None:
+      checkpointer.save((workdir / name).absolute(), tree, force=True)
   checkpointer.wait_until_finished()
-  (workdir / "ranks.json").write_text(
-      json.dumps(ranks_lib.ranks_to_dict(ranks), indent=1))
-  (workdir / "compact_report.json").write_text(json.dumps(
-      {"layers": rows, "dense": dense_cost, "compact": compact_cost}, indent=1))
-  (workdir / "compact_report.txt").write_text(compact.format_report(rows))
-  return {
-      "model": config.model, "dataset": config.dataset,
+  summary = {
+      "model": config.model, "method": method, "dataset": config.dataset,
       "steps": int(state.step),
-      "dense_accuracy": dense_acc["top1"],
-      "compact_accuracy": compact_acc["top1"],
-      "dense_top5": dense_acc["top5"], "compact_top5": compact_acc["top5"],
-      "dense_macs": dense_cost["macs"], "compact_macs": compact_cost["macs"],
-      "dense_params": dense_cost["params"],
-      "compact_params": compact_cost["params"],
-      "macs_reduction": 1 - compact_cost["macs"] / dense_cost["macs"],
-      "params_reduction": 1 - compact_cost["params"] / dense_cost["params"],
-      "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+      "dense_accuracy": dense_acc and dense_acc["top1"],
+      "compact_accuracy": compact_acc and compact_acc["top1"],
+      "dense_top5": dense_acc and dense_acc["top5"],
+      "compact_top5": compact_acc and compact_acc["top5"],
+      "dense_macs": dense_cost["macs"], "dense_params": dense_cost["params"],
   }
+  if compact_vars is None:
+    final_acc, final_cost = dense_acc, dense_cost
+  else:
+    final_acc = compact_acc
+    final_cost = accounting.cost(compact_model, compact_vars, input_shape)
+    (workdir / "ranks.json").write_text(
+        json.dumps(ranks_lib.ranks_to_dict(ranks), indent=1))
+    report = {"dense": dense_cost, "compact": final_cost}
+    if dense_vars is not None:
+      rows = compact.layer_report(dense_vars, ranks, accounting.layer_costs(
+          dense_model, dense_vars, input_shape))
+      report["layers"] = rows
+      (workdir / "compact_report.txt").write_text(compact.format_report(rows))
+    (workdir / "compact_report.json").write_text(json.dumps(report, indent=1))
+    summary.update(compact_macs=final_cost["macs"],
+                   compact_params=final_cost["params"])
+  summary.update(
+      final_accuracy=final_acc["top1"], final_top5=final_acc["top5"],
+      final_macs=final_cost["macs"], final_params=final_cost["params"],
+      macs_reduction=1 - final_cost["macs"] / dense_cost["macs"],
+      params_reduction=1 - final_cost["params"] / dense_cost["params"],
+      device=f"{jax.device_count()}x {jax.devices()[0].device_kind}")
+  return summary

@@ -123,18 +123,14 @@ def low_rank_projection(ranks: Any, *, every: int,
       inner, lambda step: (step + 1) % every == 0)
 
 
-def lrpet(learning_rate: optax.ScalarOrSchedule, ranks: Any, *, every: int,
-          momentum: float = 0.9, weight_decay: float = 1e-4,
-          nesterov: bool = False, energy_transfer: bool = True,
-          residual_scale: float = 0.0) -> optax.GradientTransformationExtraArgs:
-  """The paper's optimizer: PyTorch-style SGD, then ``low_rank_projection``.
-
-  SGD as ``torch.optim.SGD``: g ← g + weight_decay·p; b ← momentum·b + g;
+def pytorch_sgd(learning_rate: optax.ScalarOrSchedule, *,
+                momentum: float = 0.9, weight_decay: float = 1e-4,
+                nesterov: bool = False) -> optax.GradientTransformation:
+  """SGD as ``torch.optim.SGD``: g ← g + weight_decay·p; b ← momentum·b + g;
   step = −lr·(g + momentum·b if nesterov else b).
 
   Args:
     learning_rate: float or optax schedule.
-    ranks, every, energy_transfer, residual_scale: see ``low_rank_projection``.
     momentum: in [0, 1).
     weight_decay: ≥ 0, applied to every parameter (as the official code does).
     nesterov: Nesterov momentum (needs momentum > 0).
@@ -152,6 +148,22 @@ def lrpet(learning_rate: optax.ScalarOrSchedule, ranks: Any, *, every: int,
       optax.trace(decay=momentum, nesterov=nesterov) if momentum
       else optax.identity(),
       optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def lrpet(learning_rate: optax.ScalarOrSchedule, ranks: Any, *, every: int,
+          momentum: float = 0.9, weight_decay: float = 1e-4,
+          nesterov: bool = False, energy_transfer: bool = True,
+          residual_scale: float = 0.0) -> optax.GradientTransformationExtraArgs:
+  """The paper's optimizer: ``pytorch_sgd``, then ``low_rank_projection``.
+
+  Args:
+    learning_rate, momentum, weight_decay, nesterov: see ``pytorch_sgd``.
+    ranks, every, energy_transfer, residual_scale: see ``low_rank_projection``.
+  """
+  return optax.chain(
+      pytorch_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay,
+                  nesterov=nesterov),
       low_rank_projection(
           ranks, every=every, energy_transfer=energy_transfer,
           residual_scale=residual_scale),

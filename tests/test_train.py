@@ -60,7 +60,7 @@ def final_state(workdir):
 
 def test_pipeline_and_exact_resume_after_sigkill(image_folder, tmp_path):
   straight = tmp_path / "straight"
-  result = run(command(image_folder, straight))
+  result = run(command(image_folder, straight, "--config.log_spectra=True"))
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads((straight / "summary.json").read_text())
   assert summary["steps"] == 12
@@ -71,6 +71,15 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, tmp_path):
     assert (straight / name).exists(), name
   assert sorted(p.name for p in (straight / "checkpoints").iterdir()
                 if p.name.isdigit()) == ["12", "4", "8"]
+  # Spectra: after each projection every kernel has rank <= r; before it, the
+  # SGD updates since the last projection have refilled the tail.
+  spectra = json.loads((straight / "spectra.json").read_text())
+  assert spectra["steps"] == [3, 6, 9, 12]
+  layer = spectra["layers"]["stage2_block0/conv2/kernel"]
+  r = layer["rank"]
+  for before, after in zip(layer["before"], layer["after"]):
+    assert max(after[r:]) <= 1e-5 * after[0]
+    assert max(before[r:]) >= 1e-3 * before[0]
 
   killed = tmp_path / "killed"
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -108,16 +117,21 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, tmp_path):
   assert max(diffs) <= 1e-6
 
 
-@pytest.mark.parametrize("override, field", [
-    ("--config.model=resnet57", "model"),
-    ("--config.ratio=1.5", "ratio"),
-    ("--config.dataset=image_folder:/nonexistent/cifar", "dataset"),
-    ("--config.dataset=mnist", "dataset"),
-    ("--config.batch_size=0", "batch_size"),
+@pytest.mark.parametrize("overrides, field", [
+    (["--config.model=resnet57"], "model"),
+    (["--config.ratio=1.5"], "ratio"),
+    (["--config.dataset=image_folder:/nonexistent/cifar"], "dataset"),
+    (["--config.dataset=mnist"], "dataset"),
+    (["--config.batch_size=0"], "batch_size"),
+    (["--config.method=prune"], "method"),
+    (["--config.init_from=/tmp"], "init_from"),
+    (["--config.method=compact", "--config.init_from=/nonexistent"],
+     "init_from"),
+    (["--config.method=dense", "--config.log_spectra=True"], "log_spectra"),
 ])
-def test_bad_input_one_line_exit_2(image_folder, tmp_path, override, field):
+def test_bad_input_one_line_exit_2(image_folder, tmp_path, overrides, field):
   workdir = tmp_path / "w"
-  result = run(command(image_folder, workdir, override))
+  result = run(command(image_folder, workdir, *overrides))
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and field in last
@@ -212,3 +226,74 @@ def test_eight_devices_match_one(image_folder, tmp_path):
   np.testing.assert_allclose(losses[8][:3], losses[1][:3], rtol=1e-4)
   np.testing.assert_allclose(losses[8], losses[1], rtol=1e-2)
   assert losses[1][-1] < losses[1][0]  # it trains
+
+
+def truncated_reference(kernel, rank):
+  """Float64 NumPy truncated SVD of a kernel's (prod(...), c_out) matrix."""
+  w = np.asarray(kernel, np.float64).reshape(-1, kernel.shape[-1])
+  u, sv, vt = np.linalg.svd(w, full_matrices=False)
+  return ((u[:, :rank] * sv[:rank]) @ vt[:rank]).reshape(kernel.shape)
+
+
+def test_dense_baseline_then_decompose_and_retrain(image_folder, tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  from lrpet_jax import _trees  # pylint: disable=g-import-not-at-top
+  from lrpet_jax import models  # pylint: disable=g-import-not-at-top
+  from lrpet_jax import ranks as ranks_lib  # pylint: disable=g-import-not-at-top
+  from lrpet_jax import train  # pylint: disable=g-import-not-at-top
+
+  dense_dir = tmp_path / "dense"
+  result = run(command(image_folder, dense_dir, "--config.method=dense",
+                       "--config.num_steps=6"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((dense_dir / "summary.json").read_text())
+  assert summary["method"] == "dense" and summary["compact_accuracy"] is None
+  assert summary["final_accuracy"] == summary["dense_accuracy"]
+  assert summary["macs_reduction"] == 0.0
+  assert not (dense_dir / "compact").exists()
+  assert "projection" not in (dense_dir / "metrics.jsonl").read_text()
+
+  # The decomposed init is the dense model with each kernel replaced by its
+  # float64 truncated SVD: compare logits.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  dense_vars = ocp.StandardCheckpointer().restore(
+      (dense_dir / "dense_final").absolute())
+  kernel = np.asarray(dense_vars["params"]["stage2_block0"]["conv2"]["kernel"])
+  ranks = ranks_lib.uniform_ranks(dense_vars["params"], 0.54)
+  r = ranks["stage2_block0"]["conv2"]["kernel"]
+  assert np.linalg.matrix_rank(kernel.reshape(-1, kernel.shape[-1])) > r
+  flat_ranks = _trees.leaves_by_path(ranks)
+  reference = jax.tree_util.tree_map_with_path(
+      lambda p, x: (truncated_reference(x, flat_ranks[_trees.path_tuple(p)])
+                    if flat_ranks.get(_trees.path_tuple(p)) else x),
+      dense_vars["params"])
+  dense_model = models.create("resnet20", 10)
+  compact_model = models.create("resnet20", 10, ranks)
+  init = train.decomposed_variables(dense_dir / "dense_final", jax.eval_shape(
+      lambda: dense_vars), ranks)
+  x = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype(np.float32)
+  np.testing.assert_allclose(
+      compact_model.apply(init, x, train=False),
+      dense_model.apply({"params": reference,
+                         "batch_stats": dense_vars["batch_stats"]}, x,
+                        train=False), rtol=1e-4, atol=1e-4)
+
+  tuned = tmp_path / "tuned"
+  result = run(command(image_folder, tuned, "--config.method=compact",
+                       f"--config.init_from={dense_dir / 'dense_final'}",
+                       "--config.num_steps=4"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((tuned / "summary.json").read_text())
+  assert summary["method"] == "compact" and summary["dense_accuracy"] is None
+  assert summary["final_accuracy"] == summary["compact_accuracy"]
+  assert 0.45 < summary["macs_reduction"] < 0.55
+  assert (tuned / "compact").exists() and not (tuned / "dense_final").exists()
+  # The compact architecture from a random init: same ranks, same cost.
+  scratch = tmp_path / "scratch"
+  result = run(command(image_folder, scratch, "--config.method=compact",
+                       "--config.num_steps=4"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  from_scratch = json.loads((scratch / "summary.json").read_text())
+  assert from_scratch["final_macs"] == summary["final_macs"]
+  assert json.loads((scratch / "ranks.json").read_text()) == json.loads(
+      (tuned / "ranks.json").read_text())
