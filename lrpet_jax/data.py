@@ -13,6 +13,7 @@ is imported only here, lazily.
 
 import dataclasses
 import pathlib
+import random
 
 import jax
 import jax.numpy as jnp
@@ -66,12 +67,44 @@ def prepared_builder(dataset: str, data_dir: str | None, hint: str):
   return builder
 
 
-def load(dataset: str, data_dir: str | None = None, train_subset: int = 0,
-         test_subset: int = 0, seed: int = 0) -> InMemoryData:
-  """Loads a whole small data set as uint8 arrays (optionally a seeded subset)."""
-  check_dataset_name(dataset)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
+
+def read_image_folder(root: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
+                                          int]:
+  """``root/<split>/<class>/<image>`` read with Pillow, in the order and with
+  the labels of ``tfds.folder_dataset.ImageFolder``: labels index the sorted
+  class names of all splits; each split's (class, file)-sorted list is shuffled
+  by ``random.Random(split_name)``, as tfds does. The loader where
+  tensorflow-datasets is not installed. Pixels may differ from tfds' by a few
+  levels: TensorFlow decodes JPEG with the fast integer DCT, Pillow with the
+  accurate one.
+
+  Returns:
+    ({split: (uint8 (N, H, W, 3) images, int32 (N,) labels)}, num_classes).
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(root)
+  splits = {d.name: sorted(c for c in d.iterdir() if c.is_dir())
+            for d in sorted(root.iterdir()) if d.is_dir()}
+  names = sorted({c.name for classes in splits.values() for c in classes})
+  arrays = {}
+  for split, classes in splits.items():
+    files = [(f, names.index(c.name)) for c in classes
+             for f in sorted(c.iterdir())
+             if f.suffix.lower() in _IMAGE_SUFFIXES]
+    random.Random(split).shuffle(files)
+    images = []
+    for f, _ in files:
+      with Image.open(f) as im:
+        images.append(np.asarray(im.convert("RGB"), np.uint8))
+    arrays[split] = (np.stack(images),
+                     np.asarray([label for _, label in files], np.int32))
+  return arrays, len(names)
+
+
+def _read_with_tfds(dataset: str, data_dir: str | None):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if dataset.startswith("image_folder:"):
     builder = tfds.folder_dataset.ImageFolder(dataset.split(":", 1)[1])
   else:
@@ -85,10 +118,29 @@ def load(dataset: str, data_dir: str | None = None, train_subset: int = 0,
     arrays[split] = (
         np.concatenate([c["image"] for c in chunks]).astype(np.uint8),
         np.concatenate([c["label"] for c in chunks]).astype(np.int32))
+  return arrays, builder.info.features["label"].num_classes
+
+
+def load(dataset: str, data_dir: str | None = None, train_subset: int = 0,
+         test_subset: int = 0, seed: int = 0) -> InMemoryData:
+  """Loads a whole small data set as uint8 arrays (optionally a seeded subset).
+
+  Through tfds; an ``image_folder:PATH`` is read with Pillow
+  (``read_image_folder``) where tensorflow-datasets is not installed.
+  """
+  check_dataset_name(dataset)
+  try:
+    import tensorflow_datasets  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    if not dataset.startswith("image_folder:"):
+      raise ValueError(f"dataset: {dataset!r} needs tensorflow-datasets, which"
+                       " is not installed") from None
+    arrays, num_classes = read_image_folder(dataset.split(":", 1)[1])
+  else:
+    arrays, num_classes = _read_with_tfds(dataset, data_dir)
   train = _subset(*arrays["train"], train_subset, seed)
   test = _subset(*arrays["test"], test_subset, seed + 1)
-  return InMemoryData(*train, *test,
-                      num_classes=builder.info.features["label"].num_classes)
+  return InMemoryData(*train, *test, num_classes=num_classes)
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:

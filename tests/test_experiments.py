@@ -1,0 +1,124 @@
+"""The experiment runner's plan and collection, and the report generator."""
+
+import json
+
+import pytest
+
+from experiments import report
+from experiments import run
+
+
+def test_decompose_retrain_splits_the_same_schedule():
+  # cpu: 6 epochs, lr 0.1 ×0.1 at epochs 3 and 4.5, decomposed at epoch 4.
+  (p1, dense), (p2, tune) = run.phases("cpu", "decompose_retrain", 3)
+  assert (p1, p2) == ("dense", "finetune")
+  assert dense["method"] == "dense" and dense["num_epochs"] == 4
+  assert dense["lr_boundaries_epochs"] == (3,) and dense["seed"] == 3
+  assert tune["method"] == "compact" and tune["num_epochs"] == 2
+  assert tune["lr_boundaries_epochs"] == (0.5,)
+  assert tune["learning_rate"] == pytest.approx(0.01)
+  assert tune["ratio"] == dense["ratio"] == 0.54
+
+
+def test_methods_differ_from_lrpet_in_one_field():
+  (_, lrpet), = run.phases("cpu", "lrpet", 0)
+  for method, field, value in (("lrpet_no_et", "energy_transfer", False),
+                               ("lrpet_no_bn", "bn_rectification", False),
+                               ("dense", "method", "dense"),
+                               ("compact_scratch", "method", "compact"),
+                               ("lrpet_ratio0.7", "ratio", 0.7)):
+    (_, overrides), = run.phases("cpu", method, 0)
+    changed = {k for k in set(overrides) | set(lrpet)
+               if overrides.get(k) != lrpet.get(k)} - {"log_spectra"}
+    assert changed == {field} and overrides[field] == value, method
+
+
+def test_tuple_flags():
+  assert run.flag("lr_boundaries_epochs", (3, 4.5)) == (
+      "--config.lr_boundaries_epochs=(3,4.5)")
+  assert run.flag("lr_boundaries_epochs", (0.5,)) == (
+      "--config.lr_boundaries_epochs=(0.5,)")
+
+
+def _workdir(path, steps, accuracy, steps_per_epoch=10, energy=None,
+             method="lrpet"):
+  path.mkdir(parents=True)
+  summary = {"steps": steps, "steps_per_epoch": steps_per_epoch,
+             "method": method, "wall_time_s": 5.0,
+             "dense_accuracy": accuracy if method != "compact" else None,
+             "compact_accuracy": accuracy if method != "dense" else None,
+             "final_accuracy": accuracy, "dense_macs": 100.0,
+             "final_macs": 50.0 if method != "dense" else 100.0,
+             "dense_params": 10.0,
+             "final_params": 6.0 if method != "dense" else 10.0,
+             "device": "1x cpu"}
+  (path / "summary.json").write_text(json.dumps(summary))
+  rows = [{"step": s, "test_top1": accuracy * s / steps}
+          for s in range(steps_per_epoch, steps + 1, steps_per_epoch)]
+  rows += [{"step": s, "projection_energy_kept_mean": e,
+            "projection_energy_kept_min": e / 2}
+           for s, e in (energy or [])]
+  (path / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_run_collects_finished_workdirs_without_training(tmp_path):
+  root = tmp_path / "runs"
+  _workdir(root / "cpu" / "decompose_retrain_seed0" / "dense", 40, 0.4,
+           method="dense")
+  _workdir(root / "cpu" / "decompose_retrain_seed0" / "finetune", 20, 0.3,
+           method="compact")
+  run.run_one("cpu", "decompose_retrain", 0, root, tmp_path / "results")
+  record = json.loads(
+      (tmp_path / "results" / "cpu" / "decompose_retrain_seed0.json")
+      .read_text())
+  # Phase 2's evaluations are offset by phase 1's 40 steps.
+  assert [p["step"] for p in record["test_curve"]] == [10, 20, 30, 40, 50, 60]
+  assert record["final"]["final_accuracy"] == 0.3
+  assert record["wall_time_s"] == 10.0 and record["steps_per_epoch"] == 10
+  assert "--config.init_from=" in " ".join(record["commands"][1])
+
+
+def test_report_tables_and_plots(tmp_path):
+  results = tmp_path / "results" / "cpu"
+  results.mkdir(parents=True)
+  command = ["-m", "lrpet_jax.main", "--config.model=resnet20",
+             "--config.num_epochs=6", "--config.ratio=0.54"]
+
+  def record(method, seed, accuracy, energy=()):
+    name = f"{method}_seed{seed}"
+    final = {"final_accuracy": accuracy, "dense_accuracy": accuracy,
+             "compact_accuracy": accuracy, "dense_macs": 40e6,
+             "final_macs": 20e6, "dense_params": 270e3, "final_params": 130e3,
+             "device": "1x cpu", "steps": 60, "wall_time_s": 100.0 + seed}
+    if method == "lrpet_ratio0.8":
+      final.update(final_macs=8e6, final_params=50e3)
+    (results / f"{name}.json").write_text(json.dumps({
+        "run": name, "seed": seed, "commands": [command], "phases": [final],
+        "final": final, "wall_time_s": 100.0 + seed, "steps_per_epoch": 10,
+        "commits": ["abc"], "spectra": None,
+        "test_curve": [{"step": 10, "test_top1": 0.2},
+                       {"step": 20, "test_top1": accuracy}],
+        "energy_kept": [{"step": s, "mean": e, "min": e}
+                        for s, e in energy]}))
+
+  record("lrpet", 0, 0.50, [(10, 0.6), (20, 0.9)])
+  record("lrpet", 1, 0.60, [(10, 0.7), (20, 0.95)])
+  record("decompose_retrain", 0, 0.40)
+  record("decompose_retrain", 1, 0.41)
+  record("lrpet_ratio0.8", 0, 0.30)
+  path = report.render(tmp_path / "results", tmp_path)
+  text = path.read_text()
+  # Hand-computed: mean(50, 60) = 55, sample std = 7.07; 1 − 20/40 = 50%.
+  assert "| **55.00 ± 7.07** | 55.00 ± 7.07 | 20.00 | 130.0 | 50.0% | 100 |" in (
+      text)
+  assert "| Decompose-and-retrain | 2 | **40.50 ± 0.71** | — |" in text
+  # 55 − 40.5 = 14.5 points > 2 × 7.07.
+  assert "difference +14.50 points, larger than twice" in text
+  assert "| 0.8 | 80.0% | 81.5% | 1 | 30.00 |" in text
+  assert "| 0.54 | 50.0% | 51.9% | 2 | 55.00 ± 7.07 |" in text
+  for name in ("accuracy_vs_epoch", "energy_kept", "accuracy_vs_macs"):
+    png = tmp_path / "plots" / f"cpu_{name}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert f"plots/cpu_{name}.png" in text
+  assert "93.27%" in text and "JPEG re-encoded" in text
