@@ -91,9 +91,21 @@ def by_method(records):
   return groups
 
 
+def display_command(command):
+  """A run's command with its workdir as DIR and the config path relative."""
+  out = []
+  for arg in command:
+    if arg.startswith("--workdir="):
+      arg = "--workdir=DIR"
+    elif arg.startswith("--config=") and "configs/" in arg:
+      arg = "--config=configs/" + arg.split("configs/")[-1]
+    out.append(arg)
+  return "python " + " ".join(out)
+
+
 def setup_lines(records):
-  first = overrides_of(records[0]["commands"][-1])
-  cmd = records[0]["commands"][0]
+  reference = next((r for r in records if method_of(r) == "lrpet"), records[0])
+  first = overrides_of(reference["commands"][0])
   seeds = sorted({r["seed"] for r in records})
   devices = sorted({p["device"] for r in records for p in r["phases"]})
   commits = sorted({c[:12] for r in records for c in r.get("commits", [])
@@ -101,7 +113,7 @@ def setup_lines(records):
                              if r.get("commit")})
   train_subset = first.get("train_subset", "0")
   test_subset = first.get("test_subset", "0")
-  spe = records[0]["steps_per_epoch"]
+  spe = reference["steps_per_epoch"]
   return [
       f"- Model `{first.get('model', 'resnet56')}`, data"
       f" `{first.get('dataset', 'cifar10')}` (the shared CIFAR-10 copy is"
@@ -117,7 +129,8 @@ def setup_lines(records):
       f" ratio {first.get('ratio', '0.54')} for every method's ranks.",
       f"- Seeds: {', '.join(map(str, seeds))}. Device(s): {', '.join(devices)}."
       f" Code: commit(s) {', '.join(commits) or 'unknown'}.",
-      f"- Command of the first run: `python {' '.join(cmd)}`.",
+      f"- LRPET's command (the others differ as `experiments/run.py` says):"
+      f" `{display_command(reference['commands'][0])}`.",
   ]
 
 
@@ -197,7 +210,7 @@ def comparisons(groups):
   compare("lrpet", "lrpet_no_et", "Energy transfer helps")
   compare("lrpet", "lrpet_no_bn", "BN rectification helps")
   compare("lrpet", "dense", "LRPET stays close to the dense model")
-  return lines
+  return lines or ["- Needs the LRPET run and at least one other method."]
 
 
 def plot_all(groups, out_dir, scale):
@@ -257,12 +270,13 @@ def plot_all(groups, out_dir, scale):
     r = rs[0]
     if r["energy_kept"]:
       spe = r["steps_per_epoch"]
-      ax.plot([p["step"] / spe for p in r["energy_kept"]],
-              [p["mean"] for p in r["energy_kept"]], marker="o",
+      ax.semilogy([p["step"] / spe for p in r["energy_kept"]],
+                  [max(1 - p["mean"], 1e-9) for p in r["energy_kept"]],
+                  marker="o",
               label=LABELS.get(method, method.replace("lrpet_ratio",
                                                        "LRPET, ratio ")))
-  ax.set(xlabel="epoch", ylabel="energy kept by the truncation (mean over"
-         " layers)", title="Σ_{i≤r} s_i² / Σ s_i² at each projection")
+  ax.set(xlabel="epoch", ylabel="1 − energy kept (mean over layers)",
+         title="Energy each truncation discarded: 1 − Σ_{i≤r} s_i² / Σ s_i²")
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
   save(fig, "energy_kept")

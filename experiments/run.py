@@ -71,7 +71,7 @@ def flag(key, value):
 
 def command(workdir, overrides):
   return [sys.executable, "-m", "lrpet_jax.main",
-          f"--config={ROOT / 'configs' / 'cifar.py'}", f"--workdir={workdir}",
+          "--config=configs/cifar.py", f"--workdir={workdir}",
           *(flag(k, v) for k, v in overrides.items())]
 
 
