@@ -85,7 +85,7 @@ def test_report_tables_and_plots(tmp_path):
   command = ["-m", "lrpet_jax.main", "--config.model=resnet20",
              "--config.num_epochs=6", "--config.ratio=0.54"]
 
-  def record(method, seed, accuracy, energy=()):
+  def record(method, seed, accuracy, energy=(), spectra=None):
     name = f"{method}_seed{seed}"
     final = {"final_accuracy": accuracy, "dense_accuracy": accuracy,
              "compact_accuracy": accuracy, "dense_macs": 40e6,
@@ -96,13 +96,17 @@ def test_report_tables_and_plots(tmp_path):
     (results / f"{name}.json").write_text(json.dumps({
         "run": name, "seed": seed, "commands": [command], "phases": [final],
         "final": final, "wall_time_s": 100.0 + seed, "steps_per_epoch": 10,
-        "commits": ["abc"], "spectra": None,
+        "commits": ["abc"], "spectra": spectra,
         "test_curve": [{"step": 10, "test_top1": 0.2},
                        {"step": 20, "test_top1": accuracy}],
         "energy_kept": [{"step": s, "mean": e, "min": e}
                         for s, e in energy]}))
 
-  record("lrpet", 0, 0.50, [(10, 0.6), (20, 0.9)])
+  layer = {"rank": 2, "before": [[3.0, 2.0, 1.0]] * 2,
+           "after": [[3.0, 2.0, 0.0]] * 2}
+  spectra = {"steps": [10, 20], "layers": {f"l{i}/kernel": layer
+                                           for i in range(4)}}
+  record("lrpet", 0, 0.50, [(10, 0.6), (20, 0.9)], spectra)
   record("lrpet", 1, 0.60, [(10, 0.7), (20, 0.95)])
   record("decompose_retrain", 0, 0.40)
   record("decompose_retrain", 1, 0.41)
@@ -117,7 +121,8 @@ def test_report_tables_and_plots(tmp_path):
   assert "difference +14.50 points, larger than twice" in text
   assert "| 0.8 | 80.0% | 81.5% | 1 | 30.00 |" in text
   assert "| 0.54 | 50.0% | 51.9% | 2 | 55.00 ± 7.07 |" in text
-  for name in ("accuracy_vs_epoch", "energy_kept", "accuracy_vs_macs"):
+  for name in ("accuracy_vs_epoch", "energy_kept", "accuracy_vs_macs",
+               "singular_spectra"):
     png = tmp_path / "plots" / f"cpu_{name}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert f"plots/cpu_{name}.png" in text
