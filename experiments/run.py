@@ -50,8 +50,8 @@ SCALES = {
         decompose_epoch=8, sweep=(0.3, 0.7, 0.8), seeds=(0,)),
 }
 
-METHODS = ("lrpet", "dense", "lrpet_no_et", "lrpet_no_bn", "compact_scratch",
-           "decompose_retrain")
+METHODS = ("lrpet", "dense", "decompose_retrain", "compact_scratch",
+           "lrpet_no_et", "lrpet_no_bn")
 # Overrides that turn the LRPET default into each method.
 METHOD_OVERRIDES = {
     "lrpet": dict(log_spectra=True),
@@ -116,6 +116,10 @@ def collect(name, scale, seed, phase_dirs, commands, commits):
   """The result record of a finished run, from its workdirs."""
   summaries = [json.loads((d / "summary.json").read_text())
                for d in phase_dirs]
+  # Re-finished phases: the wall time of the original training process.
+  trained = [json.loads((d / "summary.trained.json").read_text())
+             if (d / "summary.trained.json").exists() else s
+             for d, s in zip(phase_dirs, summaries)]
   curve, energy, offset = [], [], 0
   for d, summary in zip(phase_dirs, summaries):
     records = read_jsonl(d / "metrics.jsonl")
@@ -133,7 +137,9 @@ def collect(name, scale, seed, phase_dirs, commands, commits):
       "run": name, "scale": scale, "seed": seed, "commits": commits,
       "commands": commands, "phases": summaries,
       "final": final,
-      "wall_time_s": sum(s["wall_time_s"] for s in summaries),
+      "wall_time_s": sum(s["wall_time_s"] for s in trained),
+      "refinished": [(d / "summary.trained.json").exists()
+                     for d in phase_dirs],
       # Evaluations happen once per epoch: the first one's step is an epoch.
       "steps_per_epoch": curve[0]["step"] if curve else None,
       "test_curve": curve, "energy_kept": energy,
@@ -141,9 +147,23 @@ def collect(name, scale, seed, phase_dirs, commands, commits):
   }
 
 
-def run_one(scale, method, seed, workroot, results):
+def run_one(scale, method, seed, workroot, results, refinish=False):
+  """Trains (or resumes) one run's phases and writes its result JSON.
+
+  ``refinish``: for phases already finished, move ``summary.json`` aside and
+  rerun the command, which restores the final checkpoint and repeats only the
+  end of training (final projection, BN recomputation, export, evaluation);
+  the run's wall time stays the original training's.
+  """
   name = f"{method}_seed{seed}"
   out = results / scale / f"{name}.json"
+  if refinish and out.exists() and all(
+      (workroot / scale / name / phase / "summary.json").exists()
+      for phase, _ in phases(scale, method, seed)):
+    for phase, _ in phases(scale, method, seed):
+      workdir = workroot / scale / name / phase
+      (workdir / "summary.json").rename(workdir / "summary.trained.json")
+    out.unlink()
   if out.exists():
     print(f"{name}: done ({out})", flush=True)
     return
@@ -159,7 +179,10 @@ def run_one(scale, method, seed, workroot, results):
     if (workdir / "summary.json").exists():
       continue
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "commit.txt").write_text(git_commit())
+    if (workdir / "summary.trained.json").exists():
+      (workdir / "refinish_commit.txt").write_text(git_commit())
+    else:
+      (workdir / "commit.txt").write_text(git_commit())
     print(f"{name}/{phase}: {' '.join(cmd[1:])}", flush=True)
     t = time.time()
     with open(workdir / "log.txt", "a", encoding="utf-8") as log:
@@ -171,6 +194,8 @@ def run_one(scale, method, seed, workroot, results):
     print(f"{name}/{phase}: {time.time() - t:.0f}s", flush=True)
   commits = [(d / "commit.txt").read_text() if (d / "commit.txt").exists()
              else None for d in phase_dirs]
+  commits += [(d / "refinish_commit.txt").read_text() for d in phase_dirs
+              if (d / "refinish_commit.txt").exists()]
   record = collect(name, scale, seed, phase_dirs, commands, commits)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(record, indent=1))
@@ -186,6 +211,8 @@ def main(argv=None):
                       help="comma-separated seeds (default: the scale's)")
   parser.add_argument("--workroot", default=str(ROOT / "runs" / "experiments"))
   parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
+  parser.add_argument("--refinish", action="store_true",
+                      help="redo the end of training of finished runs")
   args = parser.parse_args(argv)
   spec = SCALES[args.scale]
   seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
@@ -198,7 +225,7 @@ def main(argv=None):
   for method, seed in plan:
     if wanted is None or method in wanted:
       run_one(args.scale, method, seed, pathlib.Path(args.workroot),
-              pathlib.Path(args.results))
+              pathlib.Path(args.results), args.refinish)
 
 
 if __name__ == "__main__":

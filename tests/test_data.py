@@ -112,3 +112,36 @@ def test_without_tfds_image_folders_load_and_tfds_names_fail(tmp_path,
     np.testing.assert_array_equal(labels, images[:, 0, 0, 0] >= 100)
   with pytest.raises(ValueError, match="dataset: 'cifar10' needs"):
     data.load("cifar10")
+
+
+def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
+  """Each BN-recompute image is a pad-4 crop (+ flip) of its training image."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from lrpet_jax import train  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    for c in ("a", "b"):
+      (tmp_path / split / c).mkdir(parents=True)
+      for i in range(4):
+        Image.fromarray(rng.integers(1, 255, (8, 8, 3), dtype=np.uint8)).save(
+            tmp_path / split / c / f"{i}.png")
+  config = ml_collections.ConfigDict(dict(
+      dataset=f"image_folder:{tmp_path}", data_dir=None, train_subset=0,
+      test_subset=0, seed=0, batch_size=8, mean=(0.0, 0.0, 0.0),
+      std=(1.0, 1.0, 1.0)))
+  mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  source = train.InMemoryInput(config, NamedSharding(mesh, P()),
+                               NamedSharding(mesh, P("data")))
+  (batch,) = list(source.bn_batches(1))
+  idx = data.batch_indices(0, 0, 8, 8)
+  clean = source.data.train_images[idx].astype(np.float32) / 255.0
+  padded = np.pad(clean, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  changed = 0
+  for out, img in zip(np.asarray(batch), padded):
+    views = [img[y:y + 8, x:x + 8] for y in range(9) for x in range(9)]
+    views += [v[:, ::-1] for v in views]
+    assert min(np.abs(out - v).max() for v in views) < 1e-6
+    changed += not np.allclose(out, img[4:12, 4:12])
+  assert changed >= 4  # not the clean images
