@@ -103,6 +103,18 @@ def display_command(command):
   return "python " + " ".join(out)
 
 
+def refinish_lines(records):
+  redone = [r["run"] for r in records if any(r.get("refinished", []))]
+  if not redone:
+    return []
+  return [f"- The end of training (final projection, BN recomputation, export,"
+          f" evaluation) of {len(redone)} run(s) was redone with"
+          " `experiments.run --refinish` from their final checkpoints after"
+          " precise BN switched to augmented batches; their training is"
+          " unchanged and their wall times are the original ones:"
+          f" {', '.join(sorted(redone))}."]
+
+
 def setup_lines(records):
   reference = next((r for r in records if method_of(r) == "lrpet"), records[0])
   first = overrides_of(reference["commands"][0])
@@ -129,6 +141,7 @@ def setup_lines(records):
       f" ratio {first.get('ratio', '0.54')} for every method's ranks.",
       f"- Seeds: {', '.join(map(str, seeds))}. Device(s): {', '.join(devices)}."
       f" Code: commit(s) {', '.join(commits) or 'unknown'}.",
+      *refinish_lines(records),
       f"- LRPET's command (the others differ as `experiments/run.py` says):"
       f" `{display_command(reference['commands'][0])}`.",
   ]
