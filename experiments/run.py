@@ -26,6 +26,7 @@ Methods (same model, data, epochs, learning-rate schedule and ranks):
 import argparse
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -106,6 +107,14 @@ def git_commit():
   return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def last_start(workdir):
+  """The step the last training process in ``workdir`` started at."""
+  log = workdir / "log.txt"
+  starts = re.findall(r"starting at step (\d+)",
+                      log.read_text(errors="replace")) if log.exists() else []
+  return int(starts[-1]) if starts else None
+
+
 def read_jsonl(path):
   if not path.exists():
     return []
@@ -116,21 +125,25 @@ def collect(name, scale, seed, phase_dirs, commands, commits):
   """The result record of a finished run, from its workdirs."""
   summaries = [json.loads((d / "summary.json").read_text())
                for d in phase_dirs]
-  # Re-finished phases: the wall time of the original training process.
+  # A re-finished phase keeps the wall time of its training process, unless
+  # the re-finish found no usable checkpoint and trained again from step 0.
   trained = [json.loads((d / "summary.trained.json").read_text())
-             if (d / "summary.trained.json").exists() else s
-             for d, s in zip(phase_dirs, summaries)]
-  curve, energy, offset = [], [], 0
+             if (d / "summary.trained.json").exists() and last_start(d) != 0
+             else s for d, s in zip(phase_dirs, summaries)]
+  curve, energy, offset = {}, {}, 0
   for d, summary in zip(phase_dirs, summaries):
-    records = read_jsonl(d / "metrics.jsonl")
-    for r in records:
+    # A step logged twice (a run trained again) keeps its latest record.
+    for r in read_jsonl(d / "metrics.jsonl"):
+      step = offset + r["step"]
       if "test_top1" in r:
-        curve.append({"step": offset + r["step"], "test_top1": r["test_top1"]})
+        curve[step] = {"step": step, "test_top1": r["test_top1"]}
       if "projection_energy_kept_mean" in r:
-        energy.append({"step": offset + r["step"],
-                       "mean": r["projection_energy_kept_mean"],
-                       "min": r["projection_energy_kept_min"]})
+        energy[step] = {"step": step,
+                        "mean": r["projection_energy_kept_mean"],
+                        "min": r["projection_energy_kept_min"]}
     offset += summary["steps"]
+  curve = [curve[k] for k in sorted(curve)]
+  energy = [energy[k] for k in sorted(energy)]
   final = summaries[-1]
   spectra = d / "spectra.json"
   return {
