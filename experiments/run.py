@@ -121,15 +121,28 @@ def read_jsonl(path):
   return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def collect(name, scale, seed, phase_dirs, commands, commits):
+def _refinished(workdir):
+  """True if only the end of training was redone in ``workdir``."""
+  return ((workdir / "summary.trained.json").exists()
+          and last_start(workdir) != 0)
+
+
+def _commits(workdir):
+  """The commits whose code trained (and re-finished) ``workdir``."""
+  read = lambda f: (workdir / f).read_text() if (workdir / f).exists() else None
+  if (workdir / "summary.trained.json").exists() and not _refinished(workdir):
+    return [read("refinish_commit.txt")]  # trained again from step 0
+  return [c for c in (read("commit.txt"), read("refinish_commit.txt")) if c]
+
+
+def collect(name, scale, seed, phase_dirs, commands):
   """The result record of a finished run, from its workdirs."""
   summaries = [json.loads((d / "summary.json").read_text())
                for d in phase_dirs]
   # A re-finished phase keeps the wall time of its training process, unless
   # the re-finish found no usable checkpoint and trained again from step 0.
   trained = [json.loads((d / "summary.trained.json").read_text())
-             if (d / "summary.trained.json").exists() and last_start(d) != 0
-             else s for d, s in zip(phase_dirs, summaries)]
+             if _refinished(d) else s for d, s in zip(phase_dirs, summaries)]
   curve, energy, offset = {}, {}, 0
   for d, summary in zip(phase_dirs, summaries):
     # A step logged twice (a run trained again) keeps its latest record.
@@ -147,12 +160,12 @@ def collect(name, scale, seed, phase_dirs, commands, commits):
   final = summaries[-1]
   spectra = d / "spectra.json"
   return {
-      "run": name, "scale": scale, "seed": seed, "commits": commits,
+      "run": name, "scale": scale, "seed": seed,
+      "commits": [c for d in phase_dirs for c in _commits(d)],
       "commands": commands, "phases": summaries,
       "final": final,
       "wall_time_s": sum(s["wall_time_s"] for s in trained),
-      "refinished": [(d / "summary.trained.json").exists()
-                     for d in phase_dirs],
+      "refinished": [_refinished(d) for d in phase_dirs],
       # Evaluations happen once per epoch: the first one's step is an epoch.
       "steps_per_epoch": curve[0]["step"] if curve else None,
       "test_curve": curve, "energy_kept": energy,
@@ -205,11 +218,7 @@ def run_one(scale, method, seed, workroot, results, refinish=False):
       raise SystemExit(f"{name}/{phase} failed (exit {rc}); see"
                        f" {workdir / 'log.txt'}")
     print(f"{name}/{phase}: {time.time() - t:.0f}s", flush=True)
-  commits = [(d / "commit.txt").read_text() if (d / "commit.txt").exists()
-             else None for d in phase_dirs]
-  commits += [(d / "refinish_commit.txt").read_text() for d in phase_dirs
-              if (d / "refinish_commit.txt").exists()]
-  record = collect(name, scale, seed, phase_dirs, commands, commits)
+  record = collect(name, scale, seed, phase_dirs, commands)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(record, indent=1))
   print(f"{name}: done in {record['wall_time_s']:.0f}s", flush=True)
