@@ -166,6 +166,9 @@ def collect(name, scale, seed, phase_dirs, commands):
       "final": final,
       "wall_time_s": sum(s["wall_time_s"] for s in trained),
       "refinished": [_refinished(d) for d in phase_dirs],
+      # Resumed after an interruption: wall_time_s covers the last process only.
+      "resumed": [not _refinished(d) and last_start(d) not in (0, None)
+                  for d in phase_dirs],
       # Evaluations happen once per epoch: the first one's step is an epoch.
       "steps_per_epoch": curve[0]["step"] if curve else None,
       "test_curve": curve, "energy_kept": energy,

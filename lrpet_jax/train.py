@@ -271,6 +271,12 @@ def restore_latest(manager, abstract_state, identity):
       return manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))["state"]
     except Exception as e:  # pylint: disable=broad-except
+      if "Structure mismatch" in str(e):  # readable, but another state layout
+        raise ConfigError(
+            f"workdir: checkpoint {step} holds a training state of another"
+            " layout (another optimizer setting such as momentum, or another"
+            " lrpet_jax version); resume with the setting that wrote it or use"
+            " a new workdir") from None
       _set_aside(manager, step, e)
   return None
 

@@ -156,6 +156,17 @@ def test_workdir_of_another_model_is_refused(image_folder, tmp_path):
   assert result.returncode == 2
   assert "workdir" in result.stderr.strip().splitlines()[-1]
   assert sorted(str(p) for p in workdir.rglob("*")) == before
+  # Same model, another optimizer-state layout (a checkpoint without momentum
+  # buffers): refused, not mistaken for a corrupt checkpoint and set aside.
+  plain = tmp_path / "plain"
+  assert run(command(image_folder, plain, "--config.num_steps=4",
+                     "--config.momentum=0.0")).returncode == 0
+  before = sorted(str(p) for p in plain.rglob("*"))
+  result = run(command(image_folder, plain))
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert "workdir: checkpoint 4 holds a training state of another layout" in last
+  assert sorted(str(p) for p in plain.rglob("*")) == before
 
 
 def test_sigterm_saves_and_nan_keeps_last_good_checkpoint(image_folder,
