@@ -85,7 +85,8 @@ def test_report_tables_and_plots(tmp_path):
   command = ["-m", "lrpet_jax.main", "--config.model=resnet20",
              "--config.num_epochs=6", "--config.ratio=0.54"]
 
-  def record(method, seed, accuracy, energy=(), spectra=None):
+  def record(method, seed, accuracy, energy=(), spectra=None,
+             curve=(0.2, None)):
     name = f"{method}_seed{seed}"
     final = {"final_accuracy": accuracy, "dense_accuracy": accuracy,
              "compact_accuracy": accuracy, "dense_macs": 40e6,
@@ -97,8 +98,8 @@ def test_report_tables_and_plots(tmp_path):
         "run": name, "seed": seed, "commands": [command], "phases": [final],
         "final": final, "wall_time_s": 100.0 + seed, "steps_per_epoch": 10,
         "commits": ["abc"], "spectra": spectra,
-        "test_curve": [{"step": 10, "test_top1": 0.2},
-                       {"step": 20, "test_top1": accuracy}],
+        "test_curve": [{"step": 10, "test_top1": curve[0]},
+                       {"step": 20, "test_top1": curve[1] or accuracy}],
         "energy_kept": [{"step": s, "mean": e, "min": e}
                         for s, e in energy]}))
 
@@ -111,14 +112,17 @@ def test_report_tables_and_plots(tmp_path):
   record("decompose_retrain", 0, 0.40)
   record("decompose_retrain", 1, 0.41)
   record("lrpet_ratio0.8", 0, 0.30)
+  record("compact_scratch", 0, 0.15)  # best epoch 20%: learned
+  record("compact_scratch", 1, 0.12)  # best epoch 20%: learned
   path = report.render(tmp_path / "results", tmp_path)
   text = path.read_text()
   # Hand-computed: mean(50, 60) = 55, sample std = 7.07; 1 − 20/40 = 50%.
   assert "| **55.00 ± 7.07** | 55.00 ± 7.07 | 20.00 | 130.0 | 50.0% | 100 |" in (
       text)
   assert "| Decompose-and-retrain | 2 | **40.50 ± 0.71** | — |" in text
-  # 55 − 40.5 = 14.5 points > 2 × 7.07.
-  assert "difference +14.50 points, larger than twice" in text
+  # Paired: seed 0 50 − 40 = +10, seed 1 60 − 41 = +19, mean +14.5.
+  assert ("+10.00 (seed 0), +19.00 (seed 1); mean +14.50, the same sign in all"
+          " 2 seeds") in text
   assert "| 0.8 | 80.0% | 81.5% | 1 | 30.00 |" in text
   assert "| 0.54 | 50.0% | 51.9% | 2 | 55.00 ± 7.07 |" in text
   for name in ("accuracy_vs_epoch", "energy_kept", "accuracy_vs_macs",
@@ -127,3 +131,8 @@ def test_report_tables_and_plots(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert f"plots/cpu_{name}.png" in text
   assert "93.27%" in text and "JPEG re-encoded" in text
+  assert "Did not learn" not in text
+  record("compact_scratch", 1, 0.12, curve=(0.11, 0.12))
+  text = report.render(tmp_path / "results", tmp_path).read_text()
+  assert "Did not learn (best per-epoch test top-1 under 20%" in text
+  assert "compact_scratch_seed1 (12.0%)." in text
