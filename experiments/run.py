@@ -107,12 +107,13 @@ def git_commit():
   return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def last_start(workdir):
-  """The step the last training process in ``workdir`` started at."""
+def starts(workdir):
+  """The steps the training processes in ``workdir`` started at, in order."""
   log = workdir / "log.txt"
-  starts = re.findall(r"starting at step (\d+)",
-                      log.read_text(errors="replace")) if log.exists() else []
-  return int(starts[-1]) if starts else None
+  if not log.exists():
+    return []
+  return [int(s) for s in re.findall(r"starting at step (\d+)",
+                                     log.read_text(errors="replace"))]
 
 
 def read_jsonl(path):
@@ -122,9 +123,10 @@ def read_jsonl(path):
 
 
 def _refinished(workdir):
-  """True if only the end of training was redone in ``workdir``."""
+  """True if only the end of training was redone in ``workdir`` (a re-finish
+  that found no usable checkpoint trains again from step 0)."""
   return ((workdir / "summary.trained.json").exists()
-          and last_start(workdir) != 0)
+          and starts(workdir).count(0) == 1)
 
 
 def _commits(workdir):
@@ -167,8 +169,8 @@ def collect(name, scale, seed, phase_dirs, commands):
       "wall_time_s": sum(s["wall_time_s"] for s in trained),
       "refinished": [_refinished(d) for d in phase_dirs],
       # Resumed after an interruption: wall_time_s covers the last process only.
-      "resumed": [not _refinished(d) and last_start(d) not in (0, None)
-                  for d in phase_dirs],
+      "resumed": [not _refinished(d) and bool(starts(d))
+                  and starts(d)[-1] != 0 for d in phase_dirs],
       # Evaluations happen once per epoch: the first one's step is an epoch.
       "steps_per_epoch": curve[0]["step"] if curve else None,
       "test_curve": curve, "energy_kept": energy,
