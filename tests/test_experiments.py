@@ -123,8 +123,8 @@ def test_report_tables_and_plots(tmp_path):
   # Paired: seed 0 50 − 40 = +10, seed 1 60 − 41 = +19, mean +14.5.
   assert ("+10.00 (seed 0), +19.00 (seed 1); mean +14.50, the same sign in all"
           " 2 seeds") in text
-  assert "| 0.8 | 80.0% | 81.5% | 1 | 30.00 |" in text
-  assert "| 0.54 | 50.0% | 51.9% | 2 | 55.00 ± 7.07 |" in text
+  assert "| 0.8 | 80.0% | 81.5% | 30.00 | 30.00 (1) |" in text
+  assert "| 0.54 | 50.0% | 51.9% | 50.00 | 55.00 ± 7.07 (2) |" in text
   for name in ("accuracy_vs_epoch", "energy_kept", "accuracy_vs_macs",
                "singular_spectra"):
     png = tmp_path / "plots" / f"cpu_{name}.png"
