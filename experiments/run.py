@@ -160,7 +160,7 @@ def collect(name, scale, seed, phase_dirs, commands):
   curve = [curve[k] for k in sorted(curve)]
   energy = [energy[k] for k in sorted(energy)]
   final = summaries[-1]
-  spectra = d / "spectra.json"
+  spectra = phase_dirs[-1] / "spectra.json"
   return {
       "run": name, "scale": scale, "seed": seed,
       "commits": [c for d in phase_dirs for c in _commits(d)],

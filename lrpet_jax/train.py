@@ -309,7 +309,7 @@ class SpectraLog:
 
   def __init__(self, workdir: pathlib.Path, ranks):
     self._path = workdir / "spectra.json"
-    self._ranks = {k: r for k, r in _trees.leaves_by_path(ranks).items()}
+    self._ranks = _trees.leaves_by_path(ranks)  # ranked leaves only
     self._before = None
     if self._path.exists():  # a resumed run appends
       self.record = json.loads(self._path.read_text())
