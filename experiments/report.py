@@ -46,20 +46,15 @@ def overrides_of(command):
 
 
 def final_accuracy(record):
-  final = record["final"]
-  if final.get("final_accuracy") is not None:
-    return final["final_accuracy"]
-  return final["compact_accuracy"]  # records from before final_accuracy
+  return record["final"]["final_accuracy"]
 
 
 def final_macs(record):
-  final = record["final"]
-  return final.get("final_macs") or final["compact_macs"]
+  return record["final"]["final_macs"]
 
 
 def final_params(record):
-  final = record["final"]
-  return final.get("final_params") or final["compact_params"]
+  return record["final"]["final_params"]
 
 
 def load(results_dir):
@@ -120,9 +115,7 @@ def setup_lines(records):
   first = overrides_of(reference["commands"][0])
   seeds = sorted({r["seed"] for r in records})
   devices = sorted({p["device"] for r in records for p in r["phases"]})
-  commits = sorted({c[:12] for r in records for c in r.get("commits", [])
-                    if c} | {r["commit"][:12] for r in records
-                             if r.get("commit")})
+  commits = sorted({c[:12] for r in records for c in r["commits"] if c})
   train_subset = first.get("train_subset", "0")
   test_subset = first.get("test_subset", "0")
   spe = reference["steps_per_epoch"]
