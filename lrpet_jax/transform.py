@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lrpet_jax import _trees
@@ -112,15 +113,39 @@ def low_rank_projection(ranks: Any, *, every: int,
     An ``optax.GradientTransformationExtraArgs`` whose state is
     ``optax.ConditionallyTransformState`` (``.step``: int32 count of updates;
     ``.inner_state``: a ``ProjectionState`` with the last energy kept).
-    The eigendecompositions run only on projection steps (``lax.cond``).
-    Pass ``out_scales=`` to ``update`` for BN rectification.
+    Extra keyword arguments of ``update``:
+
+    - ``out_scales=``: BN rectification factors (``bn_out_scales``).
+    - ``project=``: who decides whether this update projects. ``None`` (the
+      default): the counter, through ``lax.cond`` (the eigendecompositions
+      run only on projection steps, but the traced step carries the
+      conditional, whose predicate GPU runtimes read on the host). A Python
+      ``True``/``False``: the caller, statically, so the traced step has no
+      conditional (and no eigendecomposition when ``False``); a training loop
+      that knows the step number compiles one step of each kind. The counter
+      advances by one in every mode, so modes can be mixed and resumed.
   """
   every = _check_every(every)
   inner = project_updates(
       ranks, energy_transfer=energy_transfer, residual_scale=residual_scale,
       eps=eps, min_sigma=min_sigma)
-  return optax.conditionally_transform(
+  counted = optax.conditionally_transform(
       inner, lambda step: (step + 1) % every == 0)
+
+  def update_fn(updates, state, params=None, *, project=None, **extra_args):
+    if project is None:
+      return counted.update(updates, state, params, **extra_args)
+    if not isinstance(project, (bool, np.bool_)):
+      raise TypeError("project must be None or a Python bool (decided"
+                      f" outside the traced step), got {project!r}")
+    inner_state = state.inner_state
+    if project:
+      updates, inner_state = inner.update(updates, inner_state, params,
+                                          **extra_args)
+    return updates, optax.ConditionallyTransformState(
+        inner_state, optax.safe_int32_increment(state.step))
+
+  return optax.GradientTransformationExtraArgs(counted.init, update_fn)
 
 
 def pytorch_sgd(learning_rate: optax.ScalarOrSchedule, *,

@@ -1,6 +1,7 @@
 """low_rank_projection / lrpet inside Optax chains, against NumPy references."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -160,6 +161,81 @@ def test_eigendecomposition_only_inside_cond():
   top_level = {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
   assert "cond" in top_level and "eigh" not in top_level
   assert "eigh" in str(jaxpr)
+
+
+def primitives(jaxpr):
+  """Every primitive name in a jaxpr, sub-jaxprs (cond branches, pjit) included."""
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      names |= primitives(sub)
+  return names
+
+
+def test_static_project_traces_no_cond():
+  params = make_params(5)
+  opt = lrpet_jax.lrpet(0.1, RANKS, every=4)
+  state = opt.init(params)
+  trace = lambda project: primitives(jax.make_jaxpr(
+      lambda g, s, p: opt.update(g, s, p, project=project))(
+          params, state, params).jaxpr)
+  counted, plain, projecting = trace(None), trace(False), trace(True)
+  assert "cond" in counted and "eigh" in counted
+  assert not {"cond", "eigh", "svd"} & plain
+  assert "cond" not in projecting and "eigh" in projecting
+
+
+def test_host_schedule_equals_counter_schedule():
+  # Three projection periods, momentum and weight decay carried across them;
+  # the host decides with a Python bool, the counter with lax.cond. In
+  # float64, so that the comparison sees the schedule, not the float32
+  # round-off of two compilations of the same projection (~1e-6 relative).
+  every = 3
+  opt = lrpet_jax.lrpet(optax.piecewise_constant_schedule(0.05, {5: 0.1}),
+                        RANKS, every=every, weight_decay=1e-3)
+  f64 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
+
+  def run(schedule, steps=10):
+    compiled = {}  # one update function per mode
+    params = f64(make_params(6))
+    state = opt.init(params)
+    for t in range(steps):
+      project = schedule(t)
+      if project not in compiled:
+        compiled[project] = jax.jit(
+            lambda g, s, p, project=project: opt.update(g, s, p,
+                                                        project=project))
+      updates, state = compiled[project](f64(grads_for(t, params)), state,
+                                         params)
+      params = optax.apply_updates(params, updates)
+    return params, state
+
+  with jax.enable_x64(True):
+    counter_params, counter_state = run(lambda t: None)
+    host = run(lambda t: (t + 1) % every == 0)
+    # Mixed: the counter decides on even steps, the host on odd ones.
+    mixed = run(lambda t: None if t % 2 == 0 else (t + 1) % every == 0)
+    for params, state in (host, mixed):
+      for k, v in flat(counter_params).items():
+        assert rel_err(flat(params)[k], v) <= 1e-6, k
+      assert int(state[-1].step) == int(counter_state[-1].step) == 10
+      np.testing.assert_allclose(optax.tree.get(state, "energy_kept"),
+                                 optax.tree.get(counter_state, "energy_kept"),
+                                 atol=1e-6)
+    # The host-scheduled run did project: right after its third projection
+    # conv_b has rank 6 of 8.
+    w = flat(run(lambda t: (t + 1) % every == 0, steps=9)[0])["conv_b/kernel"]
+  s = np.linalg.svd(w.reshape(-1, 8), compute_uv=False)
+  assert s[6] <= 1e-9 * s[0] < s[5]
+
+
+def test_project_must_be_static():
+  params = make_params()
+  opt = lrpet_jax.low_rank_projection(RANKS, every=2)
+  with pytest.raises(TypeError, match="project"):
+    jax.jit(lambda p, s, flag: opt.update(p, s, p, project=flag))(
+        params, opt.init(params), True)
 
 
 @pytest.mark.parametrize("every", [0, -1, 2.5, True])
