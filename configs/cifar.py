@@ -20,7 +20,12 @@ def get_config():
   # Model and compression.
   c.model = "resnet56"
   c.num_classes = 10
-  c.ratio = 0.54               # r = max(1, int(n − n·ratio)) for every kernel
+  c.ratio = 0.54               # r = max(1, int(n − n·ratio)) for every conv
+  # Convolutions only, as the authors' code; True also projects Dense kernels
+  # (the classifier).
+  c.project_dense = False
+  c.rank_floor = 0             # > 0: every rank at least this (configs/vgg16.py)
+  c.first_rank_floor = 0       # > 0: the first conv's rank at least this
   c.macs_reduction = 0.0       # > 0: ranks_for_budget instead of ratio
   c.project_every_steps = 0    # 0: once per epoch
   c.energy_transfer = True
@@ -32,6 +37,9 @@ def get_config():
   c.dataset = "cifar10"
   c.data_dir = ml_collections.config_dict.placeholder(str)
   c.train_subset = 0           # 0: all examples
+  # > 0: this many training examples held out as a validation split; the best
+  # checkpoint is then kept by validation accuracy (never by test accuracy).
+  c.val_examples = 0
   c.test_subset = 0
   c.mean = (0.4914, 0.4822, 0.4465)
   c.std = (0.2023, 0.1994, 0.2010)
@@ -50,6 +58,8 @@ def get_config():
   c.eval_batch_size = 1000
   c.log_every_steps = 50
   c.checkpoint_every_steps = 0  # 0: once per epoch (with a test evaluation)
+  # Kept: the latest keep_checkpoints, and with val_examples the best by
+  # validation accuracy.
   c.keep_checkpoints = 3
   c.distributed = False         # jax.distributed.initialize() for multi-host
   return c

@@ -152,6 +152,9 @@ def collect(name, scale, seed, phase_dirs, commands):
       step = offset + r["step"]
       if "test_top1" in r:
         curve[step] = {"step": step, "test_top1": r["test_top1"]}
+        if "test_top1_pre_projection" in r:
+          curve[step]["test_top1_pre_projection"] = r[
+              "test_top1_pre_projection"]
       if "projection_energy_kept_mean" in r:
         energy[step] = {"step": step,
                         "mean": r["projection_energy_kept_mean"],
@@ -163,6 +166,9 @@ def collect(name, scale, seed, phase_dirs, commands):
   spectra = phase_dirs[-1] / "spectra.json"
   return {
       "run": name, "scale": scale, "seed": seed,
+      # Whether the Dense classifier was projected too (not the authors'
+      # choice; the default since the faithful-selection change is False).
+      "project_dense": final["project_dense"],
       "commits": [c for d in phase_dirs for c in _commits(d)],
       "commands": commands, "phases": summaries,
       "final": final,

@@ -126,7 +126,8 @@ def ranks_for_budget(model: nn.Module, variables: Any,
     input_shape: (H, W, C) or (N, H, W, C).
     macs_reduction / params_reduction: the target fraction removed, in (0, 1);
       give exactly one.
-    include: leaf selection, as in ``uniform_ranks``.
+    include: leaf selection, as in ``uniform_ranks`` (default: convolution
+      kernels; ``ranks.is_kernel`` adds dense ones).
 
   Returns:
     A rank pytree (``uniform_ranks(params, ratio, include=include)``).

@@ -30,6 +30,9 @@ class InMemoryData:
   test_images: np.ndarray
   test_labels: np.ndarray
   num_classes: int
+  # Held out from the training set (``hold_out``); None without a validation split.
+  val_images: np.ndarray | None = None
+  val_labels: np.ndarray | None = None
 
 
 def check_dataset_name(dataset: str) -> None:
@@ -141,6 +144,22 @@ def load(dataset: str, data_dir: str | None = None, train_subset: int = 0,
   train = _subset(*arrays["train"], train_subset, seed)
   test = _subset(*arrays["test"], test_subset, seed + 1)
   return InMemoryData(*train, *test, num_classes=num_classes)
+
+
+def hold_out(data: InMemoryData, n: int, seed: int) -> InMemoryData:
+  """``n`` training examples (a seeded draw) moved to a validation split."""
+  total = len(data.train_labels)
+  if not 0 <= n < total:
+    raise ValueError(f"val_examples: {n} must be below the {total} training"
+                     " examples")
+  if not n:
+    return data
+  order = np.random.default_rng((seed, 0x76616C)).permutation(total)
+  val, train = np.sort(order[:n]), np.sort(order[n:])
+  return dataclasses.replace(
+      data, train_images=data.train_images[train],
+      train_labels=data.train_labels[train], val_images=data.train_images[val],
+      val_labels=data.train_labels[val])
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:

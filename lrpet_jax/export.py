@@ -6,7 +6,8 @@ r"""Dense checkpoint → compact checkpoint plus a per-layer report.
 ``DENSE_DIR`` is an Orbax ``StandardCheckpointer`` checkpoint of the dense
 model's ``{"params", "batch_stats"}`` (LRPET-projected: the factorization is
 then exact; otherwise it truncates). Ranks come from ``--ratio``,
-``--macs_reduction`` / ``--params_reduction`` (``ranks_for_budget``) or
+``--macs_reduction`` / ``--params_reduction`` (``ranks_for_budget``) over the
+convolutions (``--project_dense`` adds Dense kernels), or
 ``--ranks=FILE.json`` ({"layer/kernel": rank}). Writes to ``OUT_DIR``:
 
     compact/             Orbax checkpoint of the compact model's variables
@@ -47,6 +48,9 @@ _RATIO = flags.DEFINE_float("ratio", None, "Uniform compression ratio.")
 _MACS = flags.DEFINE_float("macs_reduction", None, "Target MACs cut.")
 _PARAMS = flags.DEFINE_float("params_reduction", None, "Target params cut.")
 _RANKS = flags.DEFINE_string("ranks", None, "JSON file of ranks.")
+_PROJECT_DENSE = flags.DEFINE_bool(
+    "project_dense", False, "With --ratio/--macs_reduction/--params_reduction:"
+    " rank Dense kernels (the classifier) too, not only convolutions.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace OUT_DIR/compact.")
 
 
@@ -60,7 +64,8 @@ def export(variables_dir: str, workdir: str, model_name: str, *,
            num_classes: int = 10, input_size: int = 32,
            ratio: float | None = None, macs_reduction: float | None = None,
            params_reduction: float | None = None,
-           ranks_file: str | None = None, overwrite: bool = False) -> dict:
+           ranks_file: str | None = None, project_dense: bool = False,
+           overwrite: bool = False) -> dict:
   """Library form of the command; returns the report written as JSON."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
@@ -82,15 +87,16 @@ def export(variables_dir: str, workdir: str, model_name: str, *,
   checkpointer = ocp.StandardCheckpointer()
   variables = checkpointer.restore(source, abstract)
   params = variables["params"]
+  include = ranks_lib.is_kernel if project_dense else ranks_lib.is_conv_kernel
   if ranks_file is not None:
     ranks = ranks_lib.ranks_from_dict(
         params, json.loads(pathlib.Path(ranks_file).read_text()))
   elif ratio is not None:
-    ranks = ranks_lib.uniform_ranks(params, ratio)
+    ranks = ranks_lib.uniform_ranks(params, ratio, include=include)
   else:
     ranks = accounting.ranks_for_budget(
         dense, variables, shape, macs_reduction=macs_reduction,
-        params_reduction=params_reduction)
+        params_reduction=params_reduction, include=include)
   compact_variables = compact.factorize(variables, ranks)
   compact_model = models.create(model_name, num_classes, ranks=ranks)
   dense_cost = accounting.cost(dense, variables, shape)
@@ -132,7 +138,7 @@ def main(argv):
            num_classes=_NUM_CLASSES.value, input_size=_INPUT_SIZE.value,
            ratio=_RATIO.value, macs_reduction=_MACS.value,
            params_reduction=_PARAMS.value, ranks_file=_RANKS.value,
-           overwrite=_OVERWRITE.value)
+           project_dense=_PROJECT_DENSE.value, overwrite=_OVERWRITE.value)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -18,9 +18,22 @@ IncludeFn = Callable[[tuple[Any, ...], Any], bool]
 
 
 def is_kernel(path: tuple[Any, ...], leaf: Any) -> bool:
-  """Default selection: leaves named ``kernel`` with ndim ≥ 2 (conv and dense)."""
+  """Conv and dense kernels: leaves named ``kernel`` with ndim ≥ 2."""
   return (bool(path) and _trees.key_name(path[-1]) == "kernel"
           and getattr(leaf, "ndim", 0) >= 2)
+
+
+def is_conv_kernel(path: tuple[Any, ...], leaf: Any) -> bool:
+  """Default selection: convolution kernels, leaves named ``kernel`` with
+  ndim ≥ 3 ((kh, kw, c_in, c_out) in 2-D).
+
+  The authors' code (canyyang/LRPET, ``cifar10_train.py`` and the ImageNet
+  script) projects every ``nn.Conv2d``, the stem included, and never an
+  ``nn.Linear``: a 10-class head held at rank 4 would confine the logits to a
+  4-dimensional subspace. Pass ``include=is_kernel`` to project dense kernels
+  too.
+  """
+  return is_kernel(path, leaf) and leaf.ndim >= 3
 
 
 def uniform_rank(shape: tuple[int, ...], ratio: float) -> int:
@@ -37,7 +50,8 @@ def uniform_ranks(params: Any, ratio: float, *,
     params: pytree of arrays (or ``jax.ShapeDtypeStruct``s).
     ratio: fraction of each kernel's rank removed, in [0, 1).
     include: ``include(path, leaf) -> bool`` selects the projected leaves
-      (``path`` is a jax key path); default ``is_kernel``.
+      (``path`` is a jax key path); default ``is_conv_kernel`` (the authors'
+      choice), ``is_kernel`` adds dense kernels.
 
   Returns:
     A rank pytree: int at selected leaves, ``None`` elsewhere.
@@ -45,7 +59,7 @@ def uniform_ranks(params: Any, ratio: float, *,
   if (isinstance(ratio, bool) or not isinstance(ratio, numbers.Real)
       or not 0.0 <= ratio < 1.0):
     raise ValueError(f"ratio must be a number in [0, 1), got {ratio!r}")
-  include = include or is_kernel
+  include = include or is_conv_kernel
 
   def rank_of(path, leaf):
     if not include(path, leaf):
@@ -58,6 +72,43 @@ def uniform_ranks(params: Any, ratio: float, *,
     return uniform_rank(tuple(leaf.shape), ratio)
 
   return jax.tree_util.tree_map_with_path(rank_of, params)
+
+
+def floor_ranks(ranks: Any, params: Any, floor: int,
+                first: tuple[Any, ...] | str | None = None,
+                first_floor: int | None = None) -> Any:
+  """Each rank raised to at least ``floor`` (at most the kernel's full rank).
+
+  The authors' VGG-16 setting (``cifar10_train.py``, "vgg16_bn"): with a
+  uniform ratio, the first convolution keeps rank ≥ 18 (2/3 of its 27 rows)
+  and every other one rank ≥ 43 (2/3 of 64): ``floor=43, first=<stem kernel
+  path>, first_floor=18``.
+
+  Args:
+    ranks: a rank pytree of ``params``.
+    params: arrays or ``jax.ShapeDtypeStruct``s.
+    floor: minimum rank of every ranked kernel (int ≥ 0).
+    first: path of the kernel that gets ``first_floor`` instead.
+    first_floor: the minimum rank at ``first``.
+  """
+  for name, value in (("floor", floor), ("first_floor", first_floor)):
+    if value is not None and (isinstance(value, bool) or not isinstance(
+        value, numbers.Integral) or value < 0):
+      raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+  if (first is None) != (first_floor is None):
+    raise ValueError("give first and first_floor together")
+  first = None if first is None else _trees.path_tuple(first)
+  if first is not None and _trees.leaves_by_path(ranks).get(first) is None:
+    raise ValueError(f"first: {_trees.path_str(first)!r} has no rank")
+
+  def raise_rank(path, rank, leaf):
+    if rank is None:
+      return None
+    low = first_floor if _trees.path_tuple(path) == first else floor
+    return min(max(rank, low), min(projection.matrix_shape(leaf.shape)))
+
+  return jax.tree_util.tree_map_with_path(raise_rank, ranks, params,
+                                          is_leaf=lambda r: r is None)
 
 
 def ranks_to_dict(ranks: Any) -> dict[str, int]:

@@ -72,10 +72,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"init_from: only for method 'compact', not {method!r}")
   if init_from and not pathlib.Path(init_from).is_dir():
     raise ConfigError(f"init_from: no checkpoint directory at {init_from}")
+  if config.get("val_examples") and config.dataset in data_lib.STREAMED:
+    raise ConfigError(f"val_examples: only for in-memory data sets, not"
+                      f" {config.dataset!r}")
   if config.get("log_spectra") and method != "lrpet":
     raise ConfigError(f"log_spectra: only for method 'lrpet', not {method!r}")
   if config.ratio is not None and not 0.0 <= config.ratio < 1.0:
     raise ConfigError(f"ratio: must be in [0, 1), got {config.ratio}")
+  for field in ("rank_floor", "first_rank_floor", "val_examples"):
+    value = config.get(field, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ConfigError(f"{field}: must be an int >= 0, got {value!r}")
   n = jax.device_count()
   if config.batch_size % n:
     raise ConfigError(f"batch_size: {config.batch_size} is not divisible by"
@@ -93,11 +100,25 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
 
 
 def select_ranks(config, model, abstract_variables, input_shape):
+  """The run's rank pytree: convolutions only unless ``project_dense``, from
+  ``ratio`` or ``macs_reduction``, then the floors (``ranks.floor_ranks``)."""
+  params = abstract_variables["params"]
+  include = (ranks_lib.is_kernel if config.get("project_dense")
+             else ranks_lib.is_conv_kernel)
   if config.get("macs_reduction"):
-    return accounting.ranks_for_budget(
+    ranks = accounting.ranks_for_budget(
         model, abstract_variables, input_shape,
-        macs_reduction=config.macs_reduction)
-  return ranks_lib.uniform_ranks(abstract_variables["params"], config.ratio)
+        macs_reduction=config.macs_reduction, include=include)
+  else:
+    ranks = ranks_lib.uniform_ranks(params, config.ratio, include=include)
+  if config.get("rank_floor") or config.get("first_rank_floor"):
+    first = {}
+    if config.get("first_rank_floor"):
+      stem = accounting.layer_costs(model, abstract_variables, input_shape)[0]
+      first = dict(first=stem.path + ("kernel",),
+                   first_floor=config.first_rank_floor)
+    ranks = ranks_lib.floor_ranks(ranks, params, config.rank_floor, **first)
+  return ranks
 
 
 def make_optimizer(config, ranks, steps_per_epoch):
@@ -147,9 +168,18 @@ def decomposed_variables(path, dense_abstract, ranks):
       {"params": params, "batch_stats": dense["batch_stats"]}, ranks)
 
 
-def make_train_step(model, tx, config, pairs, device_augment=True):
-  """(state, images uint8 (B, H, W, 3), labels (B,)) -> (state, metrics)."""
+def make_train_step(model, tx, config, pairs, device_augment=True,
+                    project=None):
+  """(state, images uint8 (B, H, W, 3), labels (B,)) -> (state, metrics, aux).
+
+  ``project`` is handed to ``tx.update`` (``low_rank_projection``): ``None``
+  for optimizers without a projection, else a Python bool fixed at trace time.
+  A projecting step's ``aux`` holds ``pre_projection_params``, the params
+  after the step's SGD update and before its truncation (the model the
+  authors evaluate at the end of each epoch); ``aux`` is empty otherwise.
+  """
   mean, std = tuple(config.mean), tuple(config.std)
+  schedule = {} if project is None else {"project": project}
 
   def train_step(state, images, labels):
     if device_augment:
@@ -170,13 +200,20 @@ def make_train_step(model, tx, config, pairs, device_augment=True):
     if pairs is not None and config.bn_rectification:
       extra["out_scales"] = bn.bn_out_scales(state.params, batch_stats, pairs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params,
-                                   **extra)
+                                   **extra, **schedule)
+    aux = {}
+    if project:
+      # The same update without the projection (XLA shares the SGD part).
+      sgd_updates, _ = tx.update(grads, state.opt_state, state.params,
+                                 **extra, project=False)
+      aux["pre_projection_params"] = optax.apply_updates(state.params,
+                                                         sgd_updates)
     new_state = TrainState(step=state.step + 1,
                            params=optax.apply_updates(state.params, updates),
                            batch_stats=batch_stats, opt_state=opt_state)
     metrics = {"loss": loss,
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
-    return new_state, metrics
+    return new_state, metrics, aux
 
   return train_step
 
@@ -209,14 +246,17 @@ def array_batches(images, labels, batch_size):
 
 
 def checkpoint_manager(workdir: pathlib.Path, config):
+  """Orbax manager of ``WORKDIR/checkpoints``."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from orbax.checkpoint.checkpoint_managers import preservation_policy as pp  # pylint: disable=g-import-not-at-top
 
-  policy = pp.AnyPreservationPolicy([
-      pp.LatestN(n=config.keep_checkpoints),
-      pp.BestN(get_metric_fn=lambda m: m["test_accuracy"], n=1,
-               keep_checkpoints_without_metrics=False),
-  ])
+  # The latest checkpoints, and with a validation split the best one by
+  # validation accuracy; never a selection on the test set.
+  policies = [pp.LatestN(n=config.keep_checkpoints)]
+  if config.get("val_examples"):
+    policies.append(pp.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1,
+                             keep_checkpoints_without_metrics=False))
+  policy = pp.AnyPreservationPolicy(policies)
   return ocp.CheckpointManager(
       workdir / "checkpoints",
       options=ocp.CheckpointManagerOptions(preservation_policy=policy,
@@ -302,15 +342,13 @@ class MetricWriter:
 
 class SpectraLog:
   """Singular values of every ranked kernel (as the (m, n) matrix) at each
-  projection step, in ``WORKDIR/spectra.json``: ``before`` from the params
-  entering the projection step (one SGD update before the truncation, which
-  happens inside the jitted step) and ``after`` from the step's result.
-  Float64 NumPy SVD on the host, once per projection."""
+  projection step, in ``WORKDIR/spectra.json``: ``before`` the truncation
+  (the projecting step's ``pre_projection_params``) and ``after`` it (the
+  step's result). Float64 NumPy SVD on the host, once per projection."""
 
   def __init__(self, workdir: pathlib.Path, ranks):
     self._path = workdir / "spectra.json"
     self._ranks = _trees.leaves_by_path(ranks)  # ranked leaves only
-    self._before = None
     if self._path.exists():  # a resumed run appends
       self.record = json.loads(self._path.read_text())
     else:
@@ -327,14 +365,12 @@ class SpectraLog:
           w.reshape(projection.matrix_shape(w.shape)), compute_uv=False)
     return out
 
-  def before(self, params):
-    self._before = self._spectra(params)
-
-  def after(self, step, params):
-    after = self._spectra(params)
+  def log(self, step, before_params, after_params):
+    before = self._spectra(before_params)
+    after = self._spectra(after_params)
     self.record["steps"].append(step)
     for name, layer in self.record["layers"].items():
-      layer["before"].append(self._before[name].tolist())
+      layer["before"].append(before[name].tolist())
       layer["after"].append(after[name].tolist())
     tmp = self._path.with_suffix(".tmp")
     tmp.write_text(json.dumps(self.record))
@@ -370,9 +406,10 @@ class InMemoryInput:
 
   def __init__(self, config, replicated, batch_sharding):
     self.config = config
-    self.data = data_lib.load(config.dataset, config.get("data_dir"),
-                              config.train_subset, config.test_subset,
-                              config.seed)
+    self.data = data_lib.hold_out(
+        data_lib.load(config.dataset, config.get("data_dir"),
+                      config.train_subset, config.test_subset, config.seed),
+        config.get("val_examples", 0), config.seed)
     self.num_classes = self.data.num_classes
     self.num_train = len(self.data.train_labels)
     self.input_shape = self.data.train_images.shape[1:]
@@ -392,6 +429,13 @@ class InMemoryInput:
 
   def eval_batches(self):
     return array_batches(self.data.test_images, self.data.test_labels,
+                         self.config.eval_batch_size)
+
+  def val_batches(self):
+    """The validation split's batches, or None without one."""
+    if self.data.val_labels is None:
+      return None
+    return array_batches(self.data.val_images, self.data.val_labels,
                          self.config.eval_batch_size)
 
   def bn_batches(self, count):
@@ -444,6 +488,9 @@ class StreamInput:
     return self._lib.eval_batches(self.builder,
                                   batch_size=self.config.eval_batch_size,
                                   image_size=self.config.image_size)
+
+  def val_batches(self):
+    return None  # check_config refuses val_examples for streamed data sets
 
   def bn_batches(self, count):
     mean, std = tuple(self.config.mean), tuple(self.config.std)
@@ -509,9 +556,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                " device(s)", method, config.model, total_steps, steps_per_epoch,
                first_step, jax.device_count(), jax.devices()[0].platform)
 
-  train_step = jax.jit(
-      make_train_step(model, tx, config, pairs, source.device_augment),
-      donate_argnums=(0,))
+  # One compiled step per projection mode: the loop decides, so no step
+  # carries a conditional (lax.cond) whose predicate the host must read.
+  modes = (False, True) if method == "lrpet" else (None,)
+  train_steps = {
+      mode: jax.jit(make_train_step(model, tx, config, pairs,
+                                    source.device_augment, project=mode),
+                    donate_argnums=(0,)) for mode in modes}
   evaluate = make_eval_fn(model, config)
   writer = MetricWriter(workdir)
   stop = StopRequested()
@@ -526,14 +577,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   for step in range(first_step, total_steps):
     images, labels = next(batches)
     projecting = method == "lrpet" and (step + 1) % project_every == 0
-    if projecting and spectra is not None:
-      spectra.before(state.params)
     t_proj = time.time()
-    state, metrics = train_step(state, images, labels)
+    state, metrics, aux = train_steps[projecting if method == "lrpet" else None](
+        state, images, labels)
     if projecting and spectra is not None:
-      spectra.after(step + 1, state.params)
+      spectra.log(step + 1, aux["pre_projection_params"], state.params)
     if projecting:
-      energy = np.asarray(state.opt_state[-1].inner_state.energy_kept)
+      energy = np.asarray(optax.tree.get(state.opt_state, "energy_kept"))
       logging.info("step %d: projection step took %.3fs; energy kept by the"
                    " truncation: mean %.4f, min %.4f", step + 1,
                    time.time() - t_proj, energy.mean(), energy.min())
@@ -557,12 +607,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       t_log, last_logged = time.time(), done
     if done % checkpoint_every == 0 or done == total_steps:
       _check_finite(*pending, manager)
-      acc = evaluate({"params": state.params, "batch_stats": state.batch_stats},
-                     source.eval_batches())
-      writer.write(done, {"test_top1": acc["top1"], "test_top5": acc["top5"]})
-      logging.info("step %d: test top-1 %.4f  top-5 %.4f", done, acc["top1"],
-                   acc["top5"])
-      save(manager, state, identity, {"test_accuracy": acc["top1"]})
+      scalars = evaluation_scalars(evaluate, source, state, aux)
+      writer.write(done, scalars)
+      logging.info("step %d: %s", done, "  ".join(
+          f"{k} {v:.4f}" for k, v in scalars.items()))
+      save(manager, state, identity,
+           {k.replace("_top1", "_accuracy"): v for k, v in scalars.items()
+            if k in ("test_top1", "val_top1")})
     if stop.signal is not None:
       save(manager, state, identity)
       logging.warning("signal %d: saved step %d and stopped", stop.signal,
@@ -581,6 +632,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   logging.info("summary: %s", json.dumps(summary))
   print(json.dumps(summary, indent=1))
   return summary
+
+
+def evaluation_scalars(evaluate, source, state, aux) -> dict[str, float]:
+  """What the loop logs at an evaluation boundary.
+
+  ``test_top1/5``: the current model (after this step's projection, if it
+  projected; running BatchNorm statistics). ``test_top1/5_pre_projection``
+  (projecting steps only): the same step before its truncation, what the
+  authors' logs report each epoch. ``val_top1/5`` with a validation split.
+  """
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  scalars = {}
+  for name, batches in (("test", source.eval_batches()),
+                        ("val", source.val_batches())):
+    if batches is not None:
+      acc = evaluate(variables, batches)
+      scalars.update({f"{name}_top1": acc["top1"], f"{name}_top5": acc["top5"]})
+  if "pre_projection_params" in aux:
+    acc = evaluate({**variables, "params": aux["pre_projection_params"]},
+                   source.eval_batches())
+    scalars.update(test_top1_pre_projection=acc["top1"],
+                   test_top5_pre_projection=acc["top5"])
+  return scalars
 
 
 class NonFiniteLoss(RuntimeError):
@@ -663,7 +737,14 @@ def finish(config, workdir, model, state, ranks, pairs, source, input_shape,
     (workdir / "compact_report.json").write_text(json.dumps(report, indent=1))
     summary.update(compact_macs=final_cost["macs"],
                    compact_params=final_cost["params"])
+  final_model, final_vars = ((dense_model, dense_vars) if compact_vars is None
+                              else (compact_model, compact_vars))
+  val_batches = source.val_batches()
   summary.update(
+      project_dense=bool(config.get("project_dense")),
+      val_examples=config.get("val_examples", 0),
+      final_val_accuracy=None if val_batches is None else make_eval_fn(
+          final_model, config)(final_vars, val_batches)["top1"],
       final_accuracy=final_acc["top1"], final_top5=final_acc["top5"],
       final_macs=final_cost["macs"], final_params=final_cost["params"],
       macs_reduction=1 - final_cost["macs"] / dense_cost["macs"],

@@ -51,9 +51,10 @@ def _workdir(path, steps, accuracy, steps_per_epoch=10, energy=None,
              "final_macs": 50.0 if method != "dense" else 100.0,
              "dense_params": 10.0,
              "final_params": 6.0 if method != "dense" else 10.0,
-             "device": "1x cpu"}
+             "device": "1x cpu", "project_dense": False}
   (path / "summary.json").write_text(json.dumps(summary))
-  rows = [{"step": s, "test_top1": accuracy * s / steps}
+  rows = [{"step": s, "test_top1": accuracy * s / steps,
+           "test_top1_pre_projection": accuracy * s / steps + 0.01}
           for s in range(steps_per_epoch, steps + 1, steps_per_epoch)]
   rows += [{"step": s, "projection_energy_kept_mean": e,
             "projection_energy_kept_min": e / 2}
@@ -75,6 +76,9 @@ def test_run_collects_finished_workdirs_without_training(tmp_path):
   # Phase 2's evaluations are offset by phase 1's 40 steps.
   assert [p["step"] for p in record["test_curve"]] == [10, 20, 30, 40, 50, 60]
   assert record["final"]["final_accuracy"] == 0.3
+  assert record["test_curve"][0]["test_top1_pre_projection"] == pytest.approx(
+      0.4 * 10 / 40 + 0.01)
+  assert record["project_dense"] is False
   assert record["wall_time_s"] == 10.0 and record["steps_per_epoch"] == 10
   assert "--config.init_from=" in " ".join(record["commands"][1])
 
@@ -86,7 +90,7 @@ def test_report_tables_and_plots(tmp_path):
              "--config.num_epochs=6", "--config.ratio=0.54"]
 
   def record(method, seed, accuracy, energy=(), spectra=None,
-             curve=(0.2, None)):
+             curve=(0.2, None), project_dense=False):
     name = f"{method}_seed{seed}"
     final = {"final_accuracy": accuracy, "dense_accuracy": accuracy,
              "compact_accuracy": accuracy, "dense_macs": 40e6,
@@ -95,7 +99,8 @@ def test_report_tables_and_plots(tmp_path):
     if method == "lrpet_ratio0.8":
       final.update(final_macs=8e6, final_params=50e3)
     (results / f"{name}.json").write_text(json.dumps({
-        "run": name, "seed": seed, "commands": [command], "phases": [final],
+        "run": name, "seed": seed, "project_dense": project_dense,
+        "commands": [command], "phases": [final],
         "final": final, "wall_time_s": 100.0 + seed, "steps_per_epoch": 10,
         "commits": ["abc"], "spectra": spectra,
         "test_curve": [{"step": 10, "test_top1": curve[0]},
@@ -136,3 +141,16 @@ def test_report_tables_and_plots(tmp_path):
   text = report.render(tmp_path / "results", tmp_path).read_text()
   assert "Did not learn (best per-epoch test top-1 under 20%" in text
   assert "compact_scratch_seed1 (12.0%)." in text
+
+  # A run that projected the classifier gets a section of its own: the
+  # default section's tables and comparisons are unchanged.
+  (results / "dense_seed0.json").unlink(missing_ok=True)
+  record("dense", 0, 0.90, project_dense=True)
+  text = report.render(tmp_path / "results", tmp_path).read_text()
+  default, head = text.split(
+      "## Scale `cpu`, classifier projected (before the faithful default)")
+  assert "Dense baseline" not in default and "Dense baseline" in head
+  assert "| **55.00 ± 7.07** | 55.00 ± 7.07 |" in default
+  assert "**Classifier projected.**" in head
+  assert (tmp_path / "plots" / "cpu_head_projected_accuracy_vs_epoch.png"
+          ).exists()

@@ -39,7 +39,10 @@ def test_export_command(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "fewer" in result.stdout
   report = json.loads((out / "compact_report.json").read_text())
-  assert len(report["layers"]) == 20
+  # The 19 convolutions (stem + 18 in blocks); the classifier stays dense.
+  assert len(report["layers"]) == 19
+  assert "head" not in {r["layer"] for r in report["layers"]}
+  assert "head/kernel" not in json.loads((out / "ranks.json").read_text())
   assert all(abs(r["energy_kept"] - 1) < 1e-5 for r in report["layers"])
   assert report["dense"]["macs"] == 40_551_040
   assert 0.4 < report["macs_reduction"] < 0.6
@@ -59,6 +62,14 @@ def test_export_command(tmp_path):
                      "--model=resnet20", "--ratio=0.54")
   assert again.returncode == 2
   assert again.stderr.strip().splitlines()[-1].startswith("error: workdir")
+
+  # --project_dense ranks the classifier too.
+  with_head = run_export(f"--variables={tmp_path / 'dense'}",
+                         f"--workdir={tmp_path / 'head'}", "--model=resnet20",
+                         "--ratio=0.54", "--project_dense")
+  assert with_head.returncode == 0, with_head.stderr[-3000:]
+  assert json.loads((tmp_path / "head" / "ranks.json").read_text())[
+      "head/kernel"] == 4  # int(10 - 5.4)
 
 
 def test_export_bad_input(tmp_path):

@@ -9,6 +9,8 @@ import pytest
 
 import lrpet_jax
 from lrpet_jax import models
+from lrpet_jax import ranks as ranks_lib
+from lrpet_jax import train
 from lrpet_jax.models import layers
 from reference import rel_err
 
@@ -50,6 +52,56 @@ def test_vgg16_and_resnet50_costs():
 def test_unknown_model_lists_names():
   with pytest.raises(ValueError, match="resnet56.*vgg16"):
     models.create("resnet57")
+
+
+def pipeline_config(name):
+  """The config the command line would run for zoo model ``name``."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  config_file = "imagenet" if name in IMAGENET else (
+      "vgg16" if name == "vgg16" else "cifar")
+  path = pathlib.Path(__file__).parents[1] / "configs" / f"{config_file}.py"
+  spec = importlib.util.spec_from_file_location(config_file, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.model = name
+  return config
+
+
+@pytest.mark.parametrize("name", CIFAR + IMAGENET)
+def test_pipeline_ranks_every_conv_and_no_classifier(name):
+  config = pipeline_config(name)
+  model = models.create(name, config.num_classes)
+  size = 64 if name in IMAGENET else 32
+  abstract = abstract_variables(model, size)
+  ranks = train.select_ranks(config, model, abstract, (size, size, 3))
+  ranked = ranks_lib.ranks_to_dict(ranks)
+  kernels = {"/".join(k.key for k in p): x.ndim for p, x in
+             jax.tree_util.tree_leaves_with_path(abstract["params"])
+             if p[-1].key == "kernel"}
+  assert set(ranked) == {k for k, ndim in kernels.items() if ndim == 4}
+  assert "head/kernel" in kernels and kernels["head/kernel"] == 2
+  # The option: the classifier too.
+  config.project_dense = True
+  with_head = ranks_lib.ranks_to_dict(
+      train.select_ranks(config, model, abstract, (size, size, 3)))
+  assert set(with_head) == set(kernels)
+
+
+def test_vgg16_config_has_the_authors_rank_floors():
+  config = pipeline_config("vgg16")
+  model = models.create("vgg16")
+  abstract = abstract_variables(model, 32)
+  ranks = ranks_lib.ranks_to_dict(
+      train.select_ranks(config, model, abstract, (32, 32, 3)))
+  # Ratio 0.54: conv0 (27x64) int(27 - 14.58) = 12 -> floor 18; conv1
+  # (576x64) int(64 - 34.56) = 29 -> floor 43; a 512-wide layer
+  # int(512 - 276.48) = 235, above the floor.
+  assert ranks["conv0/kernel"] == 18
+  assert ranks["conv1/kernel"] == 43
+  assert ranks["conv12/kernel"] == 235
+  assert "head/kernel" not in ranks
 
 
 def test_bn_pairs_cover_every_conv():
@@ -115,7 +167,8 @@ def test_factorized_kernel_shapes():
   dense = models.create("resnet20")
   variables = dense.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                          train=False)
-  ranks = lrpet_jax.uniform_ranks(variables["params"], 0.5)
+  ranks = lrpet_jax.uniform_ranks(variables["params"], 0.5,
+                                  include=ranks_lib.is_kernel)
   compact = lrpet_jax.factorize(variables, ranks)["params"]
   conv = compact["stage2_block0"]["conv1"]
   assert conv["first_kernel"].shape == (3, 3, 16, 16)

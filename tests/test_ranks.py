@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import lrpet_jax
+from lrpet_jax.ranks import floor_ranks, is_kernel, round_ranks
 
 PARAMS = {
     "conv1": {"kernel": np.zeros((3, 3, 3, 16))},        # n = min(27, 16) = 16
@@ -16,13 +17,30 @@ PARAMS = {
 
 
 def test_hand_computed_ranks():
-  ranks = lrpet_jax.uniform_ranks(PARAMS, 0.54)
-  # int(16 - 8.64) = 7, int(64 - 34.56) = 29, int(10 - 5.4) = 4.
-  assert ranks == {
+  # Convolutions only by default: int(16 - 8.64) = 7, int(64 - 34.56) = 29.
+  expected = {
       "conv1": {"kernel": 7}, "conv2": {"kernel": 29}, "down": {"kernel": 7},
       "bn": {"scale": None, "bias": None},
-      "head": {"kernel": 4, "bias": None}, "odd": {"kernel": None},
+      "head": {"kernel": None, "bias": None}, "odd": {"kernel": None},
   }
+  assert lrpet_jax.uniform_ranks(PARAMS, 0.54) == expected
+  # Dense kernels too on request: head int(10 - 5.4) = 4.
+  expected["head"]["kernel"] = 4
+  assert lrpet_jax.uniform_ranks(PARAMS, 0.54, include=is_kernel) == expected
+
+
+def test_floor_ranks():
+  ranks = lrpet_jax.uniform_ranks(PARAMS, 0.9)  # conv1 1, conv2 6, down 1
+  floored = floor_ranks(ranks, PARAMS, 10, first="conv1/kernel", first_floor=3)
+  # conv1 → 3 (its own floor), conv2 → 10, down → 10 but full rank 16 allows it.
+  assert floored["conv1"]["kernel"] == 3 and floored["conv2"]["kernel"] == 10
+  assert floored["down"]["kernel"] == 10 and floored["head"]["kernel"] is None
+  # Capped at the full rank: conv1 is 27x16.
+  assert floor_ranks(ranks, PARAMS, 40)["conv1"]["kernel"] == 16
+  with pytest.raises(ValueError, match="first: 'head/kernel' has no rank"):
+    floor_ranks(ranks, PARAMS, 1, first="head/kernel", first_floor=2)
+  with pytest.raises(ValueError, match="floor"):
+    floor_ranks(ranks, PARAMS, -1)
 
 
 def test_extreme_ratios():
@@ -51,8 +69,7 @@ def test_bad_ratio(ratio):
 
 
 def test_round_ranks():
-  from lrpet_jax.ranks import round_ranks  # pylint: disable=g-import-not-at-top
-  ranks = lrpet_jax.uniform_ranks(PARAMS, 0.54)
+  ranks = lrpet_jax.uniform_ranks(PARAMS, 0.54, include=is_kernel)
   rounded = round_ranks(ranks, PARAMS, 8)
   # 7 -> 8, 29 -> 32, head 4 -> 8 but capped at its full rank 10 -> 8.
   assert rounded["conv1"]["kernel"] == 8 and rounded["conv2"]["kernel"] == 32

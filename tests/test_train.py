@@ -71,8 +71,22 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, tmp_path):
     assert (straight / name).exists(), name
   assert sorted(p.name for p in (straight / "checkpoints").iterdir()
                 if p.name.isdigit()) == ["12", "4", "8"]
-  # Spectra: after each projection every kernel has rank <= r; before it, the
-  # SGD updates since the last projection have refilled the tail.
+  # Convolutions only: the classifier is not ranked.
+  ranked = json.loads((straight / "ranks.json").read_text())
+  assert "head/kernel" not in ranked and len(ranked) == 19
+  assert summary["project_dense"] is False
+  # Test accuracy before and after the projection where an evaluation falls
+  # on a projection step (step 12: projections every 3, evaluations every 4).
+  rows = [json.loads(l) for l in
+          (straight / "metrics.jsonl").read_text().splitlines()]
+  evals = {r["step"]: r for r in rows if "test_top1" in r}
+  assert sorted(evals) == [4, 8, 12]
+  assert "test_top1_pre_projection" in evals[12]
+  assert "test_top1_pre_projection" not in evals[4]
+  assert "val_top1" not in evals[12]
+  # Spectra: after each projection every kernel has rank <= r; before the
+  # truncation, the SGD updates since the last projection have refilled the
+  # tail.
   spectra = json.loads((straight / "spectra.json").read_text())
   assert spectra["steps"] == [3, 6, 9, 12]
   layer = spectra["layers"]["stage2_block0/conv2/kernel"]
@@ -117,6 +131,35 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, tmp_path):
   assert max(diffs) <= 1e-6
 
 
+def test_validation_split_selects_checkpoints(image_folder, tmp_path):
+  # 30 of the 120 training images held out; keep 1 latest + the best by
+  # validation accuracy.
+  workdir = tmp_path / "val"
+  result = run(command(image_folder, workdir, "--config.val_examples=30",
+                       "--config.keep_checkpoints=1",
+                       "--config.checkpoint_every_steps=2",
+                       "--config.learning_rate=0.02"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [json.loads(l) for l in
+          (workdir / "metrics.jsonl").read_text().splitlines()]
+  evals = {r["step"]: r for r in rows if "val_top1" in r}
+  assert sorted(evals) == [2, 4, 6, 8, 10, 12]
+  # 90 training images, batch 16: 5 steps per epoch.
+  assert json.loads((workdir / "summary.json").read_text())[
+      "steps_per_epoch"] == 5
+  kept = {int(p.name) for p in (workdir / "checkpoints").iterdir()
+          if p.name.isdigit()}
+  best_val = max(evals[s]["val_top1"] for s in evals)
+  # The latest, plus one checkpoint of the best validation accuracy (the
+  # first of them if tied), whatever the test accuracy says.
+  assert 12 in kept and len(kept) <= 2
+  best_steps = [s for s in sorted(evals) if evals[s]["val_top1"] == best_val]
+  assert kept & set(best_steps), (kept, best_steps, evals)
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["val_examples"] == 30
+  assert 0.0 <= summary["final_val_accuracy"] <= 1.0
+
+
 @pytest.mark.parametrize("overrides, field", [
     (["--config.model=resnet57"], "model"),
     (["--config.ratio=1.5"], "ratio"),
@@ -128,6 +171,9 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, tmp_path):
     (["--config.method=compact", "--config.init_from=/nonexistent"],
      "init_from"),
     (["--config.method=dense", "--config.log_spectra=True"], "log_spectra"),
+    (["--config.val_examples=120"], "val_examples"),
+    (["--config.val_examples=-1"], "val_examples"),
+    (["--config.rank_floor=-2"], "rank_floor"),
 ])
 def test_bad_input_one_line_exit_2(image_folder, tmp_path, overrides, field):
   workdir = tmp_path / "w"
