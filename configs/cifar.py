@@ -53,6 +53,12 @@ def get_config():
   c.momentum = 0.9
   c.nesterov = False
   c.weight_decay = 1e-4
+  # Speed. Steps per compiled call (a fixed-length lax.scan; results do not
+  # depend on it): calls also end at projections, evaluations and epoch ends.
+  c.steps_per_call = 1
+  # "float32" (the paper) or "bfloat16": activations and convolutions in
+  # bf16; params, optimizer state, BN statistics and the projection float32.
+  c.compute_dtype = "float32"
   # Bookkeeping.
   c.seed = 0
   c.eval_batch_size = 1000

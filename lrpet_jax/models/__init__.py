@@ -45,7 +45,8 @@ def _freeze(ranks: Any) -> Any:
   return jax.tree.map(lambda r: r, ranks, is_leaf=lambda r: r is None)
 
 
-def create(name: str, num_classes: int = 10, ranks: Any = None) -> nn.Module:
+def create(name: str, num_classes: int = 10, ranks: Any = None,
+           dtype: Any = None) -> nn.Module:
   """A zoo model; ``__call__(x, train: bool)`` on NHWC input.
 
   Args:
@@ -53,6 +54,9 @@ def create(name: str, num_classes: int = 10, ranks: Any = None) -> nn.Module:
     num_classes: size of the Dense head.
     ranks: None for the dense model, or a rank pytree of the dense model's
       params for the compact model.
+    dtype: computation dtype of convolutions, dense layers and BatchNorm
+      outputs (e.g. ``jnp.bfloat16``); None: the params' float32. Params and
+      BatchNorm statistics are float32 either way.
   """
   if name not in _ZOO:
     raise ValueError(
@@ -60,7 +64,7 @@ def create(name: str, num_classes: int = 10, ranks: Any = None) -> nn.Module:
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or (
       num_classes < 1):
     raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-  return _ZOO[name](num_classes=num_classes, ranks=_freeze(ranks))
+  return _ZOO[name](num_classes=num_classes, ranks=_freeze(ranks), dtype=dtype)
 
 
 def bn_pairs(params: Any) -> dict[str, str]:

@@ -14,11 +14,11 @@ import jax.numpy as jnp
 from lrpet_jax.models import layers
 
 
-def _conv(ranks, features, k, s, name):
+def _conv(ranks, features, k, s, name, dtype):
   return layers.LowRankConv(features, (k, k), strides=s,
                             rank=layers.rank_of(ranks, name),
                             kernel_init=layers.kaiming_normal_fan_out,
-                            name=name)
+                            dtype=dtype, name=name)
 
 
 class Downsample(nn.Module):
@@ -27,14 +27,15 @@ class Downsample(nn.Module):
   features: int
   strides: int
   ranks: Any = None
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = _conv(self.ranks, self.features, 1, self.strides, "conv")(x)
-    return layers.batch_norm(train, "bn")(x)
+    x = _conv(self.ranks, self.features, 1, self.strides, "conv", self.dtype)(x)
+    return layers.batch_norm(train, "bn", self.dtype)(x)
 
 
-def _shortcut(x, features, strides, ranks, train):
+def _shortcut(x, features, strides, ranks, train, dtype):
   """Identity, or the Downsample projection when the shape changes.
 
   Called inside a block's compact ``__call__``, so the Downsample module is
@@ -43,41 +44,47 @@ def _shortcut(x, features, strides, ranks, train):
   if strides == 1 and x.shape[-1] == features:
     return x
   return Downsample(features, strides, layers.subtree(ranks, "downsample"),
-                    name="downsample")(x, train)
+                    dtype, name="downsample")(x, train)
 
 
 class BasicBlock(nn.Module):
   features: int
   strides: int = 1
   ranks: Any = None
+  dtype: Any = None
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = _conv(self.ranks, self.features, 3, self.strides, "conv1")(x)
-    y = nn.relu(layers.batch_norm(train, "bn1")(y))
-    y = _conv(self.ranks, self.features, 3, 1, "conv2")(y)
-    y = layers.batch_norm(train, "bn2")(y)
+    bn = lambda name: layers.batch_norm(train, name, self.dtype)
+    y = _conv(self.ranks, self.features, 3, self.strides, "conv1", self.dtype)(x)
+    y = nn.relu(bn("bn1")(y))
+    y = _conv(self.ranks, self.features, 3, 1, "conv2", self.dtype)(y)
+    y = bn("bn2")(y)
     return nn.relu(y + _shortcut(x, self.features, self.strides, self.ranks,
-                                 train))
+                                 train, self.dtype))
 
 
 class Bottleneck(nn.Module):
   features: int
   strides: int = 1
   ranks: Any = None
+  dtype: Any = None
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool):
     out = self.features * 4
-    y = _conv(self.ranks, self.features, 1, 1, "conv1")(x)
-    y = nn.relu(layers.batch_norm(train, "bn1")(y))
-    y = _conv(self.ranks, self.features, 3, self.strides, "conv2")(y)
-    y = nn.relu(layers.batch_norm(train, "bn2")(y))
-    y = _conv(self.ranks, out, 1, 1, "conv3")(y)
-    y = layers.batch_norm(train, "bn3")(y)
-    return nn.relu(y + _shortcut(x, out, self.strides, self.ranks, train))
+    bn = lambda name: layers.batch_norm(train, name, self.dtype)
+    y = _conv(self.ranks, self.features, 1, 1, "conv1", self.dtype)(x)
+    y = nn.relu(bn("bn1")(y))
+    y = _conv(self.ranks, self.features, 3, self.strides, "conv2",
+              self.dtype)(y)
+    y = nn.relu(bn("bn2")(y))
+    y = _conv(self.ranks, out, 1, 1, "conv3", self.dtype)(y)
+    y = bn("bn3")(y)
+    return nn.relu(y + _shortcut(x, out, self.strides, self.ranks, train,
+                                 self.dtype))
 
 
 class ImageNetResNet(nn.Module):
@@ -85,18 +92,20 @@ class ImageNetResNet(nn.Module):
   block: Any
   num_classes: int = 1000
   ranks: Any = None
+  dtype: Any = None  # computation dtype; params and BN statistics stay float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = _conv(self.ranks, 64, 7, 2, "conv")(x)
-    x = nn.relu(layers.batch_norm(train, "bn")(x))
+    x = _conv(self.ranks, 64, 7, 2, "conv", self.dtype)(x)
+    x = nn.relu(layers.batch_norm(train, "bn", self.dtype)(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, blocks in enumerate(self.stage_sizes):
       for block in range(blocks):
         name = f"stage{stage + 1}_block{block}"
         x = self.block(64 * 2**stage, 2 if stage and not block else 1,
-                       layers.subtree(self.ranks, name), name=name)(x, train)
+                       layers.subtree(self.ranks, name), self.dtype,
+                       name=name)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return layers.LowRankDense(self.num_classes,
                                rank=layers.rank_of(self.ranks, "head"),
-                               name="head")(x)
+                               dtype=self.dtype, name="head")(x)

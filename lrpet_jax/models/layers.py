@@ -53,6 +53,7 @@ class LowRankConv(nn.Module):
   rank: int | None = None
   kernel_init: Initializer = kaiming_normal_fan_in
   bias_init: Initializer = nn.initializers.zeros
+  dtype: Any = None  # computation dtype (e.g. bfloat16); params stay float32
 
   def _conv(self, x, kernel, strides, pad):
     return lax.conv_general_dilated(
@@ -64,18 +65,20 @@ class LowRankConv(nn.Module):
     kh, kw = self.kernel_size
     pad = kh // 2 if self.padding is None else self.padding
     shape = (kh, kw, x.shape[-1], self.features)
+    cast = lambda *a: _cast(self.dtype, *a)
     if is_factorized(self.rank, shape):
       first = self.param("first_kernel", self.kernel_init,
                          (kh, kw, x.shape[-1], self.rank))
       second = self.param("second_kernel", self.kernel_init,
                           (1, 1, self.rank, self.features))
+      x, first, second = cast(x, first, second)
       # The 1×1 conv as a matmul over channels (measured faster on CPU).
       y = jnp.dot(self._conv(x, first, self.strides, pad), second[0, 0])
     else:
-      y = self._conv(x, self.param("kernel", self.kernel_init, shape),
-                     self.strides, pad)
+      x, kernel = cast(x, self.param("kernel", self.kernel_init, shape))
+      y = self._conv(x, kernel, self.strides, pad)
     if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,))
+      y = y + cast(self.param("bias", self.bias_init, (self.features,)))[0]
     return y
 
 
@@ -87,27 +90,42 @@ class LowRankDense(nn.Module):
   rank: int | None = None
   kernel_init: Initializer = torch_linear_init
   bias_init: Initializer = nn.initializers.zeros
+  dtype: Any = None  # computation dtype (e.g. bfloat16); params stay float32
 
   @nn.compact
   def __call__(self, x):
     shape = (x.shape[-1], self.features)
+    cast = lambda *a: _cast(self.dtype, *a)
     if is_factorized(self.rank, shape):
       first = self.param("first_kernel", self.kernel_init,
                          (x.shape[-1], self.rank))
       second = self.param("second_kernel", self.kernel_init,
                           (self.rank, self.features))
+      x, first, second = cast(x, first, second)
       y = jnp.dot(jnp.dot(x, first), second)
     else:
-      y = jnp.dot(x, self.param("kernel", self.kernel_init, shape))
+      x, kernel = cast(x, self.param("kernel", self.kernel_init, shape))
+      y = jnp.dot(x, kernel)
     if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,))
+      y = y + cast(self.param("bias", self.bias_init, (self.features,)))[0]
     return y
 
 
-def batch_norm(train: bool, name: str) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 in Flax, eps 1e-5)."""
+def _cast(dtype, *arrays):
+  """``arrays`` in the computation ``dtype`` (unchanged when it is None)."""
+  if dtype is None:
+    return arrays
+  return tuple(jnp.asarray(a, dtype) for a in arrays)
+
+
+def batch_norm(train: bool, name: str, dtype: Any = None) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's defaults (momentum 0.1 there = 0.9 in Flax, eps 1e-5).
+
+  With a computation ``dtype`` (bfloat16) the output is in that dtype; the
+  statistics are reduced in float32 and kept, with scale and bias, in float32.
+  """
   return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5, name=name)
+                      epsilon=1e-5, dtype=dtype, name=name)
 
 
 def rank_of(ranks: Any, name: str) -> int | None:

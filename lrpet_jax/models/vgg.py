@@ -19,6 +19,7 @@ class VGG(nn.Module):
   num_classes: int = 10
   config: tuple[Any, ...] = CONFIG_D
   ranks: Any = None
+  dtype: Any = None  # computation dtype; params and BN statistics stay float32
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -30,10 +31,11 @@ class VGG(nn.Module):
       x = layers.LowRankConv(
           width, (3, 3), use_bias=True,
           rank=layers.rank_of(self.ranks, f"conv{i}"),
-          kernel_init=layers.kaiming_normal_fan_out, name=f"conv{i}")(x)
-      x = nn.relu(layers.batch_norm(train, f"bn{i}")(x))
+          kernel_init=layers.kaiming_normal_fan_out, dtype=self.dtype,
+          name=f"conv{i}")(x)
+      x = nn.relu(layers.batch_norm(train, f"bn{i}", self.dtype)(x))
       i += 1
     x = x.reshape(x.shape[0], -1)
     return layers.LowRankDense(
         self.num_classes, rank=layers.rank_of(self.ranks, "head"),
-        name="head")(x)
+        dtype=self.dtype, name="head")(x)

@@ -1,0 +1,101 @@
+"""Training checkpoints: the Orbax manager, run identity, save and restore.
+
+``WORKDIR/checkpoints/<step>/`` holds ``state`` (the raw training state) and
+``identity`` (model, method, classes and ranks: what a resumed run must
+match). Saves are asynchronous: the state is copied to the host, then written
+in the background while training goes on; Orbax writes into a temporary
+folder and renames it when complete, so a killed run leaves no half-written
+checkpoint behind. Unreadable checkpoints are moved to
+``WORKDIR/checkpoints_unreadable/`` and the next older one is tried.
+"""
+
+import pathlib
+
+from absl import logging
+import jax
+
+from lrpet_jax import errors
+from lrpet_jax import ranks as ranks_lib
+
+
+def manager(workdir: pathlib.Path, config):
+  """Orbax manager of ``WORKDIR/checkpoints``.
+
+  Kept: the latest ``config.keep_checkpoints``, and with a validation split
+  the best one by validation accuracy; never a selection on the test set.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from orbax.checkpoint.checkpoint_managers import preservation_policy as pp  # pylint: disable=g-import-not-at-top
+
+  policies = [pp.LatestN(n=config.keep_checkpoints)]
+  if config.get("val_examples"):
+    policies.append(pp.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1,
+                             keep_checkpoints_without_metrics=False))
+  return ocp.CheckpointManager(
+      workdir / "checkpoints",
+      options=ocp.CheckpointManagerOptions(
+          preservation_policy=pp.AnyPreservationPolicy(policies),
+          enable_async_checkpointing=True),
+  )
+
+
+def run_identity(config, ranks) -> dict:
+  return {"model": config.model, "num_classes": config.num_classes,
+          "method": config.get("method", "lrpet"),
+          "ranks": ranks_lib.ranks_to_dict(ranks)}
+
+
+def save(checkpoints, state, identity, metrics=None):
+  """Starts an asynchronous save of ``state`` at its step.
+
+  The state is copied to host memory first (its device buffers are donated
+  to the next training call); the write goes on in the background. Call
+  ``checkpoints.wait_until_finished()`` before relying on it.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  host_state = jax.device_get(state)
+  checkpoints.save(int(host_state.step), args=ocp.args.Composite(
+      state=ocp.args.StandardSave(host_state),
+      identity=ocp.args.JsonSave(identity)), metrics=metrics, force=True)
+
+
+def _set_aside(checkpoints, step, error):
+  """Moves an unreadable checkpoint to WORKDIR/checkpoints_unreadable/<step>."""
+  source = pathlib.Path(checkpoints.directory) / str(step)
+  target = source.parent.parent / "checkpoints_unreadable" / str(step)
+  logging.warning("checkpoint %d is unreadable (%s); moved to %s, trying an"
+                  " older one", step, type(error).__name__, target)
+  target.parent.mkdir(exist_ok=True)
+  source.rename(target)
+  checkpoints.reload()
+
+
+def restore_latest(checkpoints, abstract_state, identity):
+  """The newest readable checkpoint (falling back past corrupt ones), or None."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  for step in sorted(checkpoints.all_steps(), reverse=True):
+    try:
+      saved_identity = checkpoints.restore(step, args=ocp.args.Composite(
+          identity=ocp.args.JsonRestore()))["identity"]
+    except Exception as e:  # pylint: disable=broad-except
+      _set_aside(checkpoints, step, e)
+      continue
+    # Checkpoints written before ``method`` existed are LRPET runs.
+    saved_identity.setdefault("method", "lrpet")
+    if saved_identity != identity:
+      raise errors.ConfigError(
+          f"workdir: holds a checkpoint of model {saved_identity.get('model')!r}"
+          " with another method, ranks or classes than this config; use a new"
+          " workdir")
+    try:
+      return checkpoints.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))["state"]
+    except Exception as e:  # pylint: disable=broad-except
+      if "Structure mismatch" in str(e):  # readable, but another state layout
+        raise errors.ConfigError(
+            f"workdir: checkpoint {step} holds a training state of another"
+            " layout (another optimizer setting such as momentum, or another"
+            " lrpet_jax version); resume with the setting that wrote it or use"
+            " a new workdir") from None
+      _set_aside(checkpoints, step, e)
+  return None

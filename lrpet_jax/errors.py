@@ -1,0 +1,10 @@
+"""Errors the command line reports in one line."""
+
+
+class ConfigError(ValueError):
+  """Bad configuration or workdir: reported in one line, exit status 2."""
+
+
+class NonFiniteLoss(RuntimeError):
+  """Training diverged: reported in one line, exit status 1, the last good
+  checkpoint kept."""

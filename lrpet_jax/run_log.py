@@ -1,0 +1,89 @@
+"""What a training run writes about itself: metrics, progress and spectra.
+
+- ``MetricWriter``: ``WORKDIR/metrics.jsonl`` (one JSON object per line with
+  its ``step``) and TensorBoard event files under ``WORKDIR/tensorboard``.
+- ``Progress``: images/s and the time left, from the wall clock between log
+  boundaries (where the loop reads the device anyway).
+- ``SpectraLog``: singular values of the ranked kernels at each projection.
+"""
+
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from lrpet_jax import _trees
+from lrpet_jax import projection
+
+
+class MetricWriter:
+  """metrics.jsonl plus TensorBoard event files in the workdir."""
+
+  def __init__(self, workdir: pathlib.Path):
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+    self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+    self._jsonl.flush()
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, v, step)
+
+  def close(self):
+    self._jsonl.close()
+    self._tb.close()
+
+
+class Progress:
+  """Throughput since the last report and the training time left."""
+
+  def __init__(self, first_step: int, total_steps: int, batch_size: int):
+    self._t, self._step = time.time(), first_step
+    self._total, self._batch = total_steps, batch_size
+
+  def report(self, step: int) -> tuple[float, float]:
+    """(images/s since the last report, seconds of training left)."""
+    now = time.time()
+    rate = (step - self._step) * self._batch / max(now - self._t, 1e-9)
+    self._t, self._step = now, step
+    return rate, (self._total - step) * self._batch / max(rate, 1e-9)
+
+
+class SpectraLog:
+  """Singular values of every ranked kernel (as the (m, n) matrix) at each
+  projection step, in ``WORKDIR/spectra.json``: ``before`` the truncation
+  (the projecting step's ``pre_projection_params``) and ``after`` it (the
+  step's result). Float64 NumPy SVD on the host, once per projection."""
+
+  def __init__(self, workdir: pathlib.Path, ranks):
+    self._path = workdir / "spectra.json"
+    self._ranks = _trees.leaves_by_path(ranks)  # ranked leaves only
+    if self._path.exists():  # a resumed run appends
+      self.record = json.loads(self._path.read_text())
+    else:
+      self.record = {"steps": [], "layers": {
+          "/".join(k): {"rank": r, "before": [], "after": []}
+          for k, r in self._ranks.items()}}
+
+  def _spectra(self, params):
+    flat = _trees.leaves_by_path(params)
+    out = {}
+    for k in self._ranks:
+      w = np.asarray(jax.device_get(flat[k]), np.float64)
+      out["/".join(k)] = np.linalg.svd(
+          w.reshape(projection.matrix_shape(w.shape)), compute_uv=False)
+    return out
+
+  def log(self, step, before_params, after_params):
+    before = self._spectra(before_params)
+    after = self._spectra(after_params)
+    self.record["steps"].append(step)
+    for name, layer in self.record["layers"].items():
+      layer["before"].append(before[name].tolist())
+      layer["after"].append(after[name].tolist())
+    tmp = self._path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(self.record))
+    tmp.replace(self._path)
