@@ -6,7 +6,7 @@ eval-mode forward pass of each on a ``--batch`` of 32×32 images (warm-up
 excluded, median of ``--repeats``) and prints MACs, XLA FLOPs, latency and the
 ratios from one run.
 
-    python benchmarks/compact_inference.py [--batch 256] [--ratio 0.54]
+    python benchmarks/compact_inference.py [--batch 256] [--ratio 0.54] [--quick]
 """
 
 import argparse
@@ -35,13 +35,17 @@ def median_latency(fn, variables, x, repeats):
   return statistics.median(times)
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="resnet56")
   parser.add_argument("--ratio", type=float, default=0.54)
   parser.add_argument("--batch", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=15)
-  args = parser.parse_args()
+  parser.add_argument("--quick", action="store_true",
+                      help="ResNet-8, batch 8, one repeat")
+  args = parser.parse_args(argv)
+  if args.quick:
+    args.model, args.batch, args.repeats = "resnet8", 8, 1
 
   x = jax.random.normal(jax.random.key(1), (args.batch, 32, 32, 3))
   dense = models.create(args.model)

@@ -7,7 +7,7 @@ eigendecompositions; batched per kernel shape on accelerators, one per kernel
 on CPU), both with BN rectification, and prints both times and their ratio
 from one run.
 
-    python benchmarks/projection.py [--repeats 20] [--ratio 0.54]
+    python benchmarks/projection.py [--repeats 20] [--ratio 0.54] [--quick]
 """
 
 import argparse
@@ -65,11 +65,14 @@ def median_time(fn, repeats):
   return statistics.median(times)
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--ratio", type=float, default=0.54)
-  args = parser.parse_args()
+  parser.add_argument("--quick", action="store_true", help="one repeat")
+  args = parser.parse_args(argv)
+  if args.quick:
+    args.repeats = 1
 
   params, scales = resnet56_kernels(np.random.default_rng(0))
   ranks = lrpet_jax.uniform_ranks(params, args.ratio)

@@ -1,92 +1,169 @@
-"""Training throughput: LRPET vs plain SGD on the same model, one run.
+r"""Training throughput of the pipeline's own compiled steps, measured in one run.
 
-Times the jitted train step (batch 128, ResNet-20, synthetic CIFAR-sized data)
-with (a) plain PyTorch-style SGD, (b) LRPET on a step that does not project
-(the ``lax.cond`` pass-through) and (c) LRPET on a projection step, then
-prints images/s and the overhead of LRPET over an epoch of
-``--steps_per_epoch`` steps with one projection (CIFAR-10: 390).
+Times ``steps.Stepper`` (the calls ``python -m lrpet_jax.main`` makes) on
+synthetic CIFAR-sized data held on the device like the real input:
 
-    python -m benchmarks.train_throughput [--model resnet20] [--repeats 8]
+- dense (plain SGD) vs LRPET: a plain step at 1 and K steps per call, the
+  projecting step, and a whole epoch with one projection;
+- float32 vs bfloat16 at K steps per call;
+
+and prints ms/step, images/s, the LRPET/dense throughput ratio, the implied
+400-epoch training time (steps only: evaluation and checkpoints excluded) and
+the device. Each figure is the median of ``--repeats`` timed calls after a
+compiling one.
+
+    python -m benchmarks.train_throughput                 # ResNet-56, batch 128
+    python -m benchmarks.train_throughput --quick         # seconds, any machine
+
+On a 2-core CPU a ResNet-56 epoch takes about 20 minutes; pass e.g.
+``--model=resnet20 --epoch_steps=40`` there (the figures say what was run).
 """
 
 import argparse
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # pylint: disable=g-import-not-at-top
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import jax.numpy as jnp
 import numpy as np
-import optax
 
-from configs import cifar
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+import cifar  # pylint: disable=g-import-not-at-top
+
+from lrpet_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+from lrpet_jax import inputs
 from lrpet_jax import models
-from lrpet_jax import ranks as ranks_lib
+from lrpet_jax import steps as steps_lib
 from lrpet_jax import train
-from lrpet_jax import transform
 
 
-def step_time(step_fn, state, images, labels, indices, repeats):
-  state, _ = step_fn(state, images, labels, indices)  # compile
-  jax.block_until_ready(state)
+class Pipeline:
+  """One method and dtype: its Stepper and a fresh training state."""
+
+  def __init__(self, config, source, method, dtype, replicated):
+    config = config.copy_and_resolve_references()
+    config.method = method
+    self.model = models.create(config.model, config.num_classes,
+                               dtype=jnp.dtype(dtype))
+    abstract = jax.eval_shape(lambda: self.model.init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    ranks = train.select_ranks(config, self.model, abstract, (32, 32, 3))
+    self.tx = train.make_optimizer(config, ranks, source.steps_per_epoch)
+    pairs = models.bn_pairs(abstract["params"]) if method == "lrpet" else None
+    self.stepper = steps_lib.Stepper(self.model, self.tx, config, pairs,
+                                     source)
+    # Placed as the training loop places them (one compilation per call).
+    self.state = jax.device_put(
+        train.initial_state(self.model, self.tx, 0, (32, 32, 3)), replicated)
+    self.window = jax.device_put(steps_lib.empty_window(), replicated)
+    self.step = 0
+    self.mode = False if method == "lrpet" else None
+
+  def call(self, length, project=False):
+    mode = True if project else self.mode
+    self.state, self.window, _ = self.stepper(self.state, self.window,
+                                              self.step, length, mode)
+    self.step += length
+
+  def sync(self):
+    jax.block_until_ready((self.state, self.window))
+
+
+def per_step(pipeline, length, repeats, project=False):
+  """Median seconds per step of calls of ``length`` steps (first call compiles)."""
+  pipeline.call(length, project)
+  pipeline.sync()
   times = []
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    state, m = step_fn(state, images, labels, indices)
-    jax.block_until_ready((state, m))
-    times.append(time.perf_counter() - t0)
+    t = time.perf_counter()
+    pipeline.call(length, project)
+    pipeline.sync()
+    times.append((time.perf_counter() - t) / length)
   return statistics.median(times)
 
 
-def main():
+def epoch_time(pipeline, steps_per_epoch, k, projecting):
+  """Seconds for one epoch as the loop runs it (calls compiled beforehand)."""
+  plain = steps_lib.chunk_lengths(steps_per_epoch - projecting, k)
+  for length in set(plain):
+    pipeline.call(length)
+  if projecting:
+    pipeline.call(1, project=True)
+  pipeline.sync()
+  t = time.perf_counter()
+  for length in plain:
+    pipeline.call(length)
+  if projecting:
+    pipeline.call(1, project=True)
+  pipeline.sync()
+  return time.perf_counter() - t
+
+
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", default="resnet20")
+  parser.add_argument("--model", default="resnet56")
   parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--repeats", type=int, default=8)
-  parser.add_argument("--steps_per_epoch", type=int, default=390)
-  args = parser.parse_args()
+  parser.add_argument("--steps_per_call", type=int, default=8)
+  parser.add_argument("--epoch_steps", type=int, default=390,
+                      help="steps per epoch (CIFAR-10, batch 128: 390)")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--quick", action="store_true",
+                      help="ResNet-8, batch 8, 4-step epochs, one repeat")
+  args = parser.parse_args(argv)
+  if args.quick:
+    args.model, args.batch, args.steps_per_call = "resnet8", 8, 3
+    args.epoch_steps, args.repeats = 4, 1
 
   config = cifar.get_config()
   config.model, config.batch_size = args.model, args.batch
   rng = np.random.default_rng(0)
-  images = jax.device_put(rng.integers(0, 255, (args.batch, 32, 32, 3),
-                                       dtype=np.uint8))
-  labels = jax.device_put(rng.integers(0, 10, args.batch).astype(np.int32))
-  indices = jax.device_put(np.arange(args.batch, dtype=np.int32))
-  model = models.create(args.model)
-  abstract = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3)), train=False))
-  ranks = ranks_lib.uniform_ranks(abstract["params"], config.ratio)
-  pairs = models.bn_pairs(abstract["params"])
-  sgd = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                    optax.trace(config.momentum),
-                    optax.scale_by_learning_rate(config.learning_rate))
-  variants = {
-      "sgd": (sgd, False),
-      "lrpet, no projection": (transform.lrpet(
-          config.learning_rate, ranks, every=10**9), True),
-      "lrpet, projection": (transform.lrpet(
-          config.learning_rate, ranks, every=1), True),
-  }
-  times = {}
-  for label, (tx, rectify) in variants.items():
-    config.bn_rectification = rectify
-    step_fn = jax.jit(train.make_train_step(model, tx, config, pairs))
-    state = train.initial_state(model, tx, 0, (32, 32, 3))
-    times[label] = step_time(step_fn, state, images, labels, indices,
-                             args.repeats)
-  print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores;"
-        f" jax {jax.__version__}; {args.model}, batch {args.batch},"
-        f" median of {args.repeats} steps")
-  for label, t in times.items():
-    print(f"{label:22} {t * 1e3:8.1f} ms/step {args.batch / t:8.1f} img/s")
-  n = args.steps_per_epoch
-  epoch_lrpet = (n - 1) * times["lrpet, no projection"] + times[
-      "lrpet, projection"]
-  epoch_sgd = n * times["sgd"]
-  print(f"epoch of {n} steps with one projection: LRPET {epoch_lrpet:.1f}s vs"
-        f" SGD {epoch_sgd:.1f}s -> overhead {epoch_lrpet / epoch_sgd - 1:+.2%}")
+  n = args.batch * args.epoch_steps
+  data = data_lib.InMemoryData(
+      rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+      rng.integers(0, 10, n).astype(np.int32),
+      np.zeros((1, 32, 32, 3), np.uint8), np.zeros((1,), np.int32), 10)
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = NamedSharding(mesh, P())
+  source = inputs.InMemoryInput.from_arrays(
+      config, data, replicated, NamedSharding(mesh, P("data")))
+  k, spe = args.steps_per_call, args.epoch_steps
+
+  rows, epochs = [], {}
+  for dtype in ("float32", "bfloat16"):
+    for method in ("dense", "lrpet"):
+      pipeline = Pipeline(config, source, method, dtype, replicated)
+      lengths = (1, k) if dtype == "float32" else (k,)
+      for length in lengths:
+        rows.append((f"{method} {dtype}, plain step, {length}/call",
+                     per_step(pipeline, length, args.repeats)))
+      if method == "lrpet" and dtype == "float32":
+        rows.append(("lrpet float32, projecting step",
+                     per_step(pipeline, 1, args.repeats, project=True)))
+      epochs[method, dtype] = epoch_time(pipeline, spe, k, method == "lrpet")
+
+  device = jax.devices()[0]
+  print(f"device: {jax.device_count()}x {device.device_kind}"
+        f" ({device.platform}); jax {jax.__version__}; {args.model}, batch"
+        f" {args.batch}; median of {args.repeats} timed call(s)")
+  print(f"{'':44} {'ms/step':>9} {'img/s':>9}")
+  for label, t in rows:
+    print(f"{label:44} {1e3 * t:9.2f} {args.batch / t:9.0f}")
+  print(f"one epoch of {spe} steps at {k} steps/call (LRPET: one"
+        " projection), steps only:")
+  for dtype in ("float32", "bfloat16"):
+    dense, lrpet = epochs["dense", dtype], epochs["lrpet", dtype]
+    print(f"  {dtype:9} dense {dense:8.2f} s, LRPET {lrpet:8.2f} s; LRPET"
+          f" throughput = {dense / lrpet:.1%} of dense; 400 such epochs:"
+          f" dense {400 * dense / 60:.1f} min, LRPET {400 * lrpet / 60:.1f}"
+          " min")
+  return {"rows": rows, "epochs": epochs}
 
 
 if __name__ == "__main__":

@@ -28,4 +28,5 @@ def get_config():
   c.log_every_steps = 10
   c.bn_recompute_batches = 8
   c.eval_batch_size = 500
+  c.steps_per_call = 1  # 40 steps: compiling a longer call would not pay off
   return c

@@ -11,13 +11,19 @@ all other variables (BatchNorm statistics included) carry over. Layers that
 ``is_factorized`` rejects (break-even guard) keep their dense kernel.
 """
 
+import json
+import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lrpet_jax import _trees
+from lrpet_jax import accounting
+from lrpet_jax import models
 from lrpet_jax import projection
+from lrpet_jax import ranks as ranks_lib
 from lrpet_jax.models import layers
 
 
@@ -75,13 +81,17 @@ def factorize(variables: Any, ranks: Any) -> dict[str, Any]:
           "params": _factorize_tree(variables["params"], _plain(ranks), ())}
 
 
-def layer_report(variables: Any, ranks: Any, costs: list[Any]) -> list[dict]:
+def layer_report(variables: Any, ranks: Any, costs: list[Any],
+                 energy_kept: dict[str, float] | None = None) -> list[dict]:
   """Per projected layer: shape, rank, energy kept, MACs/params dense vs compact.
 
   Args:
     variables: dense variables (after the final projection).
     ranks: their rank pytree.
     costs: ``accounting.layer_costs`` of the dense model.
+    energy_kept: {"layer/kernel": fraction} to report (e.g. what LRPET's last
+      projection during training kept); default: Σ_{i<r} s_i² / Σ s_i² of the
+      kernel in ``variables`` (1 for an already projected kernel).
   """
   params = _trees.leaves_by_path(jax.device_get(variables["params"]))
   flat_ranks = _trees.leaves_by_path(ranks)
@@ -101,7 +111,8 @@ def layer_report(variables: Any, ranks: Any, costs: list[Any]) -> list[dict]:
         "rank": rank,
         "full_rank": min(m, n),
         "factorized": split,
-        "energy_kept": projection.energy_kept(params[key], rank),
+        "energy_kept": (float(energy_kept["/".join(key)]) if energy_kept
+                        else projection.energy_kept(params[key], rank)),
         "macs_dense": c.positions * m * n,
         "macs_compact": c.positions * compact_weights,
         "params_dense": m * n,
@@ -130,3 +141,69 @@ def format_report(rows: list[dict]) -> str:
       f" {tot['macs_dense']:>11,} {tot['macs_compact']:>11,}"
       f" {tot['params_dense']:>9,} {tot['params_compact']:>9,}")
   return "\n".join(lines)
+
+
+def export(out_dir: str | pathlib.Path, model_name: str, ranks: Any, *,
+           num_classes: int, input_shape: tuple[int, int, int],
+           dense_variables: Any = None, compact_variables: Any = None,
+           energy_kept: dict[str, float] | None = None,
+           overwrite: bool = False) -> tuple[dict, Any]:
+  """Writes the compact model and its report; returns (report, compact variables).
+
+  Writes to ``out_dir``:
+
+      compact/             Orbax checkpoint of the compact model's variables
+      ranks.json           {"layer/kernel": rank}, to rebuild the compact model
+      compact_report.json  model, input shape, costs dense vs compact,
+                           reductions, per-layer rows (``layer_report``)
+      compact_report.txt   the rows as a table and a totals line
+
+  Args:
+    out_dir: output directory (created).
+    model_name, num_classes: the zoo model (``models.create``).
+    ranks: rank pytree of the dense params.
+    input_shape: (H, W, C) of one example.
+    dense_variables: the dense model's variables (projected: the
+      factorization is then exact); factorized unless ``compact_variables``.
+    compact_variables: the compact model's variables, when trained directly
+      (no per-layer rows then).
+    energy_kept: per-layer energy for the rows (see ``layer_report``).
+    overwrite: replace an existing ``out_dir/compact``.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  out = pathlib.Path(out_dir).absolute()
+  dense_model = models.create(model_name, num_classes)
+  compact_model = models.create(model_name, num_classes, ranks=ranks)
+  if compact_variables is None:
+    compact_variables = factorize(dense_variables, ranks)
+  dense_cost = accounting.cost(dense_model, dense_variables or jax.eval_shape(
+      lambda: dense_model.init(jax.random.key(0),
+                               jnp.zeros((1,) + tuple(input_shape)),
+                               train=False)), input_shape)
+  compact_cost = accounting.cost(compact_model, compact_variables, input_shape)
+  rows = [] if dense_variables is None else layer_report(
+      dense_variables, ranks,
+      accounting.layer_costs(dense_model, dense_variables, input_shape),
+      energy_kept)
+  report = {
+      "model": model_name, "num_classes": num_classes,
+      "input_shape": list(input_shape), "dense": dense_cost,
+      "compact": compact_cost,
+      "macs_reduction": 1 - compact_cost["macs"] / dense_cost["macs"],
+      "params_reduction": 1 - compact_cost["params"] / dense_cost["params"],
+      "layers": rows,
+  }
+  out.mkdir(parents=True, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(out / "compact", compact_variables, force=overwrite)
+  checkpointer.wait_until_finished()
+  (out / "ranks.json").write_text(
+      json.dumps(ranks_lib.ranks_to_dict(ranks), indent=1))
+  (out / "compact_report.json").write_text(json.dumps(report, indent=1))
+  table = (format_report(rows) + "\n\n" if rows else "") + (
+      f"{model_name}: MACs {dense_cost['macs']:,} → {compact_cost['macs']:,}"
+      f" ({report['macs_reduction']:.1%} fewer), params"
+      f" {dense_cost['params']:,} → {compact_cost['params']:,}"
+      f" ({report['params_reduction']:.1%} fewer)\n")
+  (out / "compact_report.txt").write_text(table)
+  return report, compact_variables

@@ -84,8 +84,7 @@ def export(variables_dir: str, workdir: str, model_name: str, *,
   dense = models.create(model_name, num_classes)
   shape = (input_size, input_size, 3)
   abstract = abstract_variables(dense, input_size)
-  checkpointer = ocp.StandardCheckpointer()
-  variables = checkpointer.restore(source, abstract)
+  variables = ocp.StandardCheckpointer().restore(source, abstract)
   params = variables["params"]
   include = ranks_lib.is_kernel if project_dense else ranks_lib.is_conv_kernel
   if ranks_file is not None:
@@ -97,33 +96,10 @@ def export(variables_dir: str, workdir: str, model_name: str, *,
     ranks = accounting.ranks_for_budget(
         dense, variables, shape, macs_reduction=macs_reduction,
         params_reduction=params_reduction, include=include)
-  compact_variables = compact.factorize(variables, ranks)
-  compact_model = models.create(model_name, num_classes, ranks=ranks)
-  dense_cost = accounting.cost(dense, variables, shape)
-  compact_cost = accounting.cost(compact_model, compact_variables, shape)
-  rows = compact.layer_report(
-      variables, ranks, accounting.layer_costs(dense, variables, shape))
-  report = {
-      "model": model_name, "num_classes": num_classes,
-      "input_shape": list(shape), "dense": dense_cost,
-      "compact": compact_cost,
-      "macs_reduction": 1 - compact_cost["macs"] / dense_cost["macs"],
-      "params_reduction": 1 - compact_cost["params"] / dense_cost["params"],
-      "layers": rows,
-  }
-  out.mkdir(parents=True, exist_ok=True)
-  checkpointer.save(target, compact_variables, force=overwrite)
-  checkpointer.wait_until_finished()
-  (out / "ranks.json").write_text(
-      json.dumps(ranks_lib.ranks_to_dict(ranks), indent=1))
-  (out / "compact_report.json").write_text(json.dumps(report, indent=1))
-  table = compact.format_report(rows) + (
-      f"\n\n{model_name}: MACs {dense_cost['macs']:,} → {compact_cost['macs']:,}"
-      f" ({report['macs_reduction']:.1%} fewer), params"
-      f" {dense_cost['params']:,} → {compact_cost['params']:,}"
-      f" ({report['params_reduction']:.1%} fewer)\n")
-  (out / "compact_report.txt").write_text(table)
-  print(table)
+  report, _ = compact.export(out, model_name, ranks, num_classes=num_classes,
+                             input_shape=shape, dense_variables=variables,
+                             overwrite=overwrite)
+  print((out / "compact_report.txt").read_text(), end="")
   return report
 
 

@@ -270,20 +270,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   step, next_log = first_step, next_multiple(first_step, config.log_every_steps)
   while step < total_steps:
     projecting = method == "lrpet" and (step + 1) % project_every == 0
-    if projecting:
-      lengths = [1]
-    else:
+    length = 1
+    if not projecting:
       end = min(total_steps, source.epoch_end(step),
                 next_multiple(step, checkpoint_every))
       if method == "lrpet":  # stop before the next projecting step
         end = min(end, next_multiple(step, project_every) - 1)
-      lengths = steps_lib.chunk_lengths(end - step, config.steps_per_call)
-    mode = projecting if method == "lrpet" else None
-    for length in lengths:
-      state, window, aux = stepper(state, window, step, length, mode)
-      step += length
-      if stop.signal is not None:
-        break
+      length = steps_lib.chunk_lengths(
+          end - step, config.get("steps_per_call", 1))[0]
+    state, window, aux = stepper(state, window, step, length,
+                                 projecting if method == "lrpet" else None)
+    step += length
     if projecting:
       energy = np.asarray(optax.tree.get(state.opt_state, "energy_kept"))
       logging.info("step %d: projected; energy kept by the truncation: mean"
@@ -396,9 +393,12 @@ def finish(config, workdir, state, ranks, pairs, source, input_shape,
            dense_abstract) -> dict:
   """Final projection (lrpet), precise BN, export and evaluation.
 
-  Writes ``dense_final/`` (methods lrpet and dense) and ``compact/`` (lrpet and
-  compact) as Orbax ``variables`` checkpoints. ``final_accuracy`` is the model
-  the method deploys: the compact one, or the dense one for method dense.
+  Writes ``dense_final/`` (methods lrpet and dense) as an Orbax ``variables``
+  checkpoint and, for lrpet and compact, the compact model with its report
+  (``compact.export``: ``compact/``, ``ranks.json``, ``compact_report.*``).
+  The report's per-layer energy is what LRPET's last projection during
+  training kept. ``final_accuracy`` is the model the method deploys: the
+  compact one, or the dense one for method dense.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   method = config.get("method", "lrpet")
@@ -420,44 +420,38 @@ def finish(config, workdir, state, ranks, pairs, source, input_shape,
   else:
     dense_vars = trained
     dense_acc = _deployed_evaluation(config, dense_model, dense_vars, source)
-  if method == "lrpet":
-    compact_vars = compact.factorize(dense_vars, ranks)
-  if compact_vars is not None:
-    compact_acc = _deployed_evaluation(config, compact_model, compact_vars,
-                                       source)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save((workdir / "dense_final").absolute(), dense_vars,
+                      force=True)
+    checkpointer.wait_until_finished()
   dense_cost = accounting.cost(dense_model, dense_vars or dense_abstract,
                                input_shape)
-  outputs = {"dense_final": dense_vars, "compact": compact_vars}
-  checkpointer = ocp.StandardCheckpointer()
-  for name, tree in outputs.items():
-    if tree is not None:
-      checkpointer.save((workdir / name).absolute(), tree, force=True)
-  checkpointer.wait_until_finished()
   summary = {
       "model": config.model, "method": method, "dataset": config.dataset,
       "steps": int(state.step),
-      "dense_accuracy": dense_acc and dense_acc["top1"],
-      "compact_accuracy": compact_acc and compact_acc["top1"],
-      "dense_top5": dense_acc and dense_acc["top5"],
-      "compact_top5": compact_acc and compact_acc["top5"],
       "dense_macs": dense_cost["macs"], "dense_params": dense_cost["params"],
   }
-  if compact_vars is None:
+  if method == "dense":
     final_acc, final_cost = dense_acc, dense_cost
   else:
-    final_acc = compact_acc
-    final_cost = accounting.cost(compact_model, compact_vars, input_shape)
-    (workdir / "ranks.json").write_text(
-        json.dumps(ranks_lib.ranks_to_dict(ranks), indent=1))
-    report = {"dense": dense_cost, "compact": final_cost}
-    if dense_vars is not None:
-      rows = compact.layer_report(dense_vars, ranks, accounting.layer_costs(
-          dense_model, dense_vars, input_shape))
-      report["layers"] = rows
-      (workdir / "compact_report.txt").write_text(compact.format_report(rows))
-    (workdir / "compact_report.json").write_text(json.dumps(report, indent=1))
+    energy = None
+    if method == "lrpet":
+      kept = np.asarray(optax.tree.get(state.opt_state, "energy_kept"))
+      energy = dict(zip(ranks_lib.ranks_to_dict(ranks), kept.tolist()))
+    report, compact_vars = compact.export(
+        workdir, config.model, ranks, num_classes=config.num_classes,
+        input_shape=input_shape, dense_variables=dense_vars,
+        compact_variables=compact_vars, energy_kept=energy, overwrite=True)
+    compact_acc = _deployed_evaluation(config, compact_model, compact_vars,
+                                       source)
+    final_acc, final_cost = compact_acc, report["compact"]
     summary.update(compact_macs=final_cost["macs"],
                    compact_params=final_cost["params"])
+  summary.update(
+      dense_accuracy=dense_acc and dense_acc["top1"],
+      compact_accuracy=compact_acc and compact_acc["top1"],
+      dense_top5=dense_acc and dense_acc["top5"],
+      compact_top5=compact_acc and compact_acc["top5"])
   final_model, final_vars = ((dense_model, dense_vars) if compact_vars is None
                               else (compact_model, compact_vars))
   val_batches = source.val_batches()

@@ -119,7 +119,7 @@ def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from lrpet_jax import train  # pylint: disable=g-import-not-at-top
+  from lrpet_jax import inputs  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   for split in ("train", "test"):
     for c in ("a", "b"):
@@ -132,7 +132,7 @@ def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
       test_subset=0, seed=0, batch_size=8, mean=(0.0, 0.0, 0.0),
       std=(1.0, 1.0, 1.0)))
   mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  source = train.InMemoryInput(config, NamedSharding(mesh, P()),
+  source = inputs.InMemoryInput(config, NamedSharding(mesh, P()),
                                NamedSharding(mesh, P("data")))
   (batch,) = list(source.bn_batches(1))
   idx = data.batch_indices(0, 0, 8, 8)
@@ -145,3 +145,26 @@ def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
     assert min(np.abs(out - v).max() for v in views) < 1e-6
     changed += not np.allclose(out, img[4:12, 4:12])
   assert changed >= 4  # not the clean images
+
+
+def test_device_batch_selection_matches_host_indices():
+  """Inside the compiled call, step s reads the examples batch_indices names."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from lrpet_jax import inputs  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  n, b = 50, 8  # 6 steps per epoch, 2 examples dropped each epoch
+  images = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+  labels = np.arange(n, dtype=np.int32)
+  config = ml_collections.ConfigDict(dict(seed=5, batch_size=b))
+  mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  source = inputs.InMemoryInput.from_arrays(
+      config, data.InMemoryData(images, labels, images[:1], labels[:1], 10),
+      NamedSharding(mesh, P()), NamedSharding(mesh, P("data")))
+  assert source.steps_per_epoch == 6 and source.epoch_end(7) == 12
+  select = jax.jit(source.select)
+  for step in (0, 5, 6, 13):
+    got_images, got_labels = select(source.chunk_data(step, 1), step, 0)
+    idx = data.batch_indices(5, step, n, b)
+    np.testing.assert_array_equal(got_labels, labels[idx])
+    np.testing.assert_array_equal(got_images, images[idx])

@@ -14,7 +14,9 @@ def test_imagenet_pipeline_with_mock_data(tmp_path):
   config = imagenet.get_config()
   config.model, config.image_size = "resnet20", 32  # the pipeline, not the model
   config.batch_size, config.eval_batch_size = 8, 8
-  config.num_steps, config.project_every_steps = 4, 2
+  # Three steps in one call (stacked host batches), then the projecting step.
+  config.num_steps, config.project_every_steps = 4, 4
+  config.steps_per_call = 3
   config.checkpoint_every_steps, config.log_every_steps = 4, 2
   config.bn_recompute_batches = 2
   with tfds.testing.mock_data(num_examples=24):

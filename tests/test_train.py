@@ -74,6 +74,15 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, tmp_path):
     assert (straight / name).exists(), name
   assert sorted(p.name for p in (straight / "checkpoints").iterdir()
                 if p.name.isdigit()) == ["12", "4", "8"]
+  # The compact report has the export command's schema, and its energy column
+  # is what the last projection during training kept (not 1 everywhere).
+  report = json.loads((straight / "compact_report.json").read_text())
+  assert set(report) == {"model", "num_classes", "input_shape", "dense",
+                         "compact", "macs_reduction", "params_reduction",
+                         "layers"}
+  assert len(report["layers"]) == 19
+  assert min(r["energy_kept"] for r in report["layers"]) < 0.999
+  assert "fewer" in (straight / "compact_report.txt").read_text()
   # Convolutions only: the classifier is not ranked.
   ranked = json.loads((straight / "ranks.json").read_text())
   assert "head/kernel" not in ranked and len(ranked) == 19

@@ -20,6 +20,8 @@ from lrpet_jax.models import vgg
 from lrpet_jax.models.layers import LowRankConv, LowRankDense, is_factorized
 
 _ZOO = {
+    # ResNet-8: the smallest of the family, for quick benchmark modes.
+    "resnet8": functools.partial(cifar_resnet.CifarResNet, depth=8),
     "resnet20": functools.partial(cifar_resnet.CifarResNet, depth=20),
     "resnet32": functools.partial(cifar_resnet.CifarResNet, depth=32),
     "resnet56": functools.partial(cifar_resnet.CifarResNet, depth=56),
