@@ -1,9 +1,12 @@
 r"""Entry point: ``python -m lrpet_jax.main --config=configs/cifar.py --workdir=DIR``.
 
 Any config field can be overridden, e.g. ``--config.num_epochs=10``. Rerunning
-the same command resumes from the newest checkpoint in the workdir.
+the same command resumes from the newest checkpoint in the workdir. The log
+shows this project's own lines; ``--verbosity=0`` (or higher) adds every
+library's INFO lines.
 """
 
+import logging as logging_std
 import os
 import sys
 
@@ -23,6 +26,23 @@ config_flags.DEFINE_config_file("config", None, "Training configuration.",
                                 lock_config=True)
 
 
+class _OwnLinesOnly(logging_std.Filter):
+  """Below WARNING, only this project's lines (start, progress with ETA,
+  evaluations, projections, the summary); libraries' INFO chatter (Orbax
+  writes some 130 lines per smoke run) needs ``--verbosity=0`` or higher."""
+
+  def filter(self, record):
+    return (record.levelno >= logging_std.WARNING
+            or f"{os.sep}lrpet_jax{os.sep}" in record.pathname)
+
+
+def _set_up_logging():
+  if flags.FLAGS["verbosity"].present:
+    return  # the user chose; absl applies it
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_OwnLinesOnly())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -32,7 +52,7 @@ def main(argv):
   config = flags.FLAGS.config
   if config.get("distributed"):
     jax.distributed.initialize()
-  logging.set_verbosity(logging.INFO)
+  _set_up_logging()
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
   except train.ConfigError as e:

@@ -98,6 +98,10 @@ def _project_matrix(w, rank, out_scale, *, energy_transfer, residual_scale,
     w_eff = w * out_scale
   else:
     w_eff = w
+  # A kernel with a NaN or inf is left as it is (its energy reads NaN): the
+  # eigendecomposition only ever sees finite numbers.
+  finite = jnp.all(jnp.isfinite(w_eff))
+  w_eff = jnp.where(finite, w_eff, 0.0)
   w_r, sigma_max = _truncate(w_eff, rank)
   residual = w_eff - w_r
   kept = jnp.sum(w_r * w_r)
@@ -115,7 +119,8 @@ def _project_matrix(w, rank, out_scale, *, energy_transfer, residual_scale,
     projected = projected + residual_scale * residual
   if out_scale is not None:
     projected = projected * (out_scale / (out_scale * out_scale + eps))
-  return jnp.where(dead, w, projected), energy
+  return (jnp.where(dead, w, projected),
+          jnp.where(finite, energy, jnp.nan))
 
 
 def project_batch(kernels: jax.Array, ranks: jax.Array,
@@ -132,7 +137,8 @@ def project_batch(kernels: jax.Array, ranks: jax.Array,
   Returns:
     (B, ..., c_out) projected kernels in the input dtype, and (B,) the fraction
     of each (BN-scaled) kernel's energy the rank-r truncation kept, before
-    energy transfer (1 for a dead layer).
+    energy transfer (1 for a dead layer; NaN for a kernel with a non-finite
+    entry, which is returned unchanged).
   """
   shape = kernels.shape
   dtype = kernels.dtype
@@ -164,7 +170,8 @@ def project_kernel(kernel: jax.Array, rank: int, *,
       BN rectification.
     eps: the rectification constant in a / (a² + eps).
     min_sigma: if the largest singular value is below this, the kernel is
-      returned unchanged (a dead layer has no direction to keep).
+      returned unchanged (a dead layer has no direction to keep). A kernel
+      with a NaN or inf entry is also returned unchanged.
 
   Returns:
     Array of the same shape and dtype. Jittable (``rank`` must be static).
@@ -186,8 +193,11 @@ def project_kernel(kernel: jax.Array, rank: int, *,
 
 def energy_kept(kernel: jax.Array, rank: int) -> float:
   """Σ_{i<r} s_i² / Σ_i s_i²: the Frobenius energy a rank-r truncation keeps
-  (before energy transfer). Float64 NumPy, for reports."""
+  (before energy transfer). Float64 NumPy, for reports; NaN for a kernel
+  with a non-finite entry."""
   w = np.asarray(kernel, np.float64).reshape(matrix_shape(np.shape(kernel)))
+  if not np.all(np.isfinite(w)):
+    return float("nan")
   s = np.linalg.svd(w, compute_uv=False)
   total = float(np.sum(s * s))
   return float(np.sum(s[:rank] ** 2) / total) if total > 0 else 1.0

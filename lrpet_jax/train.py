@@ -283,10 +283,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     step += length
     if projecting:
       energy = np.asarray(optax.tree.get(state.opt_state, "energy_kept"))
-      logging.info("step %d: projected; energy kept by the truncation: mean"
-                   " %.4f, min %.4f", step, energy.mean(), energy.min())
-      writer.write(step, {"projection_energy_kept_mean": float(energy.mean()),
-                          "projection_energy_kept_min": float(energy.min())})
+      unprojected = int(np.isnan(energy).sum())
+      if unprojected:
+        logging.warning("step %d: %d kernel(s) with non-finite entries were"
+                        " left unprojected", step, unprojected)
+      if unprojected < energy.size:
+        logging.info("step %d: projected; energy kept by the truncation: mean"
+                     " %.4f, min %.4f", step, np.nanmean(energy),
+                     np.nanmin(energy))
+        writer.write(step, {
+            "projection_energy_kept_mean": float(np.nanmean(energy)),
+            "projection_energy_kept_min": float(np.nanmin(energy)),
+            "projection_unprojected_kernels": unprojected})
       if spectra is not None:
         spectra.log(step, aux["pre_projection_params"], state.params)
     at_checkpoint = step % checkpoint_every == 0 or step == total_steps

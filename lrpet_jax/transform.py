@@ -45,7 +45,8 @@ def _check_rank_values(ranks: Any) -> None:
 class ProjectionState(NamedTuple):
   """``energy_kept``: (L,) float32, for each ranked leaf (``jax.tree.leaves``
   order of the params) the fraction Σ_{i<r} s_i²/Σ s_i² the last projection
-  kept before energy transfer; ones before the first projection."""
+  kept before energy transfer; ones before the first projection; NaN where
+  the kernel had a non-finite entry and was left unprojected."""
 
   energy_kept: jax.Array
 

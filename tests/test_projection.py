@@ -86,6 +86,28 @@ def test_dead_layer_unchanged():
   np.testing.assert_array_equal(lrpet_jax.project_kernel(kernel, 2), kernel)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_kernel_is_left_unchanged_and_flagged(bad):
+  rng = np.random.default_rng(11)
+  kernel = rng.standard_normal((3, 3, 4, 8)).astype(np.float32)
+  kernel[1, 2, 3, 4] = bad
+  for fn in (lrpet_jax.project_kernel,
+             jax.jit(lrpet_jax.project_kernel, static_argnums=1)):
+    np.testing.assert_array_equal(fn(kernel, 3), kernel)
+  assert np.isnan(lrpet_jax.energy_kept(kernel, 3))
+  # In a tree: the bad kernel is untouched and its energy reads NaN; its
+  # finite neighbour is projected as usual.
+  good = rng.standard_normal((3, 3, 4, 8)).astype(np.float32)
+  params = {"a": {"kernel": kernel}, "b": {"kernel": good}}
+  ranks = {"a": {"kernel": 3}, "b": {"kernel": 3}}
+  for batched in (False, True):
+    out, energy = lrpet_jax.project_params(params, ranks, batched=batched,
+                                           return_energy=True)
+    np.testing.assert_array_equal(out["a"]["kernel"], kernel)
+    assert rel_err(out["b"]["kernel"], reference_projection(good, 3)) <= 1e-4
+    assert np.isnan(energy[0]) and 0 < energy[1] < 1
+
+
 def test_jit_and_low_precision_dtype():
   kernel = np.random.default_rng(6).standard_normal((3, 3, 8, 16))
   fn = jax.jit(functools.partial(lrpet_jax.project_kernel, rank=4))
