@@ -15,12 +15,17 @@ convolutions (``--project_dense`` adds Dense kernels), or
     compact_report.json  model, costs dense vs compact, per-layer rows
     compact_report.txt   the same as a table (also printed)
 
-Restore the compact model elsewhere:
+Restore the compact model elsewhere (``tests/test_export.py`` runs this):
 
-    ranks = lrpet_jax.ranks.ranks_from_dict(dense_params, json.load(open(".../ranks.json")))
+    import json, jax, jax.numpy as jnp, orbax.checkpoint, lrpet_jax
+    x = jnp.zeros((1, 32, 32, 3))
+    dense = lrpet_jax.models.create("resnet56")
+    dense_params = jax.eval_shape(lambda: dense.init(jax.random.key(0), x, train=False))["params"]
+    ranks = lrpet_jax.ranks.ranks_from_dict(dense_params, json.load(open("OUT_DIR/ranks.json")))
     model = lrpet_jax.models.create("resnet56", ranks=ranks)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-    variables = orbax.checkpoint.StandardCheckpointer().restore(".../compact", abstract)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    variables = orbax.checkpoint.StandardCheckpointer().restore("OUT_DIR/compact", abstract)
+    logits = model.apply(variables, x, train=False)
 """
 
 import json

@@ -54,7 +54,9 @@ def main(argv):
     jax.distributed.initialize()
   _set_up_logging()
   try:
-    train.train_and_evaluate(config, _WORKDIR.value)
+    train.train_and_evaluate(config, _WORKDIR.value,
+                             command=["python", "-m", "lrpet_jax.main",
+                                      *sys.argv[1:]])
   except train.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -19,11 +19,23 @@ from lrpet_jax import projection
 
 
 class MetricWriter:
-  """metrics.jsonl plus TensorBoard event files in the workdir."""
+  """metrics.jsonl plus TensorBoard event files in the workdir.
 
-  def __init__(self, workdir: pathlib.Path):
+  A run resumed at ``resume_step`` first drops the rows an earlier process
+  wrote after that step (they are written again), so each step keeps one row
+  per kind.
+  """
+
+  def __init__(self, workdir: pathlib.Path, resume_step: int = 0):
     import tensorboardX  # pylint: disable=g-import-not-at-top
-    self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+    path = workdir / "metrics.jsonl"
+    if path.exists():
+      kept = [line for line in path.read_text().splitlines()
+              if line and json.loads(line)["step"] <= resume_step]
+      tmp = path.with_suffix(".tmp")
+      tmp.write_text("".join(line + "\n" for line in kept))
+      tmp.replace(path)
+    self._jsonl = open(path, "a", encoding="utf-8")
     self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
 
   def write(self, step: int, scalars: dict[str, float]) -> None:

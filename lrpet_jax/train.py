@@ -194,11 +194,41 @@ def final_projection(state, config, ranks, pairs):
       residual_scale=config.residual_scale)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict:
-  """Trains, projects, recomputes BN, exports the compact model; returns the summary."""
+def finished_summary(config, workdir: pathlib.Path) -> dict | None:
+  """The summary of a run that finished in ``workdir`` with this very config
+  (``config.json``), or None: rerunning such a workdir changes nothing."""
+  summary, saved = workdir / "summary.json", workdir / "config.json"
+  if not (summary.is_file() and saved.is_file()):
+    return None
+  if json.loads(saved.read_text()) != json.loads(config.to_json()):
+    return None  # another config: resume, extend or refuse as usual
+  return json.loads(summary.read_text())
+
+
+def record_run(config, workdir: pathlib.Path, command) -> None:
+  """``config.json`` (the resolved config of the latest start) and, appended,
+  the command line of every start in ``commands.txt``."""
+  (workdir / "config.json").write_text(config.to_json(indent=1) + "\n")
+  if command:
+    with open(workdir / "commands.txt", "a", encoding="utf-8") as f:
+      f.write(" ".join(command) + "\n")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       command: list[str] | None = None) -> dict:
+  """Trains, projects, recomputes BN, exports the compact model; returns the summary.
+
+  A workdir whose run finished with the same config is left as it is: its
+  summary is printed and returned. ``command``: the command line to record.
+  """
   start = time.time()
   check_config(config)
+  done = finished_summary(config, pathlib.Path(workdir))
+  if done is not None:
+    logging.info("%s: finished already (summary.json); nothing to do",
+                 workdir)
+    print(json.dumps(done, indent=1))
+    return done
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   replicated = NamedSharding(mesh, P())
@@ -248,13 +278,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state = initial_state(model, tx, config.seed, input_shape, variables)
   state = jax.device_put(state, replicated)
   first_step = int(state.step)
+  record_run(config, workdir, command)  # only once the workdir is accepted
   logging.info("%s %s: %d steps (%d per epoch), starting at step %d on %d %s"
                " device(s)", method, config.model, total_steps, steps_per_epoch,
                first_step, jax.device_count(), jax.devices()[0].platform)
 
   stepper = steps_lib.Stepper(model, tx, config, pairs, source)
   evaluate = steps_lib.make_eval_fn(model, config)
-  writer = run_log.MetricWriter(workdir)
+  writer = run_log.MetricWriter(workdir, resume_step=first_step)
   progress = run_log.Progress(first_step, total_steps, config.batch_size)
   stop = StopRequested()
   schedule = learning_rate_schedule(config, steps_per_epoch)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -14,6 +15,8 @@ import lrpet_jax
 from lrpet_jax import models
 from lrpet_jax import ranks as ranks_lib
 from reference import rel_err
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def run_export(*args):
@@ -55,6 +58,19 @@ def test_export_command(tmp_path):
       jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
   compact_vars = ocp.StandardCheckpointer().restore(out / "compact", abstract)
   assert rel_err(compact.apply(compact_vars, x, train=False),
+                 dense.apply(variables, x, train=False)) <= 1e-4
+
+  # The module docstring's restore example, as printed (for ResNet-20 at OUT).
+  import ast  # pylint: disable=g-import-not-at-top
+  import textwrap  # pylint: disable=g-import-not-at-top
+  # Read, not imported: importing the module defines its absl flags.
+  doc = ast.get_docstring(ast.parse(
+      (ROOT / "lrpet_jax" / "export.py").read_text()), clean=False)
+  example = textwrap.dedent(doc[doc.index("    import json"):])
+  ns = {}
+  exec(example.replace("resnet56", "resnet20").replace("OUT_DIR", str(out)),  # pylint: disable=exec-used
+       ns)
+  assert rel_err(ns["model"].apply(ns["variables"], x, train=False),
                  dense.apply(variables, x, train=False)) <= 1e-4
 
   # A second export refuses to overwrite, and says why in one line.

@@ -130,6 +130,26 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "starting at step" in result.stderr and "at step 0 " not in result.stderr
 
+  # The resumed run's metrics have one row per step and kind.
+  killed_rows = [json.loads(l) for l in
+                 (killed / "metrics.jsonl").read_text().splitlines()]
+  for kind in ("train_loss", "test_top1"):
+    steps = [r["step"] for r in killed_rows if kind in r]
+    assert len(steps) == len(set(steps)) and steps, (kind, steps)
+
+  # The workdir records the run, and rerunning it finished changes nothing.
+  assert json.loads((straight / "config.json").read_text())["model"] == (
+      "resnet20")
+  assert (straight / "commands.txt").read_text().startswith(
+      "python -m lrpet_jax.main --config=")
+  before = {p: p.stat().st_mtime_ns for p in straight.rglob("*")}
+  again = run(command(image_folder, straight, "--config.log_spectra=True",
+                      "--config.project_every_steps=6"))
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "finished already" in again.stderr
+  assert json.loads(again.stdout) == summary
+  assert {p: p.stat().st_mtime_ns for p in straight.rglob("*")} == before
+
   # The README's restore snippet works on what this run wrote.
   blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(),
                       re.S)
@@ -237,11 +257,11 @@ def test_workdir_of_another_model_is_refused(image_folder, tmp_path):
   workdir = tmp_path / "w"
   assert run(command(image_folder, workdir, "--config.num_steps=4")
              ).returncode == 0
-  before = sorted(str(p) for p in workdir.rglob("*"))
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
   result = run(command(image_folder, workdir, "--config.model=resnet32"))
   assert result.returncode == 2
   assert "workdir" in result.stderr.strip().splitlines()[-1]
-  assert sorted(str(p) for p in workdir.rglob("*")) == before
+  assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
   # Same model, another optimizer-state layout (a checkpoint without momentum
   # buffers): refused, not mistaken for a corrupt checkpoint and set aside.
   plain = tmp_path / "plain"
