@@ -89,7 +89,13 @@ def export(variables_dir: str, workdir: str, model_name: str, *,
   dense = models.create(model_name, num_classes)
   shape = (input_size, input_size, 3)
   abstract = abstract_variables(dense, input_size)
-  variables = ocp.StandardCheckpointer().restore(source, abstract)
+  try:
+    variables = ocp.StandardCheckpointer().restore(source, abstract)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f"variables: cannot restore {source} as the variables of --model="
+        f"{model_name} with {num_classes} classes (another model, or not a"
+        f" variables checkpoint; {type(e).__name__})") from None
   params = variables["params"]
   include = ranks_lib.is_kernel if project_dense else ranks_lib.is_conv_kernel
   if ranks_file is not None:

@@ -85,8 +85,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.batch_size % n:
     raise ConfigError(f"batch_size: {config.batch_size} is not divisible by"
                       f" the {n} devices")
-  if config.batch_size < 1 or config.num_epochs < 1:
-    raise ConfigError("batch_size and num_epochs must be >= 1")
+  if config.batch_size < 1:
+    raise ConfigError(f"batch_size: must be >= 1, got {config.batch_size}")
+  if config.get("num_steps", 0) < 0:
+    raise ConfigError(f"num_steps: must be >= 0, got {config.num_steps}")
+  if not config.get("num_steps") and config.num_epochs < 1:
+    raise ConfigError(f"num_epochs: must be >= 1 (or set num_steps), got"
+                      f" {config.num_epochs}")
   k = config.get("steps_per_call", 1)
   if isinstance(k, bool) or not isinstance(k, int) or k < 1:
     raise ConfigError(f"steps_per_call: must be an int >= 1, got {k!r}")
@@ -223,6 +228,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   start = time.time()
   check_config(config)
+  if pathlib.Path(workdir).exists() and not pathlib.Path(workdir).is_dir():
+    raise ConfigError(f"workdir: {workdir} exists and is not a directory")
   done = finished_summary(config, pathlib.Path(workdir))
   if done is not None:
     logging.info("%s: finished already (summary.json); nothing to do",

@@ -93,6 +93,18 @@ def test_export_bad_input(tmp_path):
                       f"--workdir={tmp_path / 'out'}", "--model=resnet20",
                       "--ratio=0.5")
   assert result.returncode == 2 and "variables" in result.stderr
+  # A checkpoint of another model: one short line that says so.
+  dense = models.create("resnet20")
+  ocp.StandardCheckpointer().save(tmp_path / "r20", dense.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  ocp.StandardCheckpointer().wait_until_finished()
+  result = run_export(f"--variables={tmp_path / 'r20'}",
+                      f"--workdir={tmp_path / 'o'}", "--model=resnet32",
+                      "--ratio=0.5")
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert "--model=resnet32" in last and "another model" in last
+  assert len(last) < 300
   result = run_export(f"--variables={tmp_path}", f"--workdir={tmp_path / 'o'}",
                       "--model=resnet99", "--ratio=0.5")
   assert result.returncode == 2 and "unknown model" in result.stderr

@@ -233,6 +233,7 @@ def test_validation_split_selects_checkpoints(image_folder, tmp_path):
     (["--config.val_examples=-1"], "val_examples"),
     (["--config.rank_floor=-2"], "rank_floor"),
     (["--config.steps_per_call=0"], "steps_per_call"),
+    (["--config.num_epochs=0", "--config.num_steps=0"], "num_epochs"),
     (["--config.compute_dtype=float16"], "compute_dtype"),
 ])
 def test_bad_input_one_line_exit_2(image_folder, tmp_path, overrides, field):
@@ -242,6 +243,25 @@ def test_bad_input_one_line_exit_2(image_folder, tmp_path, overrides, field):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and field in last
   assert not workdir.exists()
+
+
+def test_epochs_zero_with_steps_and_workdir_that_is_a_file(image_folder,
+                                                          tmp_path):
+  # num_steps overrides num_epochs, so num_epochs=0 is fine with it.
+  workdir = tmp_path / "w"
+  result = run(command(image_folder, workdir, "--config.num_epochs=0",
+                       "--config.num_steps=2", "--config.checkpoint_every_steps=2"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  # A workdir path that is a file: one line, before any data is loaded.
+  afile = tmp_path / "file"
+  afile.write_text("keep me")
+  started = time.time()
+  result = run(command(image_folder, afile))
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: workdir") and "not a directory" in last
+  assert "lrpet resnet20" not in result.stderr  # never got to training
+  assert afile.read_text() == "keep me" and time.time() - started < 120
 
 
 def test_batch_not_divisible_by_devices(image_folder, tmp_path):
