@@ -65,6 +65,29 @@ def main(argv):
     sys.exit(1)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every failure reported in one line, exit 2.
+
+  ml_collections raises a bare ``AttributeError("'foo'")`` for an override of
+  a field the config does not have; absl prints a FATAL line with exit 1 for
+  a value that does not parse.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, (AttributeError, KeyError)):
+      field = text.strip("'\"")
+      given = [a for a in argv if a.startswith(f"--config.{field}")]
+      text = (f"config.{field}: the config has no such field"
+              + (f" ({given[0]})" if given else ""))
+    elif "--config." not in text and any(
+        a.startswith("--config.") for a in argv):
+      text = f"a --config.* value does not parse: {text}"
+    print(f"error: {text}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

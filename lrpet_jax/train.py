@@ -21,6 +21,7 @@ resumes from the newest readable checkpoint.
 """
 
 import json
+import numbers
 import pathlib
 import signal
 import time
@@ -53,8 +54,68 @@ METHODS = ("lrpet", "dense", "compact")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def _is_int(v):
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v):
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _reals(n=None, low=None):
+  def ok(v):
+    return (isinstance(v, (tuple, list)) and (n is None or len(v) == n)
+            and all(_is_real(x) and (low is None or x > low) for x in v))
+  return ok
+
+
+# field: (test, what it must be). Checked wherever the field is present.
+_FIELDS = {
+    "num_classes": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "ratio": (lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "macs_reduction": (lambda v: _is_real(v) and 0 <= v < 1,
+                       "a number in [0, 1) (0: use ratio)"),
+    "project_every_steps": (lambda v: _is_int(v) and v >= 0,
+                            "an int >= 0 (0: once per epoch)"),
+    "residual_scale": (lambda v: _is_real(v) and 0 <= v <= 1,
+                       "a number in [0, 1]"),
+    "bn_recompute_batches": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "train_subset": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: all)"),
+    "test_subset": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: all)"),
+    "val_examples": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "rank_floor": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "first_rank_floor": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "mean": (_reals(3), "three numbers"),
+    "std": (_reals(3, low=0), "three numbers > 0"),
+    "num_epochs": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "num_steps": (lambda v: _is_int(v) and v >= 0,
+                  "an int >= 0 (0: num_epochs)"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "learning_rate": (lambda v: _is_real(v) and v > 0, "a number > 0"),
+    "lr_boundaries_epochs": (lambda v: _reals()(v) and all(e >= 0 for e in v),
+                             "a tuple of epochs >= 0"),
+    "lr_decay": (lambda v: _is_real(v) and v > 0, "a number > 0"),
+    "momentum": (lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
+    "steps_per_call": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "seed": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "eval_batch_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "log_every_steps": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "checkpoint_every_steps": (lambda v: _is_int(v) and v >= 0,
+                               "an int >= 0 (0: once per epoch)"),
+    "keep_checkpoints": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    **{name: (lambda v: isinstance(v, bool), "True or False") for name in (
+        "energy_transfer", "bn_rectification", "log_spectra", "nesterov",
+        "project_dense", "distributed")},
+}
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Static checks, before anything is loaded or written."""
+  """Static checks, before anything is loaded or written: every field of
+  ``_FIELDS`` at its type and range, then the rules between fields."""
+  for field, (ok, what) in _FIELDS.items():
+    if field in config and not ok(config[field]):
+      raise ConfigError(f"{field}: must be {what}, got {config[field]!r}")
   if config.model not in models.NAMES:
     raise ConfigError(f"model: unknown {config.model!r}; valid:"
                       f" {', '.join(models.NAMES)}")
@@ -75,26 +136,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       f" {config.dataset!r}")
   if config.get("log_spectra") and method != "lrpet":
     raise ConfigError(f"log_spectra: only for method 'lrpet', not {method!r}")
-  if config.ratio is not None and not 0.0 <= config.ratio < 1.0:
-    raise ConfigError(f"ratio: must be in [0, 1), got {config.ratio}")
-  for field in ("rank_floor", "first_rank_floor", "val_examples"):
-    value = config.get(field, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-      raise ConfigError(f"{field}: must be an int >= 0, got {value!r}")
   n = jax.device_count()
   if config.batch_size % n:
     raise ConfigError(f"batch_size: {config.batch_size} is not divisible by"
                       f" the {n} devices")
-  if config.batch_size < 1:
-    raise ConfigError(f"batch_size: must be >= 1, got {config.batch_size}")
-  if config.get("num_steps", 0) < 0:
-    raise ConfigError(f"num_steps: must be >= 0, got {config.num_steps}")
   if not config.get("num_steps") and config.num_epochs < 1:
     raise ConfigError(f"num_epochs: must be >= 1 (or set num_steps), got"
                       f" {config.num_epochs}")
-  k = config.get("steps_per_call", 1)
-  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-    raise ConfigError(f"steps_per_call: must be an int >= 1, got {k!r}")
   if config.get("compute_dtype", "float32") not in COMPUTE_DTYPES:
     raise ConfigError(f"compute_dtype: {config.compute_dtype!r}; valid:"
                       f" {', '.join(COMPUTE_DTYPES)}")

@@ -234,6 +234,10 @@ def test_validation_split_selects_checkpoints(image_folder, tmp_path):
     (["--config.rank_floor=-2"], "rank_floor"),
     (["--config.steps_per_call=0"], "steps_per_call"),
     (["--config.num_epochs=0", "--config.num_steps=0"], "num_epochs"),
+    (["--config.learning_rate=-1"], "learning_rate"),
+    (["--config.lr_boundaries_epochs=abc"], "lr_boundaries_epochs"),
+    (["--config.foo=1"], "config.foo"),
+    (["--config.ratio=abc"], "config.ratio"),
     (["--config.compute_dtype=float16"], "compute_dtype"),
 ])
 def test_bad_input_one_line_exit_2(image_folder, tmp_path, overrides, field):
