@@ -11,7 +11,7 @@ from lrpet_jax import data
 
 
 def test_tfds_cifar10_path_with_mock_data():
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=40):
     d = data.load("cifar10", train_subset=24)
   assert d.train_images.shape == (24, 32, 32, 3)
@@ -21,6 +21,7 @@ def test_tfds_cifar10_path_with_mock_data():
 
 def test_unloadable_dataset_names_the_fix(tmp_path):
   # No internet and an empty data_dir: one line pointing at a local copy.
+  pytest.importorskip("tensorflow_datasets")
   with pytest.raises(ValueError, match="image_folder:PATH"):
     data.load("cifar100", data_dir=str(tmp_path))
 
@@ -63,7 +64,7 @@ def test_normalize():
 
 def test_pillow_reader_matches_tfds_image_folder(tmp_path):
   """The loader used without tensorflow-datasets: same images, labels, order."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = pytest.importorskip("tensorflow")
   rng = np.random.default_rng(0)
   # Class names whose sorted order differs from creation order; a class that
   # only one split has; a non-image file that both readers must skip.

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 import lrpet_jax
 from lrpet_jax import models
@@ -17,6 +18,7 @@ from lrpet_jax import ranks as ranks_lib
 from reference import rel_err
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # subprocesses
 
 
 def run_export(*args):

@@ -3,6 +3,10 @@
 import json
 
 import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow_datasets")
+pytestmark = pytest.mark.slow  # the whole training pipeline
 
 from configs import imagenet
 from lrpet_jax import imagenet_input

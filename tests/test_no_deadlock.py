@@ -9,6 +9,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a subprocess
+
 SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, lrpet_jax
     rng = np.random.default_rng(0)

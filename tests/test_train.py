@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # subprocesses that train
 
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
   """10 classes of random 32x32 JPEGs: 12 train and 3 test images each."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = pytest.importorskip("tensorflow")
   root = tmp_path_factory.mktemp("folder")
   rng = np.random.default_rng(0)
   for split, n in (("train", 12), ("test", 3)):
