@@ -65,7 +65,7 @@ def make_step_body(model, tx, config, pairs, device_augment=True,
   authors evaluate at the end of each epoch); ``aux`` is empty otherwise.
   """
   mean, std = tuple(config.mean), tuple(config.std)
-  schedule = {} if project is None else {"project": project}
+  projection_kw = {} if project is None else {"project": project}
 
   def body(state, window, images, labels):
     if device_augment:
@@ -87,7 +87,7 @@ def make_step_body(model, tx, config, pairs, device_augment=True,
     if pairs is not None and config.bn_rectification:
       extra["out_scales"] = bn.bn_out_scales(state.params, batch_stats, pairs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params,
-                                   **extra, **schedule)
+                                   **extra, **projection_kw)
     aux = {}
     if project:
       # The same update without the projection (XLA shares the SGD part).
@@ -164,16 +164,21 @@ def _unroll() -> int | bool:
   return True if jax.default_backend() == "cpu" else 1
 
 
+def next_call_length(steps: int, steps_per_call: int) -> int:
+  """The length of the next call with ``steps`` (≥ 1) left before a boundary:
+  ``steps_per_call``, or below it the largest power of two that fits (so at
+  most log2(steps_per_call) + 2 lengths are ever compiled)."""
+  if steps >= steps_per_call:
+    return steps_per_call
+  return 1 << (steps.bit_length() - 1)
+
+
 def chunk_lengths(steps: int, steps_per_call: int) -> list[int]:
-  """``steps`` split into calls of ``steps_per_call`` steps, the rest into
-  powers of two (so at most log2(steps_per_call) + 1 lengths are compiled)."""
-  lengths = [steps_per_call] * (steps // steps_per_call)
-  rest, power = steps % steps_per_call, 1 << max(steps_per_call.bit_length(), 1)
-  while rest:
-    power >>= 1
-    if power <= rest:
-      lengths.append(power)
-      rest -= power
+  """The call lengths the loop runs for ``steps`` steps between boundaries."""
+  lengths = []
+  while steps:
+    lengths.append(next_call_length(steps, steps_per_call))
+    steps -= lengths[-1]
   return lengths
 
 

@@ -362,8 +362,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 next_multiple(step, checkpoint_every))
       if method == "lrpet":  # stop before the next projecting step
         end = min(end, next_multiple(step, project_every) - 1)
-      length = steps_lib.chunk_lengths(
-          end - step, config.get("steps_per_call", 1))[0]
+      length = steps_lib.next_call_length(
+          end - step, config.get("steps_per_call", 1))
     state, window, aux = stepper(state, window, step, length,
                                  projecting if method == "lrpet" else None)
     step += length
@@ -384,8 +384,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if spectra is not None:
         spectra.log(step, aux["pre_projection_params"], state.params)
     at_checkpoint = step % checkpoint_every == 0 or step == total_steps
-    if (step >= next_log or at_checkpoint or step == total_steps
-        or stop.signal is not None):
+    if step >= next_log or at_checkpoint or stop.signal is not None:
       window = read_window(window, step, checkpoints, writer, progress,
                            schedule, total_steps, log=step >= next_log
                            or step == total_steps)
