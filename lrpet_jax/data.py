@@ -11,9 +11,14 @@ exactly the batches an uninterrupted one would.
 is imported only here, lazily.
 """
 
+import contextlib
 import dataclasses
+import logging
 import pathlib
 import random
+import shutil
+import socket
+import urllib.parse
 
 import jax
 import jax.numpy as jnp
@@ -58,15 +63,70 @@ def _subset(images, labels, n, seed):
   return images[keep], labels[keep]
 
 
+def _reachable(host: str, timeout_s: float = 5.0) -> str | None:
+  """None if ``host:443`` accepts a TCP connection, else the reason."""
+  try:
+    socket.create_connection((host, 443), timeout=timeout_s).close()
+  except OSError as e:
+    return f"{type(e).__name__}: {e}"
+  return None
+
+
+@contextlib.contextmanager
+def _without_notice(prefix: str):
+  """Drops the absl log records that start with ``prefix`` for a while."""
+  def keep(record):
+    return not str(record.msg).startswith(prefix)
+  logger = logging.getLogger("absl")
+  logger.addFilter(keep)
+  try:
+    yield
+  finally:
+    logger.removeFilter(keep)
+
+
+def _cause(e: BaseException) -> str:
+  first = (str(e).strip().splitlines() or [""])[0]
+  return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
+
+
 def prepared_builder(dataset: str, data_dir: str | None, hint: str):
-  """``tfds.builder(dataset)``, downloaded and prepared, or one-line ValueError."""
+  """``tfds.builder(dataset)``, downloaded and prepared, or one-line ValueError.
+
+  A data set that must be downloaded fails within seconds when its host
+  (the builder's homepage) cannot be reached, instead of tfds' minutes of
+  retries; whatever a failed download created under ``data_dir`` is removed.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(dataset, data_dir=data_dir)
+  try:
+    with _without_notice("Variant folder"):  # tfds, on a data set not yet there
+      builder = tfds.builder(dataset, data_dir=data_dir)
+      if builder.is_prepared():
+        return builder
+      homepage = builder.info.homepage
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"dataset: cannot open {dataset!r} ({_cause(e)});"
+                     f" {hint}") from None
+  root = pathlib.Path(builder.data_dir).parents[1]  # <root>/<name>/<version>
+  created = [p for p in (root, root / "downloads", root / dataset)
+             if not p.exists()]
+  host = urllib.parse.urlparse(homepage or "").hostname
+  mocked = type(builder).download_and_prepare.__module__.startswith(
+      "tensorflow_datasets.testing")  # tfds.testing.mock_data downloads nothing
+  if (host and not mocked
+      and not getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)):
+    reason = _reachable(host)
+    if reason:
+      raise ValueError(
+          f"dataset: {dataset!r} is not prepared in {root} and its download"
+          f" host {host} cannot be reached ({reason}); {hint}")
   try:
     builder.download_and_prepare()
   except Exception as e:  # pylint: disable=broad-except
+    for p in created:
+      shutil.rmtree(p, ignore_errors=True)
     raise ValueError(f"dataset: cannot load or download {dataset!r}"
-                     f" ({type(e).__name__}); {hint}") from None
+                     f" ({_cause(e)}); {hint}") from None
   return builder
 
 

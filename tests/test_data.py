@@ -19,11 +19,42 @@ def test_tfds_cifar10_path_with_mock_data():
   assert d.test_images.shape == (40, 32, 32, 3) and d.num_classes == 10
 
 
-def test_unloadable_dataset_names_the_fix(tmp_path):
-  # No internet and an empty data_dir: one line pointing at a local copy.
+def test_unreachable_download_host_fails_fast_without_litter(tmp_path,
+                                                           monkeypatch):
+  # Offline and an empty data_dir: one line naming the host and the fix,
+  # before tfds' minutes of retries, and nothing left in data_dir.
   pytest.importorskip("tensorflow_datasets")
-  with pytest.raises(ValueError, match="image_folder:PATH"):
-    data.load("cifar100", data_dir=str(tmp_path))
+  asked = []
+  def offline(host, timeout_s=5.0):
+    asked.append(host)
+    return "gaierror: Name or service not known"
+  monkeypatch.setattr(data, "_reachable", offline)
+  root = tmp_path / "tfds"
+  with pytest.raises(ValueError) as e:
+    data.load("cifar100", data_dir=str(root))
+  message = str(e.value)
+  assert "\n" not in message
+  assert "www.cs.toronto.edu cannot be reached" in message
+  assert "Name or service not known" in message and "image_folder:PATH" in message
+  assert asked == ["www.cs.toronto.edu"]
+  assert not root.exists()
+
+
+def test_failed_download_names_the_cause_and_cleans_up(tmp_path, monkeypatch):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  monkeypatch.setattr(data, "_reachable", lambda host, timeout_s=5.0: None)
+  root = tmp_path / "tfds"
+  (root / "kept").mkdir(parents=True)  # was there before: stays
+  def broken(self, *args, **kwargs):
+    (root / "downloads" / "cifar10").mkdir(parents=True)
+    (root / "cifar10" / "3.0.2").mkdir(parents=True)
+    raise ModuleNotFoundError("No module named 'importlib_resources'")
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", broken)
+  with pytest.raises(ValueError, match=r"cannot load or download 'cifar10'"
+                     r" \(ModuleNotFoundError: No module named"
+                     r" 'importlib_resources'\)"):
+    data.load("cifar10", data_dir=str(root))
+  assert sorted(p.name for p in root.iterdir()) == ["kept"]
 
 
 @pytest.mark.parametrize("name", ["mnist", "image_folder:/nonexistent"])
