@@ -1,10 +1,18 @@
-r"""The whole pipeline in a few minutes on a 2-core CPU, on the shared CIFAR-10 copy.
+r"""The whole pipeline in about 40 seconds on a 2-core CPU, on the shared CIFAR-10 copy.
 
     python -m lrpet_jax.main --config=configs/smoke.py --workdir=/tmp/lrpet_smoke
 
-ResNet-20 on a 1,024-image training subset: 40 steps of 32, a projection every
-10 steps and a checkpoint every 20, then final projection, BN recompute,
-compact export and evaluation of both models on 1,000 test images.
+ResNet-20 on a 1,024-image training subset: 120 steps of 32 (about 4 epochs)
+at a constant learning rate of 0.05, a projection at the end of every epoch
+(as in the paper) and a checkpoint and evaluation every 60 steps, then the
+final projection, BN recompute, compact export and evaluation of both models
+on 1,000 test images.
+
+What it checks: that everything runs and writes the workdir (the compact
+model has ~50 % fewer MACs than the dense one, and its test accuracy equals
+the projected dense model's). What to expect: a model that has begun to
+learn, about 25 % top-1 (27.1 % measured on a 2-core CPU; chance is 10 %),
+not a useful classifier: that takes the paper's 400 epochs (configs/cifar.py).
 """
 
 import sys
@@ -22,11 +30,12 @@ def get_config():
   c.test_subset = 1000
   c.batch_size = 32
   c.num_epochs = 2
-  c.num_steps = 40
-  c.project_every_steps = 10
-  c.checkpoint_every_steps = 20
-  c.log_every_steps = 10
+  c.num_steps = 120
+  c.learning_rate = 0.05  # 0.1 learns less in so few steps
+  c.project_every_steps = 0  # once per epoch (32 steps)
+  c.checkpoint_every_steps = 60
+  c.log_every_steps = 20
   c.bn_recompute_batches = 8
   c.eval_batch_size = 500
-  c.steps_per_call = 1  # 40 steps: compiling a longer call would not pay off
+  c.steps_per_call = 1  # 120 steps: compiling a longer call would not pay off
   return c

@@ -133,4 +133,7 @@ def main(argv):
 
 if __name__ == "__main__":
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # TensorFlow only decodes images here; without its oneDNN kernels it also
+  # prints no notice about them.
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   app.run(main)

@@ -11,6 +11,7 @@ import json
 import pathlib
 import time
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -49,19 +50,70 @@ class MetricWriter:
     self._tb.close()
 
 
-class Progress:
-  """Throughput since the last report and the training time left."""
+def duration(seconds: float) -> str:
+  """``42s``, ``7m05s``, ``2h03m``."""
+  s = int(round(seconds))
+  if s < 60:
+    return f"{s}s"
+  if s < 3600:
+    return f"{s // 60}m{s % 60:02d}s"
+  return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
-  def __init__(self, first_step: int, total_steps: int, batch_size: int):
+
+class Progress:
+  """Throughput and the time left to the end of the run.
+
+  The time left is: the training steps left at the mean rate since the first
+  report (the first window includes compilation, so it is left out), plus
+  the evaluations left at the last one's duration, plus the final phase
+  (``final_evaluations`` evaluations and ``final_steps`` forward passes of a
+  batch at a third of a training step each: precise BatchNorm). Until the
+  second report it is unknown (None).
+  """
+
+  def __init__(self, first_step: int, total_steps: int, batch_size: int,
+               final_steps: int = 0, final_evaluations: int = 2):
     self._t, self._step = time.time(), first_step
     self._total, self._batch = total_steps, batch_size
+    self._final_steps, self._final_evals = final_steps, final_evaluations
+    self._since = None  # (time, step) of the first report
+    self._paused = 0.0  # seconds spent evaluating since then
+    self.evaluation_s = 0.0
 
-  def report(self, step: int) -> tuple[float, float]:
-    """(images/s since the last report, seconds of training left)."""
+  def evaluated(self, seconds: float) -> None:
+    """An evaluation took ``seconds`` (not training time)."""
+    self.evaluation_s = seconds
+    self._paused += seconds
+
+  def report(self, step: int, evaluations_left: int = 0
+             ) -> tuple[float, float | None]:
+    """(images/s since the last report, seconds left to the end, or None)."""
     now = time.time()
     rate = (step - self._step) * self._batch / max(now - self._t, 1e-9)
     self._t, self._step = now, step
-    return rate, (self._total - step) * self._batch / max(rate, 1e-9)
+    if self._since is None:
+      self._since, self._paused = (now, step), 0.0
+      return rate, None
+    t0, s0 = self._since
+    step_s = max(now - t0 - self._paused, 1e-9) / max(step - s0, 1)
+    left = ((self._total - step + self._final_steps / 3) * step_s
+            + (evaluations_left + self._final_evals) * self.evaluation_s)
+    return rate, left
+
+
+class PhaseLog:
+  """Logs each part of a phase as it ends: ``final 2/5: ... (3.1s)``."""
+
+  def __init__(self, name: str, parts: int):
+    self._name, self._parts, self._done = name, parts, 0
+    self._t = time.time()
+
+  def done(self, what: str) -> None:
+    now = time.time()
+    self._done += 1
+    logging.info("%s %d/%d: %s (%s)", self._name, self._done, self._parts,
+                 what, duration(now - self._t))
+    self._t = now
 
 
 class SpectraLog:

@@ -42,6 +42,7 @@ from lrpet_jax import compact
 from lrpet_jax import data as data_lib
 from lrpet_jax import inputs
 from lrpet_jax import models
+from lrpet_jax import plots
 from lrpet_jax import projection
 from lrpet_jax import ranks as ranks_lib
 from lrpet_jax import run_log
@@ -258,6 +259,42 @@ def finished_summary(config, workdir: pathlib.Path) -> dict | None:
   return json.loads(summary.read_text())
 
 
+_RUN_FIELDS = {"model": None, "num_classes": None, "method": "lrpet"}
+
+
+def check_same_run(config, workdir: pathlib.Path) -> None:
+  """Before any data is loaded: a workdir holding checkpoints of another
+  model, method or number of classes (by its ``config.json``) is refused.
+  The ranks are compared later, against the checkpoint itself."""
+  saved = workdir / "config.json"
+  steps = workdir / "checkpoints"
+  if not saved.is_file() or not (steps.is_dir() and any(steps.iterdir())):
+    return
+  before = json.loads(saved.read_text())
+  for field, default in _RUN_FIELDS.items():
+    if before.get(field, default) != config.get(field, default):
+      raise ConfigError(
+          f"workdir: holds checkpoints of {field} {before.get(field, default)!r}"
+          f" (its config.json) but this config has {config.get(field, default)!r};"
+          " use a new workdir")
+
+
+def log_workdir(workdir: pathlib.Path) -> None:
+  """The last line of a run: where everything is."""
+  entries = sorted(p.name + ("/" if p.is_dir() else "")
+                   for p in workdir.iterdir())
+  logging.info("everything is in %s: %s (view the curves with: tensorboard"
+               " --logdir %s)", workdir, " ".join(entries),
+               workdir / "tensorboard")
+
+
+def evaluations_left(step, total_steps, every) -> int:
+  """Evaluation boundaries in (step, total_steps]: multiples of ``every``
+  and the last step."""
+  multiples = total_steps // every - step // every
+  return multiples + (total_steps % every != 0 and step < total_steps)
+
+
 def record_run(config, workdir: pathlib.Path, command) -> None:
   """``config.json`` (the resolved config of the latest start) and, appended,
   the command line of every start in ``commands.txt``."""
@@ -282,8 +319,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if done is not None:
     logging.info("%s: finished already (summary.json); nothing to do",
                  workdir)
-    print(json.dumps(done, indent=1))
+    print(json.dumps(done, indent=1), flush=True)
+    log_workdir(pathlib.Path(workdir))
     return done
+  check_same_run(config, pathlib.Path(workdir))
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   replicated = NamedSharding(mesh, P())
@@ -341,7 +380,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   stepper = steps_lib.Stepper(model, tx, config, pairs, source)
   evaluate = steps_lib.make_eval_fn(model, config)
   writer = run_log.MetricWriter(workdir, resume_step=first_step)
-  progress = run_log.Progress(first_step, total_steps, config.batch_size)
+  progress = run_log.Progress(
+      first_step, total_steps, config.batch_size,
+      final_steps=config.bn_recompute_batches,
+      final_evaluations=1 if method == "dense" else 2)
   stop = StopRequested()
   schedule = learning_rate_schedule(config, steps_per_epoch)
   project_every = config.project_every_steps or steps_per_epoch
@@ -385,13 +427,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         spectra.log(step, aux["pre_projection_params"], state.params)
     at_checkpoint = step % checkpoint_every == 0 or step == total_steps
     if step >= next_log or at_checkpoint or stop.signal is not None:
-      window = read_window(window, step, checkpoints, writer, progress,
-                           schedule, total_steps, log=step >= next_log
-                           or step == total_steps)
+      window = read_window(
+          window, step, checkpoints, writer, progress, schedule, total_steps,
+          log=step >= next_log or step == total_steps,
+          evaluations_left=evaluations_left(step, total_steps,
+                                            checkpoint_every))
       next_log = next_multiple(step, config.log_every_steps)
       ensure_finite_params(state, step, checkpoints)
     if at_checkpoint:
+      began = time.time()
       scalars = evaluation_scalars(evaluate, source, state, aux)
+      progress.evaluated(time.time() - began)
       writer.write(step, scalars)
       logging.info("step %d: %s", step, "  ".join(
           f"{k} {v:.4f}" for k, v in scalars.items()))
@@ -410,20 +456,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpoints.wait_until_finished()
 
   summary = finish(config, workdir, state, ranks, pairs, source,
-                   input_shape, abstract)
+                   input_shape, abstract,
+                   evaluate=evaluate if dtype == jnp.float32 else None)
   summary["steps_per_epoch"] = steps_per_epoch
   summary["wall_time_s"] = time.time() - start
   writer.write(total_steps, {k: v for k, v in summary.items()
                              if isinstance(v, float)})
   writer.close()
   (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
-  logging.info("summary: %s", json.dumps(summary))
-  print(json.dumps(summary, indent=1))
+  plots.write(workdir)
+  logging.info("done in %s: top-1 %.4f, %.1f%% fewer MACs",
+               run_log.duration(summary["wall_time_s"]),
+               summary["final_accuracy"], 100 * summary["macs_reduction"])
+  print(json.dumps(summary, indent=1), flush=True)
+  log_workdir(workdir)
   return summary
 
 
 def read_window(window, step, checkpoints, writer, progress, schedule,
-                total_steps, log):
+                total_steps, log, evaluations_left=0):
   """Reads the metric window (a device→host copy), stops the run if a loss
   was not finite, logs the window's means if ``log``; returns the window to
   go on with (emptied after a log)."""
@@ -436,13 +487,13 @@ def read_window(window, step, checkpoints, writer, progress, schedule,
   if not log:
     return window
   n = max(int(host["steps"]), 1)
-  rate, eta = progress.report(step)
+  rate, eta = progress.report(step, evaluations_left)
   m = {"loss": float(host["loss"]) / n, "accuracy": float(host["accuracy"]) / n,
        "lr": float(schedule(step - 1)), "images_per_second": rate}
   writer.write(step, {f"train_{k}": v for k, v in m.items()})
   logging.info("step %d/%d  loss %.4f  acc %.3f  lr %.4g  %.0f img/s"
-               "  ETA %.0fs", step, total_steps, m["loss"], m["accuracy"],
-               m["lr"], rate, eta)
+               "  ETA %s", step, total_steps, m["loss"], m["accuracy"],
+               m["lr"], rate, "--" if eta is None else run_log.duration(eta))
   return jax.device_put(steps_lib.empty_window(), window["loss"].sharding)
 
 
@@ -478,12 +529,8 @@ def evaluation_scalars(evaluate, source, state, aux) -> dict[str, float]:
   return scalars
 
 
-def _deployed_evaluation(config, model, variables, source):
-  return steps_lib.make_eval_fn(model, config)(variables, source.eval_batches())
-
-
 def finish(config, workdir, state, ranks, pairs, source, input_shape,
-           dense_abstract) -> dict:
+           dense_abstract, evaluate=None) -> dict:
   """Final projection (lrpet), precise BN, export and evaluation.
 
   Writes ``dense_final/`` (methods lrpet and dense) as an Orbax ``variables``
@@ -491,32 +538,52 @@ def finish(config, workdir, state, ranks, pairs, source, input_shape,
   (``compact.export``: ``compact/``, ``ranks.json``, ``compact_report.*``).
   The report's per-layer energy is what LRPET's last projection during
   training kept. ``final_accuracy`` is the model the method deploys: the
-  compact one, or the dense one for method dense.
+  compact one, or the dense one for method dense. ``evaluate``: the loop's
+  evaluation function, reused (not compiled again) for the model it trained
+  when that one is float32. Each part is logged as it ends.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   method = config.get("method", "lrpet")
-  params = (final_projection(state, config, ranks, pairs) if method == "lrpet"
-            else state.params)
+  phase = run_log.PhaseLog(
+      "final", {"lrpet": 5, "dense": 2, "compact": 3}[method])
+  params = state.params
+  if method == "lrpet":
+    params = final_projection(state, config, ranks, pairs)
+    phase.done(f"projected {len(ranks_lib.ranks_to_dict(ranks))} kernels to"
+               " their ranks")
   params = jax.device_get(params)
   dense_model = models.create(config.model, config.num_classes)
   compact_model = models.create(config.model, config.num_classes, ranks=ranks)
   # Precise BN and every final evaluation in float32, whatever trained.
   model = compact_model if method == "compact" else dense_model
+  evaluators = {}
+
+  def evaluator(m):
+    """One compiled evaluation per model; the loop's for the model it trained."""
+    if id(m) not in evaluators:
+      evaluators[id(m)] = (evaluate if m is model and evaluate is not None
+                           else steps_lib.make_eval_fn(m, config))
+    return evaluators[id(m)]
+
   apply_fn = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
   batch_stats = bn.recompute_batch_stats(
       apply_fn, {"params": params, "batch_stats": state.batch_stats},
       source.bn_batches(config.bn_recompute_batches))
   trained = jax.device_get({"params": params, "batch_stats": batch_stats})
+  phase.done("BatchNorm statistics recomputed from"
+             f" {config.bn_recompute_batches} training batches")
   dense_vars = compact_vars = dense_acc = compact_acc = None
   if method == "compact":
     compact_vars = trained
   else:
     dense_vars = trained
-    dense_acc = _deployed_evaluation(config, dense_model, dense_vars, source)
+    dense_acc = evaluator(dense_model)(dense_vars, source.eval_batches())
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save((workdir / "dense_final").absolute(), dense_vars,
                       force=True)
     checkpointer.wait_until_finished()
+    phase.done(f"dense model: test top-1 {dense_acc['top1']:.4f}; saved to"
+               f" {workdir / 'dense_final'}")
   dense_cost = accounting.cost(dense_model, dense_vars or dense_abstract,
                                input_shape)
   summary = {
@@ -535,8 +602,9 @@ def finish(config, workdir, state, ranks, pairs, source, input_shape,
         workdir, config.model, ranks, num_classes=config.num_classes,
         input_shape=input_shape, dense_variables=dense_vars,
         compact_variables=compact_vars, energy_kept=energy, overwrite=True)
-    compact_acc = _deployed_evaluation(config, compact_model, compact_vars,
-                                       source)
+    phase.done(f"compact model exported to {workdir / 'compact'}")
+    compact_acc = evaluator(compact_model)(compact_vars, source.eval_batches())
+    phase.done(f"compact model: test top-1 {compact_acc['top1']:.4f}")
     final_acc, final_cost = compact_acc, report["compact"]
     summary.update(compact_macs=final_cost["macs"],
                    compact_params=final_cost["params"])
@@ -551,8 +619,8 @@ def finish(config, workdir, state, ranks, pairs, source, input_shape,
   summary.update(
       project_dense=bool(config.get("project_dense")),
       val_examples=config.get("val_examples", 0),
-      final_val_accuracy=None if val_batches is None else steps_lib.make_eval_fn(
-          final_model, config)(final_vars, val_batches)["top1"],
+      final_val_accuracy=None if val_batches is None else evaluator(
+          final_model)(final_vars, val_batches)["top1"],
       final_accuracy=final_acc["top1"], final_top5=final_acc["top5"],
       final_macs=final_cost["macs"], final_params=final_cost["params"],
       macs_reduction=1 - final_cost["macs"] / dense_cost["macs"],

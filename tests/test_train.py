@@ -71,6 +71,14 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, tmp_path):
   # Quiet by default: the project's own lines, not the libraries' INFO.
   assert "step 12/12" in result.stderr and "ETA" in result.stderr
   assert "checkpoint_manager.py" not in result.stderr
+  assert "oneDNN" not in result.stderr
+  # The final phase reports each part; the last line names the workdir.
+  for part in range(1, 6):
+    assert f"final {part}/5: " in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert f"everything is in {straight}: " in last
+  for name in ("compact/", "plots/", "summary.json", "tensorboard/"):
+    assert name in last
   assert summary["dense_accuracy"] == summary["compact_accuracy"]
   assert 0.45 < summary["macs_reduction"] < 0.55
   for name in ("metrics.jsonl", "compact_report.json", "ranks.json",
@@ -100,6 +108,14 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, tmp_path):
   assert "test_top1_pre_projection" in evals[12]
   assert "test_top1_pre_projection" not in evals[4]
   assert "val_top1" not in evals[12]
+  # Plots, and TensorBoard files that tensorboard itself reads.
+  for name in ("training.png", "layers.png"):
+    assert (straight / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(str(straight / "tensorboard"))
+  events.Reload()
+  assert [(e.step, round(e.value, 5)) for e in events.Scalars("test_top1")] == [
+      (step, round(evals[step]["test_top1"], 5)) for step in (4, 8, 12)]
   # Spectra: after each projection every kernel has rank <= r; before the
   # truncation, the SGD updates since the last projection have refilled the
   # tail.
@@ -285,7 +301,10 @@ def test_workdir_of_another_model_is_refused(image_folder, tmp_path):
   before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
   result = run(command(image_folder, workdir, "--config.model=resnet32"))
   assert result.returncode == 2
-  assert "workdir" in result.stderr.strip().splitlines()[-1]
+  # Refused from the workdir's config.json, before the data is loaded.
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: workdir: holds checkpoints of model 'resnet20' (its config.json)"
+      " but this config has 'resnet32'; use a new workdir")
   assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
   # Same model, another optimizer-state layout (a checkpoint without momentum
   # buffers): refused, not mistaken for a corrupt checkpoint and set aside.

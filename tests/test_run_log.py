@@ -1,0 +1,85 @@
+"""What a run tells its user: the time left, the final phase, the plots."""
+
+import json
+
+import pytest
+
+from lrpet_jax import plots
+from lrpet_jax import run_log
+from lrpet_jax import train
+
+
+class Clock:
+  def __init__(self):
+    self.now = 1000.0
+
+  def __call__(self):
+    return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+  c = Clock()
+  monkeypatch.setattr(run_log.time, "time", c)
+  return c
+
+
+def test_time_left_hand_computed(clock):
+  # 100 steps of batch 10; precise BN over 30 batches; two final evaluations.
+  progress = run_log.Progress(0, 100, 10, final_steps=30, final_evaluations=2)
+  clock.now += 50.0  # first window: 10 steps, compilation included
+  rate, left = progress.report(10, evaluations_left=3)
+  assert rate == pytest.approx(10 * 10 / 50.0) and left is None
+  clock.now += 4.0  # an evaluation: not training time
+  progress.evaluated(4.0)
+  clock.now += 20.0  # 20 steps at 1 s each
+  rate, left = progress.report(30, evaluations_left=2)
+  assert rate == pytest.approx(20 * 10 / 24.0)
+  # 70 steps + 30/3 BN batches at 1 s, (2 + 2) evaluations at 4 s.
+  assert left == pytest.approx(70 + 10 + 4 * 4)
+
+
+def test_durations_read_as_a_person_writes_them():
+  assert [run_log.duration(s) for s in (0.4, 42, 60, 425, 3600, 7380)] == [
+      "0s", "42s", "1m00s", "7m05s", "1h00m", "2h03m"]
+
+
+def test_evaluations_left_hand_computed():
+  # Every 20 steps and at the last step.
+  assert train.evaluations_left(0, 40, 20) == 2  # 20, 40
+  assert train.evaluations_left(20, 40, 20) == 1  # 40
+  assert train.evaluations_left(10, 45, 20) == 3  # 20, 40, 45
+  assert train.evaluations_left(45, 45, 20) == 0
+
+
+def test_phase_log_counts_parts(clock, caplog):
+  caplog.set_level("INFO")
+  phase = run_log.PhaseLog("final", 2)
+  clock.now += 3.2
+  phase.done("first")
+  clock.now += 70
+  phase.done("second")
+  assert [r.getMessage() for r in caplog.records] == [
+      "final 1/2: first (3s)", "final 2/2: second (1m10s)"]
+
+
+def test_plots_from_workdir_files(tmp_path):
+  rows = [{"step": 10, "train_loss": 2.3, "train_accuracy": 0.1},
+          {"step": 10, "projection_energy_kept_mean": 0.9,
+           "projection_energy_kept_min": 0.8},
+          {"step": 20, "train_loss": 2.0, "train_accuracy": 0.2,
+           "test_top1": 0.25, "test_top1_pre_projection": 0.3}]
+  (tmp_path / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+  series = plots.read_metrics(tmp_path / "metrics.jsonl")
+  assert series["train_loss"] == ([10, 20], [2.3, 2.0])
+  assert series["test_top1"] == ([20], [0.25])
+  assert [p.name for p in plots.write(tmp_path)] == ["training.png"]
+  report = {"model": "m", "layers": [
+      {"layer": "conv", "rank": 3, "full_rank": 8, "energy_kept": 0.99},
+      {"layer": "head", "rank": None, "full_rank": 10, "energy_kept": None}]}
+  (tmp_path / "compact_report.json").write_text(json.dumps(report))
+  written = plots.write(tmp_path)
+  assert [p.name for p in written] == ["training.png", "layers.png"]
+  for p in written:
+    assert p.read_bytes()[:4] == b"\x89PNG"
