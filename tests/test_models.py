@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import lrpet_jax
+from lrpet_jax import folding
 from lrpet_jax import models
 from lrpet_jax import ranks as ranks_lib
 from lrpet_jax import train
@@ -153,6 +154,15 @@ def test_compact_model_matches_projected_dense(name):
   want = dense.apply(variables, x, train=False)
   got = compact.apply(compact_vars, x, train=False)
   assert rel_err(got, want) <= 1e-4
+  # BatchNorm folded into each layer: the same logits, dense and compact.
+  pairs = models.bn_pairs(variables["params"])
+  for model, v, logits in ((dense, variables, want),
+                           (compact, compact_vars, got)):
+    folded = folding.fold(v, pairs)
+    assert "batch_stats" not in folded and not any(
+        "bn" in jax.tree_util.keystr(p)
+        for p, _ in jax.tree_util.tree_leaves_with_path(folded["params"]))
+    assert rel_err(folding.folded_apply(model, folded, x), logits) <= 1e-4
   # Its cost is what the analytic accounting predicts.
   costs = lrpet_jax.cost(compact, compact_vars, (size, size, 3))
   from lrpet_jax import accounting as cost_lib  # pylint: disable=g-import-not-at-top
