@@ -34,9 +34,33 @@ def test_cifar_resnet_costs(name, macs, params):
   got = lrpet_jax.cost(model, abstract_variables(model, 32), (32, 32, 3))
   assert got["macs"] == macs  # 40.55M / 68.86M / 125.49M / 252.89M
   assert abs(got["params"] - params) / params < 0.02
-  # XLA counts 2 FLOPs per multiply-add but skips the zero-padded taps, which
-  # at 32x32 outweighs the BN/ReLU/add FLOPs it adds.
-  assert 1.5 * macs < got["xla_flops"] < 2.5 * macs
+  assert got["matmul_flops"] == 2 * macs
+  assert got["flops"] == got["matmul_flops"] + got["elementwise_flops"]
+  assert abs(got["flops"] - 2 * macs) / (2 * macs) < 0.02
+
+
+def test_elementwise_flops_hand_counted():
+  # ResNet-20 at 32x32, per example. Activations: 16384 (stage 1), 8192
+  # (stage 2), 4096 (stage 3) elements. Each BatchNorm: subtract, multiply,
+  # add (3 per element); the stem adds a ReLU; each block 2 BatchNorms, a
+  # ReLU, the residual add and a ReLU (9 per element). Pooling: a sum over
+  # 4096 inputs and 64 divisions; the head's bias: 10.
+  stages = (16384, 8192, 4096)
+  per_bn = sum(2 * 3 * a for a in stages) + 16384  # BN output elements
+  unfolded = 4 * 16384 + 3 * 9 * sum(stages) + 4096 + 64 + 10  # 843,850
+  model = models.create("resnet20")
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                         train=False)
+  got = lrpet_jax.cost(model, variables, (32, 32, 3))
+  # Plus the per-channel arithmetic of each BatchNorm's factor (rsqrt etc.).
+  assert unfolded <= got["elementwise_flops"] <= 1.01 * unfolded
+  # Folded, each BatchNorm is one bias add: 2 fewer per element, exactly.
+  folded = folding.fold(variables, models.bn_pairs(variables["params"]))
+  got = lrpet_jax.cost(model, variables, (32, 32, 3),
+                       apply_fn=lambda v, x: folding.folded_apply(model,
+                                                                  folded, x))
+  assert got["elementwise_flops"] == unfolded - 2 * per_bn == 467_018
+  assert got["matmul_flops"] == 2 * 40_551_040
 
 
 def test_vgg16_and_resnet50_costs():
@@ -171,6 +195,7 @@ def test_compact_model_matches_projected_dense(name):
       sum(v.size for v in jax.tree.leaves(variables["params"])), ranks)
   assert costs["macs"] == predicted["macs"]
   assert costs["params"] == predicted["params"]
+  assert costs["matmul_flops"] == 2 * costs["macs"]
 
 
 def test_factorized_kernel_shapes():
