@@ -21,9 +21,11 @@ import numpy as np
 
 from lrpet_jax import _trees
 from lrpet_jax import accounting
+from lrpet_jax import folding
 from lrpet_jax import models
 from lrpet_jax import projection
 from lrpet_jax import ranks as ranks_lib
+from lrpet_jax import serving
 from lrpet_jax.models import layers
 
 
@@ -147,7 +149,7 @@ def export(out_dir: str | pathlib.Path, model_name: str, ranks: Any, *,
            num_classes: int, input_shape: tuple[int, int, int],
            dense_variables: Any = None, compact_variables: Any = None,
            energy_kept: dict[str, float] | None = None,
-           overwrite: bool = False) -> tuple[dict, Any]:
+           overwrite: bool = False, normalization=None) -> tuple[dict, Any]:
   """Writes the compact model and its report; returns (report, compact variables).
 
   Writes to ``out_dir``:
@@ -157,6 +159,12 @@ def export(out_dir: str | pathlib.Path, model_name: str, ranks: Any, *,
       compact_report.json  model, input shape, costs dense vs compact,
                            reductions, per-layer rows (``layer_report``)
       compact_report.txt   the rows as a table and a totals line
+      serving/             with ``normalization``: the compact model,
+                           BatchNorm folded, as a standalone ``jax.export``
+                           artifact (``serving.write``)
+
+  The report's costs are per example: MACs, params, and FLOPs of the
+  BatchNorm-folded model (as deployed; ``accounting.flops``).
 
   Args:
     out_dir: output directory (created).
@@ -169,6 +177,8 @@ def export(out_dir: str | pathlib.Path, model_name: str, ranks: Any, *,
       (no per-layer rows then).
     energy_kept: per-layer energy for the rows (see ``layer_report``).
     overwrite: replace an existing ``out_dir/compact``.
+    normalization: (mean, std) of the input pixels in [0, 1], per channel:
+      the serving artifact takes raw pixels and normalizes them.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   out = pathlib.Path(out_dir).absolute()
@@ -176,11 +186,19 @@ def export(out_dir: str | pathlib.Path, model_name: str, ranks: Any, *,
   compact_model = models.create(model_name, num_classes, ranks=ranks)
   if compact_variables is None:
     compact_variables = factorize(dense_variables, ranks)
-  dense_cost = accounting.cost(dense_model, dense_variables or jax.eval_shape(
-      lambda: dense_model.init(jax.random.key(0),
-                               jnp.zeros((1,) + tuple(input_shape)),
-                               train=False)), input_shape)
-  compact_cost = accounting.cost(compact_model, compact_variables, input_shape)
+  dense_abstract = jax.eval_shape(lambda: dense_model.init(
+      jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), train=False))
+  pairs = models.bn_pairs(dense_abstract["params"])
+  folded = folding.fold(compact_variables, pairs)
+  dense_folded = folding.fold(
+      dense_variables if dense_variables is not None else jax.tree.map(
+          lambda a: np.ones(a.shape, a.dtype), dense_abstract), pairs)
+  dense_cost = accounting.cost(
+      dense_model, dense_abstract, input_shape,
+      apply_fn=lambda v, x: folding.folded_apply(dense_model, dense_folded, x))
+  compact_cost = accounting.cost(
+      compact_model, compact_variables, input_shape,
+      apply_fn=lambda v, x: folding.folded_apply(compact_model, folded, x))
   rows = [] if dense_variables is None else layer_report(
       dense_variables, ranks,
       accounting.layer_costs(dense_model, dense_variables, input_shape),
@@ -206,4 +224,11 @@ def export(out_dir: str | pathlib.Path, model_name: str, ranks: Any, *,
       f" {dense_cost['params']:,} → {compact_cost['params']:,}"
       f" ({report['params_reduction']:.1%} fewer)\n")
   (out / "compact_report.txt").write_text(table)
+  if normalization is not None:
+    serving.write(out / "serving", compact_model, folded,
+                  input_shape=input_shape, mean=normalization[0],
+                  std=normalization[1], description={
+                      "model": model_name, "num_classes": num_classes,
+                      "form": "compact (LRPET factorization), BatchNorm folded",
+                      "ranks": ranks_lib.ranks_to_dict(ranks)})
   return report, compact_variables

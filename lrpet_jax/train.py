@@ -535,7 +535,8 @@ def finish(config, workdir, state, ranks, pairs, source, input_shape,
 
   Writes ``dense_final/`` (methods lrpet and dense) as an Orbax ``variables``
   checkpoint and, for lrpet and compact, the compact model with its report
-  (``compact.export``: ``compact/``, ``ranks.json``, ``compact_report.*``).
+  (``compact.export``: ``compact/``, ``ranks.json``, ``compact_report.*``,
+  and ``serving/``, the folded compact model as a ``jax.export`` artifact).
   The report's per-layer energy is what LRPET's last projection during
   training kept. ``final_accuracy`` is the model the method deploys: the
   compact one, or the dense one for method dense. ``evaluate``: the loop's
@@ -601,8 +602,10 @@ def finish(config, workdir, state, ranks, pairs, source, input_shape,
     report, compact_vars = compact.export(
         workdir, config.model, ranks, num_classes=config.num_classes,
         input_shape=input_shape, dense_variables=dense_vars,
-        compact_variables=compact_vars, energy_kept=energy, overwrite=True)
-    phase.done(f"compact model exported to {workdir / 'compact'}")
+        compact_variables=compact_vars, energy_kept=energy, overwrite=True,
+        normalization=(tuple(config.mean), tuple(config.std)))
+    phase.done(f"compact model exported to {workdir / 'compact'}, and BatchNorm"
+               f" folded as a jax.export artifact to {workdir / 'serving'}")
     compact_acc = evaluator(compact_model)(compact_vars, source.eval_batches())
     phase.done(f"compact model: test top-1 {compact_acc['top1']:.4f}")
     final_acc, final_cost = compact_acc, report["compact"]

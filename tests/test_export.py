@@ -35,8 +35,9 @@ def test_export_command(tmp_path):
   ranks = lrpet_jax.uniform_ranks(variables["params"], 0.54)
   variables = {**variables, "params": lrpet_jax.project_params(
       variables["params"], ranks)}
-  ocp.StandardCheckpointer().save(tmp_path / "dense", variables)
-  ocp.StandardCheckpointer().wait_until_finished()
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "dense", variables)
+  checkpointer.wait_until_finished()
 
   out = tmp_path / "out"
   result = run_export(f"--variables={tmp_path / 'dense'}", f"--workdir={out}",
@@ -75,6 +76,35 @@ def test_export_command(tmp_path):
   assert rel_err(ns["model"].apply(ns["variables"], x, train=False),
                  dense.apply(variables, x, train=False)) <= 1e-4
 
+  # The serving artifact, loaded where lrpet_jax cannot be imported, gives
+  # the compact model's logits on raw pixels.
+  pixels = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(
+      np.float32)
+  np.save(tmp_path / "pixels.npy", pixels)
+  loader = (
+      "import sys\n"
+      "sys.modules['lrpet_jax'] = None  # not importable here\n"
+      "try:\n"
+      "  import lrpet_jax\n"
+      "  raise SystemExit('lrpet_jax was importable')\n"
+      "except ImportError:\n"
+      "  pass\n"
+      "import jax, numpy as np\n"
+      f"fn = jax.export.deserialize(open({str(out / 'serving' / 'model.jax_export')!r}, 'rb').read())\n"
+      f"np.save({str(tmp_path / 'served.npy')!r}, fn.call(np.load({str(tmp_path / 'pixels.npy')!r})))\n")
+  served = subprocess.run([sys.executable, "-c", loader], capture_output=True,
+                          text=True, timeout=300, check=False, cwd=tmp_path)
+  assert served.returncode == 0, served.stderr[-3000:]
+  mean, std = np.array([0.4914, 0.4822, 0.4465]), np.array([0.2023, 0.1994,
+                                                            0.2010])
+  spec = json.loads((out / "serving" / "spec.json").read_text())
+  assert spec["input"]["shape"] == ["b", 32, 32, 3]
+  assert spec["input"]["normalization"] == {"mean": list(mean),
+                                            "std": list(std)}
+  assert rel_err(np.load(tmp_path / "served.npy"), compact.apply(
+      compact_vars, ((pixels / 255 - mean) / std).astype(np.float32),
+      train=False)) <= 1e-4
+
   # A second export refuses to overwrite, and says why in one line.
   again = run_export(f"--variables={tmp_path / 'dense'}", f"--workdir={out}",
                      "--model=resnet20", "--ratio=0.54")
@@ -97,9 +127,10 @@ def test_export_bad_input(tmp_path):
   assert result.returncode == 2 and "variables" in result.stderr
   # A checkpoint of another model: one short line that says so.
   dense = models.create("resnet20")
-  ocp.StandardCheckpointer().save(tmp_path / "r20", dense.init(
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "r20", dense.init(
       jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-  ocp.StandardCheckpointer().wait_until_finished()
+  checkpointer.wait_until_finished()
   result = run_export(f"--variables={tmp_path / 'r20'}",
                       f"--workdir={tmp_path / 'o'}", "--model=resnet32",
                       "--ratio=0.5")
@@ -110,7 +141,54 @@ def test_export_bad_input(tmp_path):
   result = run_export(f"--variables={tmp_path}", f"--workdir={tmp_path / 'o'}",
                       "--model=resnet99", "--ratio=0.5")
   assert result.returncode == 2 and "unknown model" in result.stderr
+  other = "gpu" if jax.default_backend() == "cpu" else "cpu"
+  result = run_export(f"--variables={tmp_path / 'r20'}",
+                      f"--workdir={tmp_path / 'o'}", "--model=resnet20",
+                      "--ratio=0.5", f"--tune_for={other}")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f"error: tune_for: '{other}' but this machine's backend is")
   assert not (tmp_path / "o").exists()
+
+
+def test_tuned_export_is_exact_and_served(tmp_path):
+  from lrpet_jax import export as export_lib  # pylint: disable=g-import-not-at-top
+  dense = models.create("resnet8")
+  variables = dense.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                         train=False)
+  ranks = lrpet_jax.uniform_ranks(variables["params"], 0.54)
+  variables = {**variables, "params": lrpet_jax.project_params(
+      variables["params"], ranks)}
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "dense", variables)
+  checkpointer.wait_until_finished()
+  out = tmp_path / "out"
+  report = export_lib.export(str(tmp_path / "dense"), str(out), "resnet8",
+                             ratio=0.54, tune_for=jax.default_backend(),
+                             batch=2)
+  tuning = json.loads((out / "tuning_report.json").read_text())
+  assert tuning == json.loads(json.dumps(report["tuning"]))
+  assert tuning["batch"] == 2 and len(tuning["layers"]) == 7
+  assert "whole model, batch 2" in (out / "tuning_report.txt").read_text()
+  # The tuned checkpoint restores with tuned_ranks.json and is exact.
+  tuned_ranks = ranks_lib.ranks_from_dict(
+      variables["params"], json.loads((out / "tuned_ranks.json").read_text()))
+  model = models.create("resnet8", ranks=tuned_ranks)
+  abstract = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  tuned_vars = ocp.StandardCheckpointer().restore(out / "tuned", abstract)
+  x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
+  want = dense.apply(variables, x, train=False)
+  assert rel_err(model.apply(tuned_vars, x, train=False), want) <= 1e-4
+  # serving/ holds the tuned model.
+  spec = json.loads((out / "serving" / "spec.json").read_text())
+  assert spec["form"].startswith(f"tuned for {jax.default_backend()}")
+  served = jax.export.deserialize(
+      (out / "serving" / "model.jax_export").read_bytes())
+  mean, std = np.array(spec["input"]["normalization"]["mean"]), np.array(
+      spec["input"]["normalization"]["std"])
+  pixels = np.asarray((x * std + mean) * 255, np.float32)
+  assert rel_err(served.call(pixels), want) <= 1e-4
 
 
 def test_ranks_dict_round_trip():
