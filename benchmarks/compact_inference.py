@@ -1,94 +1,119 @@
-"""ResNet-56 dense vs compact (LRPET export) inference on this machine.
+"""Dense vs compact vs latency-tuned inference, as deployed, on this machine.
 
 Builds ResNet-56, projects it at ``--ratio`` (0.54: the paper's setting),
-factorizes it, checks that both give the same logits, then times the jitted
-eval-mode forward pass of each on a ``--batch`` of 32×32 images (warm-up
-excluded, median of ``--repeats``) and prints MACs, XLA FLOPs, latency and the
-ratios from one run.
+and compares three models, every one with its BatchNorm folded into the layer
+before it (``folding``):
 
-    python benchmarks/compact_inference.py [--batch 256] [--ratio 0.54] [--quick]
+- dense: the projected dense model;
+- compact: LRPET's factorization of every projected layer;
+- tuned: per layer the fastest exact form measured here at that batch size
+  and dtype (``tuning.tune``; never slower than dense as a whole).
+
+For each dtype (float32, bfloat16) and batch size (1, 32, 256, plus 1024 on
+an accelerator) it tunes, checks that all three give the same logits, times
+the jitted forward pass (warm-up excluded, median of ``--repeats``) and
+prints MACs, FLOPs (counted from the jaxpr, the same on every backend),
+params, latency and the speed-ups over dense, with the device, from one run.
+
+    python -m benchmarks.compact_inference [--model resnet56] [--quick]
 """
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
 import numpy as np
 
 import lrpet_jax
+from lrpet_jax import folding
 from lrpet_jax import models
-from lrpet_jax.ranks import round_ranks
+from lrpet_jax import tuning
 
-
-def median_latency(fn, variables, x, repeats):
-  jax.block_until_ready(fn(variables, x))  # compile + warm-up
-  jax.block_until_ready(fn(variables, x))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(variables, x))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="resnet56")
   parser.add_argument("--ratio", type=float, default=0.54)
-  parser.add_argument("--batch", type=int, default=256)
+  parser.add_argument("--batches", default=None,
+                      help="comma-separated; default 1,32,256 (+1024 off CPU)")
+  parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--repeats", type=int, default=15)
   parser.add_argument("--quick", action="store_true",
-                      help="ResNet-8, batch 8, one repeat")
+                      help="ResNet-8, batch 2, three repeats")
   args = parser.parse_args(argv)
+  batches = ([1, 32, 256] + ([1024] if jax.default_backend() != "cpu" else [])
+             if args.batches is None else
+             [int(b) for b in args.batches.split(",")])
   if args.quick:
-    args.model, args.batch, args.repeats = "resnet8", 8, 1
+    args.model, batches, args.repeats = "resnet8", [2], 3
+  dtypes = args.dtypes.split(",")
 
-  x = jax.random.normal(jax.random.key(1), (args.batch, 32, 32, 3))
+  shape = (32, 32, 3)
   dense = models.create(args.model)
-  variables = dense.init(jax.random.key(0), x[:1], train=False)
+  variables = jax.device_get(dense.init(
+      jax.random.key(0), jnp.zeros((1,) + shape), train=False))
   ranks = lrpet_jax.uniform_ranks(variables["params"], args.ratio)
   variables = {**variables, "params": lrpet_jax.project_params(
       variables["params"], ranks)}
-  rounded = round_ranks(ranks, variables["params"], 8)
-  variants = [("dense", dense, variables)]
-  for label, r in (("compact", ranks), ("compact8", rounded)):
-    variants.append((label, models.create(args.model, ranks=r),
-                     jax.device_put(lrpet_jax.factorize(variables, r))))
+  pairs = models.bn_pairs(variables["params"])
+  compact_vars = lrpet_jax.factorize(variables, ranks)
 
-  results = {}
-  for label, model, v in variants:
-    fn = jax.jit(lambda v, x, model=model: model.apply(v, x, train=False))
-    results[label] = {
-        **lrpet_jax.cost(model, v, (32, 32, 3)),
-        "latency": median_latency(fn, v, x, args.repeats),
-        "logits": np.asarray(fn(v, x[:8])),
-    }
-  d, c = results["dense"], results["compact"]
-  err = max(np.linalg.norm(r["logits"] - d["logits"]) / np.linalg.norm(
-      d["logits"]) for r in results.values())
-  print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores;"
-        f" jax {jax.__version__}; {args.model} ratio {args.ratio},"
-        f" batch {args.batch}, median of {args.repeats}")
-  print(f"logits max relative difference compact vs dense: {err:.1e}"
-        " (compact8: ranks rounded up to multiples of 8)")
-  print(f"{'':8} {'MACs/img':>12} {'XLA FLOPs/img':>14} {'params':>10}"
-        f" {'latency':>10} {'img/s':>8}")
-  for label, r in results.items():
-    print(f"{label:8} {r['macs']:>12,} {r['xla_flops']:>14,.0f}"
-          f" {r['params']:>10,} {r['latency'] * 1e3:>8.1f}ms"
-          f" {args.batch / r['latency']:>8.0f}")
-  print(f"MACs ratio dense/compact: {d['macs'] / c['macs']:.2f}x"
-        f" ({1 - c['macs'] / d['macs']:.1%} fewer);"
-        f" XLA FLOPs ratio: {d['xla_flops'] / c['xla_flops']:.2f}x;"
-        f" measured speed-up: {d['latency'] / c['latency']:.2f}x")
-  c8 = results["compact8"]
-  print(f"compact8: MACs ratio {d['macs'] / c8['macs']:.2f}x"
-        f" ({1 - c8['macs'] / d['macs']:.1%} fewer);"
-        f" measured speed-up: {d['latency'] / c8['latency']:.2f}x")
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}),"
+        f" {os.cpu_count()} host cores; jax {jax.__version__}; {args.model}"
+        f" ratio {args.ratio}; BatchNorm folded; median of {args.repeats}")
+  costs = {}
+  for label, model, v in (("dense", dense, variables),
+                          ("compact", models.create(args.model, ranks=ranks),
+                           compact_vars)):
+    folded = folding.fold(v, pairs)
+    costs[label] = lrpet_jax.cost(
+        model, v, shape,
+        apply_fn=lambda _, x, m=model, f=folded: folding.folded_apply(m, f, x))
+  print(f"{'':8} {'MACs/img':>12} {'FLOPs/img':>12} {'params':>10}")
+  for label, c in costs.items():
+    print(f"{label:8} {c['macs']:>12,} {c['flops']:>12,} {c['params']:>10,}")
+  print(f"MACs ratio dense/compact {costs['dense']['macs'] / costs['compact']['macs']:.2f}x,"
+        f" FLOPs ratio {costs['dense']['flops'] / costs['compact']['flops']:.2f}x")
+
+  print(f"{'dtype':9} {'batch':>5} {'dense ms':>9} {'compact ms':>10}"
+        f" {'tuned ms':>9} {'compact x':>9} {'tuned x':>8} {'max err':>8}"
+        "  tuned layers")
+  for dtype_name in dtypes:
+    dtype = DTYPES[dtype_name]
+    for batch in batches:
+      tuned_ranks, report = tuning.tune(
+          args.model, variables, ranks, input_shape=shape, batch=batch,
+          dtype=dtype, repeats=args.repeats)
+      x = jnp.asarray(np.random.default_rng(batch).normal(
+          size=(batch,) + shape), dtype or jnp.float32)
+      calls, logits = {}, {}
+      for label, r in (("dense", None), ("compact", ranks),
+                       ("tuned", tuned_ranks)):
+        model = models.create(args.model, ranks=r, dtype=dtype)
+        v = variables if r is None else lrpet_jax.factorize(variables, r)
+        folded = jax.device_put(folding.fold(v, pairs))
+        fn = jax.jit(lambda f, x, m=model: folding.folded_apply(m, f, x))
+        calls[label] = (fn, (folded, x))
+        logits[label] = np.asarray(fn(folded, x), np.float64)[:4]
+      times = tuning.interleaved_seconds(calls, args.repeats)
+      err = max(np.linalg.norm(logits[k] - logits["dense"])
+                / np.linalg.norm(logits["dense"]) for k in logits)
+      split = 0 if report["kept_all_dense"] else sum(
+          row["tuned_rank"] is not None for row in report["layers"])
+      print(f"{dtype_name:9} {batch:>5} {times['dense'] * 1e3:>9.3f}"
+            f" {times['compact'] * 1e3:>10.3f} {times['tuned'] * 1e3:>9.3f}"
+            f" {times['dense'] / times['compact']:>8.2f}x"
+            f" {times['dense'] / times['tuned']:>7.2f}x {err:>8.1e}"
+            f"  {split}/{len(report['layers'])} factorized"
+            + (" (guard: all dense)" if report["kept_all_dense"] else ""),
+            flush=True)
+  print("speed-up = dense latency / model latency, each measured in this run;"
+        " max err: logits relative to dense")
 
 
 if __name__ == "__main__":
