@@ -13,11 +13,14 @@ is imported only here, lazily.
 
 import contextlib
 import dataclasses
+import glob
 import logging
+import os
 import pathlib
 import random
 import shutil
 import socket
+import tempfile
 import urllib.parse
 
 import jax
@@ -85,6 +88,26 @@ def _without_notice(prefix: str):
     logger.removeFilter(keep)
 
 
+@contextlib.contextmanager
+def _no_tfds_tempdirs():
+  """Removes the empty ``/tmp/tmp*tfds`` folders tfds leaves behind.
+
+  ``DatasetInfo.initialize_from_bucket`` (tfds 4.9) makes a temporary folder
+  for metadata from GCS and, when there is none (offline, or an ImageFolder),
+  returns without removing it: one more folder per run.
+  """
+  pattern = str(pathlib.Path(tempfile.gettempdir()) / "tmp*tfds")
+  before = set(glob.glob(pattern))
+  try:
+    yield
+  finally:
+    for path in set(glob.glob(pattern)) - before:
+      try:
+        os.rmdir(path)  # only if empty
+      except OSError:
+        pass
+
+
 def _cause(e: BaseException) -> str:
   first = (str(e).strip().splitlines() or [""])[0]
   return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
@@ -99,7 +122,8 @@ def prepared_builder(dataset: str, data_dir: str | None, hint: str):
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
-    with _without_notice("Variant folder"):  # tfds, on a data set not yet there
+    # "Variant folder ... has no dataset_info.json": a data set not there yet.
+    with _without_notice("Variant folder"), _no_tfds_tempdirs():
       builder = tfds.builder(dataset, data_dir=data_dir)
       if builder.is_prepared():
         return builder
@@ -169,7 +193,8 @@ def read_image_folder(root: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray
 def _read_with_tfds(dataset: str, data_dir: str | None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if dataset.startswith("image_folder:"):
-    builder = tfds.folder_dataset.ImageFolder(dataset.split(":", 1)[1])
+    with _no_tfds_tempdirs():
+      builder = tfds.folder_dataset.ImageFolder(dataset.split(":", 1)[1])
   else:
     builder = prepared_builder(
         dataset, data_dir, "point --config.data_dir at a prepared tfds"

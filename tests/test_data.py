@@ -200,3 +200,19 @@ def test_device_batch_selection_matches_host_indices():
     idx = data.batch_indices(5, step, n, b)
     np.testing.assert_array_equal(got_labels, labels[idx])
     np.testing.assert_array_equal(got_images, images[idx])
+
+
+def test_image_folder_leaves_no_temporary_folders(tmp_path, monkeypatch):
+  pytest.importorskip("tensorflow_datasets")
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for split in ("train", "test"):
+    for c in ("a", "b"):
+      (tmp_path / "data" / split / c).mkdir(parents=True)
+      Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(
+          tmp_path / "data" / split / c / "0.jpg")
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  monkeypatch.setattr(data.tempfile, "tempdir", str(scratch))
+  d = data.load(f"image_folder:{tmp_path / 'data'}")
+  assert d.num_classes == 2 and len(d.train_labels) == 2
+  assert list(scratch.iterdir()) == []  # tfds' empty /tmp/tmp*tfds is gone

@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,13 +60,29 @@ def final_state(workdir):
   return ocp.StandardCheckpointer().restore(path)
 
 
-def test_pipeline_and_exact_resume_after_sigkill(image_folder, tmp_path):
+FINISHED = ("--config.log_spectra=True", "--config.project_every_steps=6")
+
+
+@pytest.fixture(scope="module")
+def finished(image_folder, tmp_path_factory):
+  """A finished 12-step run (checkpoints 4, 8, 12) and its process result.
+  Tests that change the workdir work on a copy (``copy_of``)."""
+  workdir = tmp_path_factory.mktemp("finished") / "w"
+  result = run(command(image_folder, workdir, *FINISHED))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result
+
+
+def copy_of(workdir, target):
+  shutil.copytree(workdir, target)
+  return target
+
+
+def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
+                                                 tmp_path):
   # Projections every 6 steps, evaluations every 4, 7 steps per epoch: the
   # killed run's 4-step calls are cut by all three boundaries.
-  straight = tmp_path / "straight"
-  result = run(command(image_folder, straight, "--config.log_spectra=True",
-                       "--config.project_every_steps=6"))
-  assert result.returncode == 0, result.stderr[-3000:]
+  straight, result = finished
   summary = json.loads((straight / "summary.json").read_text())
   assert summary["steps"] == 12
   # Quiet by default: the project's own lines, not the libraries' INFO.
@@ -160,8 +177,7 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, tmp_path):
   assert (straight / "commands.txt").read_text().startswith(
       "python -m lrpet_jax.main --config=")
   before = {p: p.stat().st_mtime_ns for p in straight.rglob("*")}
-  again = run(command(image_folder, straight, "--config.log_spectra=True",
-                      "--config.project_every_steps=6"))
+  again = run(command(image_folder, straight, *FINISHED))
   assert again.returncode == 0, again.stderr[-3000:]
   assert "finished already" in again.stderr
   assert json.loads(again.stdout) == summary
@@ -294,10 +310,9 @@ def test_batch_not_divisible_by_devices(image_folder, tmp_path):
   assert not (tmp_path / "w").exists()
 
 
-def test_workdir_of_another_model_is_refused(image_folder, tmp_path):
-  workdir = tmp_path / "w"
-  assert run(command(image_folder, workdir, "--config.num_steps=4")
-             ).returncode == 0
+def test_workdir_of_another_model_is_refused(image_folder, finished,
+                                             tmp_path):
+  workdir = copy_of(finished[0], tmp_path / "w")
   before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
   result = run(command(image_folder, workdir, "--config.model=resnet32"))
   assert result.returncode == 2
@@ -356,17 +371,23 @@ def test_sigterm_saves_and_nan_keeps_last_good_checkpoint(image_folder,
   assert max(steps) == good
 
 
-def test_corrupt_newest_checkpoint_falls_back(image_folder, tmp_path):
-  workdir = tmp_path / "w"
-  assert run(command(image_folder, workdir, "--config.num_steps=8")
-             ).returncode == 0
-  for f in (workdir / "checkpoints" / "8" / "state").rglob("*"):
+def test_corrupt_newest_checkpoint_falls_back(image_folder, finished,
+                                              tmp_path):
+  # As if the run had been killed after writing a corrupt checkpoint 12.
+  workdir = copy_of(finished[0], tmp_path / "w")
+  (workdir / "summary.json").unlink()
+  for f in (workdir / "checkpoints" / "12" / "state").rglob("*"):
     if f.is_file():
       f.write_bytes(b"garbage")
-  result = run(command(image_folder, workdir))
+  result = run(command(image_folder, workdir, *FINISHED))
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "checkpoint 8 is unreadable" in result.stderr
-  assert "starting at step 4 " in result.stderr
+  assert "checkpoint 12 is unreadable" in result.stderr
+  assert "starting at step 8 " in result.stderr
+  # The metrics rows after step 8 are not duplicated by the redone steps.
+  rows = [json.loads(l) for l in
+          (workdir / "metrics.jsonl").read_text().splitlines()]
+  steps = [r["step"] for r in rows if "test_top1" in r]
+  assert steps == [4, 8, 12]
 
 
 def test_eight_devices_match_one(image_folder, tmp_path):
