@@ -55,7 +55,7 @@ def _add_to_window(window, step, loss, accuracy):
 
 
 def make_step_body(model, tx, config, pairs, device_augment=True,
-                   project=None):
+                   project=None, grad_norms=False):
   """(state, window, images uint8 (B, H, W, 3), labels (B,)) -> (state, window, aux).
 
   ``project`` is handed to ``tx.update`` (``low_rank_projection``): ``None``
@@ -63,6 +63,8 @@ def make_step_body(model, tx, config, pairs, device_augment=True,
   A projecting step's ``aux`` holds ``pre_projection_params``, the params
   after the step's SGD update and before its truncation (the model the
   authors evaluate at the end of each epoch); ``aux`` is empty otherwise.
+  With ``grad_norms``, ``aux["grad_norms"]`` is the tree of each gradient
+  leaf's Frobenius norm (for experiments on gradient flow).
   """
   mean, std = tuple(config.mean), tuple(config.std)
   projection_kw = {} if project is None else {"project": project}
@@ -89,6 +91,8 @@ def make_step_body(model, tx, config, pairs, device_augment=True,
     updates, opt_state = tx.update(grads, state.opt_state, state.params,
                                    **extra, **projection_kw)
     aux = {}
+    if grad_norms:
+      aux["grad_norms"] = jax.tree.map(jnp.linalg.norm, grads)
     if project:
       # The same update without the projection (XLA shares the SGD part).
       sgd_updates, _ = tx.update(grads, state.opt_state, state.params,

@@ -154,3 +154,51 @@ def test_report_tables_and_plots(tmp_path):
   assert "**Classifier projected.**" in head
   assert (tmp_path / "plots" / "cpu_head_projected_accuracy_vs_epoch.png"
           ).exists()
+
+
+def test_mechanism_verdicts_from_paired_differences(tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from experiments import mechanisms  # pylint: disable=g-import-not-at-top
+  assert mechanisms._verdict(np.array([[0.1, 0.2], [0.3, 0.01]])) == "supported"
+  assert mechanisms._verdict(np.array([-0.1, -0.2])) == "contradicted"
+  assert mechanisms._verdict(np.array([0.1, -0.2, 0.3])) == "not decided"
+
+  # Two seeds; rectification halves the error and adds a point of top-1.
+  def rows(ratio, seed):
+    out = []
+    for variant, rect in (("rect_et", 1), ("plain_et", 0), ("rect", 1),
+                          ("plain", 0)):
+      out.append({"ratio": ratio, "variant": variant,
+                  "layer_errors": {}, "mean_layer_error": 0.2 - 0.1 * rect,
+                  "top1_running_bn": 0.5 + 0.01 * rect + 0.001 * seed,
+                  "top1_precise_bn": 0.6 + 0.01 * rect})
+    return out
+  bn_record = {"ratios": [0.3, 0.7], "images": 8, "bn_batches": 2, "runs": [
+      {"seed": s, "model": "resnet20", "dense_top1": 0.7,
+       "results": rows(0.3, s) + rows(0.7, s)} for s in (0, 1)]}
+  # No ET: gradients shrink to 0.8 after a projection; with ET to 0.9.
+  def et_run(seed, et):
+    ratio = 0.9 if et else 0.8
+    return {"seed": seed, "energy_transfer": et,
+            "grad_norms": [[1.0, 2.0]] * 8, "projections": [
+                {"step": 4, "grad_ratio": [ratio, ratio],
+                 "removed_norm": [0.0 if et else 0.1] * 2, "loss_jump": 0.1},
+                {"step": 8, "grad_ratio": None,
+                 "removed_norm": [0.0, 0.0], "loss_jump": 0.0}]}
+  et_record = {"scale": {"model": "resnet20", "train_subset": 64,
+                         "num_epochs": 2, "ratio": 0.54}, "window": 2,
+               "runs": [et_run(s, et) for s in (0, 1) for et in (True, False)]}
+  (tmp_path / "mechanisms").mkdir()
+  (tmp_path / "mechanisms" / "bn_rectification.json").write_text(
+      json.dumps(bn_record))
+  (tmp_path / "mechanisms" / "energy_transfer.json").write_text(
+      json.dumps(et_record))
+  text = "\n".join(mechanisms.lines(tmp_path, tmp_path / "plots"))
+  assert "- BatchNorm-output error: **supported**" in text
+  assert "| 0.3 | on | 0.1000 | 0.2000 | +0.1000 ± 0.0000 | +1.00 ± 0.00 |" in text
+  assert "- projection makes gradients vanish (no-ET ratio < 1): **supported**" in text
+  assert "- energy transfer raises the post/pre gradient ratio: **supported**" in text
+  assert "| 1 (4) | 0.900 | 0.800 | +0.100 ± 0.000 |" in text
+  assert (tmp_path / "plots" / "mechanism_energy_transfer.png").is_file()
+  # The scale sections of the report skip the mechanisms folder.
+  assert report.load(tmp_path) == {}
