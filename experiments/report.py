@@ -37,14 +37,9 @@ def method_of(record):
   return re.sub(r"_seed\d+$", "", record["run"])
 
 
-def overrides_of(command):
-  """{field: value string} from one ``lrpet_jax.main`` command line."""
-  out = {}
-  for arg in command:
-    m = re.match(r"--config\.(\w+)=(.*)", arg)
-    if m:
-      out[m.group(1)] = m.group(2)
-  return out
+def config_of(record):
+  """The resolved config of a run's first phase, as its process saved it."""
+  return record["configs"][0]
 
 
 def final_accuracy(record):
@@ -114,26 +109,28 @@ def refinish_lines(records):
 
 def setup_lines(records):
   reference = next((r for r in records if method_of(r) == "lrpet"), records[0])
-  first = overrides_of(reference["commands"][0])
+  first = config_of(reference)
   seeds = sorted({r["seed"] for r in records})
   devices = sorted({p["device"] for r in records for p in r["phases"]})
   commits = sorted({c[:12] for r in records for c in r["commits"] if c})
-  train_subset = first.get("train_subset", "0")
-  test_subset = first.get("test_subset", "0")
+  train_subset, test_subset = first["train_subset"], first["test_subset"]
   spe = reference["steps_per_epoch"]
   return [
-      f"- Model `{first.get('model', 'resnet56')}`, data"
-      f" `{first.get('dataset', 'cifar10')}` (the shared CIFAR-10 copy is"
+      f"- Model `{first['model']}`, data"
+      f" `{first['dataset']}` (the shared CIFAR-10 copy is"
       " **JPEG re-encoded**, so absolute accuracies are not those of the"
       " original PNG data set).",
-      f"- Training examples: {'all' if train_subset == '0' else train_subset};"
-      f" test examples: {'all' if test_subset == '0' else test_subset}"
-      " (a seeded subset: each seed draws its own subsets, so the spread over"
-      " seeds includes the data draw).",
-      f"- {first.get('num_epochs', '400')} epochs of {spe} steps, batch"
-      f" {first.get('batch_size', '128')}, SGD momentum 0.9, weight decay"
-      f" 1e-4, lr 0.1 ×0.1 at epochs {first.get('lr_boundaries_epochs')};"
-      f" ratio {first.get('ratio', '0.54')} for every method's ranks.",
+      f"- Training examples: {train_subset or 'all'};"
+      f" test examples: {test_subset or 'all'}"
+      + (" (a seeded subset: each seed draws its own subsets, so the spread"
+         " over seeds includes the data draw)." if train_subset or test_subset
+         else "."),
+      f"- {first['num_epochs']} epochs of {spe} steps, batch"
+      f" {first['batch_size']}, SGD momentum {first['momentum']}, weight"
+      f" decay {first['weight_decay']}, lr {first['learning_rate']}"
+      f" ×{first['lr_decay']} at epochs"
+      f" {tuple(first['lr_boundaries_epochs'])}; ratio {first['ratio']} for"
+      " every method's ranks.",
       f"- Seeds: {', '.join(map(str, seeds))}. Device(s): {', '.join(devices)}."
       f" Code: commit(s) {', '.join(commits) or 'unknown'}.",
       *refinish_lines(records),
@@ -185,7 +182,7 @@ def sweep_points(groups):
   points = []
   for method, rs in groups.items():
     if method == "lrpet":
-      ratio = float(overrides_of(rs[0]["commands"][0]).get("ratio", 0.54))
+      ratio = float(config_of(rs[0])["ratio"])
     elif method.startswith("lrpet_ratio"):
       ratio = float(method[len("lrpet_ratio"):])
     else:
@@ -415,8 +412,8 @@ def render(results_dir, out_dir):
         f"The paper reports {100 * PAPER['accuracy']:.2f}% for"
         f" {PAPER['model']} on CIFAR-10 at {PAPER['macs_reduction']} fewer"
         f" MACs after {PAPER['epochs']} epochs on all 50,000 training images."
-        f" The runs above use {overrides_of(records[0]['commands'][0]).get('model')}"
-        f" for {overrides_of(records[0]['commands'][0]).get('num_epochs')}"
+        f" The runs above use {config_of(records[0])['model']}"
+        f" for {config_of(records[0])['num_epochs']}"
         " epochs (decompose-and-retrain: split between its two phases) on"
         " the data described above, so their absolute accuracies say"
         " nothing about whether 93.27% is reproduced; only the ordering of"

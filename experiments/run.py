@@ -1,30 +1,31 @@
-r"""Runs the paper-claims comparison and writes one JSON per run.
+r"""Launches the paper-claims comparison and writes one JSON per run.
 
-    python -m experiments.run --scale=cpu            # ~2 h on a 2-core CPU
-    python -m experiments.run --scale=gpu            # one accelerator, ~10 min
-    python -m experiments.report                     # RESULTS.md + plots
+    python -m experiments.run --scale=cpu                  # ~2 h on a 2-core CPU
+    python -m experiments.run --scale=ladder15 --parallel=4  # one GPU
+    python -m experiments.report                           # RESULTS.md + plots
 
-Every run is ``python -m lrpet_jax.main`` in a subprocess (one code path for
-all scales) with the overrides below, in ``--workroot/<scale>/<run>``; its
-summary, test accuracy per epoch, energy kept per projection and (LRPET)
-singular spectra are collected into ``experiments/results/<scale>/<run>.json``.
-Finished runs are skipped, so rerunning the command resumes the sweep, and an
-interrupted training run resumes from its last checkpoint.
+Each run is ``python -m lrpet_jax.main --config=configs/experiments.py:SCALE,ARM
+--config.seed=N`` in a subprocess, in ``--workroot/<scale>/<run>/<phase>``
+(``configs/experiments.py`` defines every scale and arm; any run can be
+started by hand with the command its JSON records). Its resolved config
+(``config.json``), summary, test accuracy per epoch, energy kept per
+projection and (LRPET) singular spectra are collected into
+``experiments/results/<scale>/<run>.json``. Finished runs are skipped, so
+rerunning the command resumes the sweep, and an interrupted training run
+resumes from its last checkpoint.
 
-Methods (same model, data, epochs, learning-rate schedule and ranks):
-  dense             no projection (the uncompressed baseline)
-  lrpet             projection + energy transfer + BN rectification
-  lrpet_no_et       without energy transfer
-  lrpet_no_bn       without BN rectification
-  decompose_retrain dense training for ``decompose_epoch`` epochs, truncated
-                    SVD to the same ranks, the compact model fine-tuned for
-                    the remaining epochs on the same learning-rate schedule
-  compact_scratch   the compact architecture trained from a random init
-  lrpet_ratio<r>    LRPET at another compression ratio (the sweep)
+``--parallel=N`` runs N runs at once, each process with
+``XLA_PYTHON_CLIENT_MEM_FRACTION=0.9/N`` of the accelerator's memory: small
+models leave a GPU mostly idle, and four ResNet-20 runs at once took 83–146 s
+each on one H200 (12 epochs; commit af4846b). Wall times of such runs are
+shared-device times.
 """
 
 import argparse
+import concurrent.futures
+import importlib.util
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -33,70 +34,36 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Each scale: the base overrides of configs/cifar.py, the epoch at which
-# decompose-and-retrain decomposes, the sweep ratios and the seeds.
-SCALES = {
-    "cpu": dict(
-        overrides=dict(
-            model="resnet20", dataset="image_folder:../shared/datasets/cifar10",
-            train_subset=10000, test_subset=5000, num_epochs=6,
-            lr_boundaries_epochs=(3, 4.5), ratio=0.54,
-            bn_recompute_batches=20, log_every_steps=26),
-        decompose_epoch=4, sweep=(0.3, 0.7, 0.8), seeds=(0, 1)),
-    "gpu": dict(
-        overrides=dict(
-            model="resnet20", dataset="image_folder:../shared/datasets/cifar10",
-            num_epochs=12, lr_boundaries_epochs=(6, 9), ratio=0.54,
-            bn_recompute_batches=100, log_every_steps=100),
-        decompose_epoch=8, sweep=(0.3, 0.7, 0.8), seeds=(0,)),
-}
+def _load_configs():
+  spec = importlib.util.spec_from_file_location(
+      "experiment_configs", ROOT / "configs" / "experiments.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
+
+CONFIGS = _load_configs()
+# The seeds and the sweep each scale runs by default.
+PLAN = {"cpu": dict(seeds=(0, 1), sweep=(0.3, 0.7, 0.8)),
+        "gpu": dict(seeds=(0,), sweep=(0.3, 0.7, 0.8)),
+        "ladder15": dict(seeds=(0,), sweep=()),
+        "ladder40": dict(seeds=(0,), sweep=())}
 METHODS = ("lrpet", "dense", "decompose_retrain", "compact_scratch",
            "lrpet_no_et", "lrpet_no_bn")
-# Overrides that turn the LRPET default into each method.
-METHOD_OVERRIDES = {
-    "lrpet": dict(log_spectra=True),
-    "dense": dict(method="dense"),
-    "lrpet_no_et": dict(energy_transfer=False),
-    "lrpet_no_bn": dict(bn_rectification=False),
-    "compact_scratch": dict(method="compact"),
-}
 
 
-def flag(key, value):
-  if isinstance(value, tuple):
-    value = "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1
-                                                     else "") + ")"
-  return f"--config.{key}={value}"
+def phases(method):
+  """[(phase name, arm of configs/experiments.py)] of one run."""
+  if method == "decompose_retrain":
+    return [("dense", "decompose_dense"), ("finetune", "decompose_retrain")]
+  return [("train", method)]
 
 
-def command(workdir, overrides):
+def command(workdir, scale, arm, seed, init_from=None):
   return [sys.executable, "-m", "lrpet_jax.main",
-          "--config=configs/cifar.py", f"--workdir={workdir}",
-          *(flag(k, v) for k, v in overrides.items())]
-
-
-def phases(scale, method, seed):
-  """[(phase name, overrides)] of one run; two phases for decompose_retrain."""
-  spec = SCALES[scale]
-  base = dict(spec["overrides"], seed=seed)
-  if method.startswith("lrpet_ratio"):
-    return [("train", dict(base, ratio=float(method[len("lrpet_ratio"):])))]
-  if method != "decompose_retrain":
-    return [("train", dict(base, **METHOD_OVERRIDES[method]))]
-  # The same lr schedule as the other methods, split at decompose_epoch.
-  cut = spec["decompose_epoch"]
-  epochs, bounds = base["num_epochs"], base["lr_boundaries_epochs"]
-  lr = base.get("learning_rate", 0.1)
-  decay = base.get("lr_decay", 0.1)
-  before = tuple(b for b in bounds if b <= cut)
-  after = tuple(b - cut for b in bounds if b > cut)
-  dense = dict(base, method="dense", num_epochs=cut,
-               lr_boundaries_epochs=before)
-  tune = dict(base, method="compact", num_epochs=epochs - cut,
-              lr_boundaries_epochs=after,
-              learning_rate=round(lr * decay ** len(before), 12))
-  return [("dense", dense), ("finetune", tune)]
+          f"--config=configs/experiments.py:{scale},{arm}",
+          f"--workdir={workdir}", f"--config.seed={seed}",
+          *([f"--config.init_from={init_from}"] if init_from else [])]
 
 
 def git_commit():
@@ -122,29 +89,15 @@ def read_jsonl(path):
   return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def _refinished(workdir):
-  """True if only the end of training was redone in ``workdir`` (a re-finish
-  that found no usable checkpoint trains again from step 0)."""
-  return ((workdir / "summary.trained.json").exists()
-          and starts(workdir).count(0) == 1)
-
-
-def _commits(workdir):
-  """The commits whose code trained (and re-finished) ``workdir``."""
-  read = lambda f: (workdir / f).read_text() if (workdir / f).exists() else None
-  if (workdir / "summary.trained.json").exists() and not _refinished(workdir):
-    return [read("refinish_commit.txt")]  # trained again from step 0
-  return [c for c in (read("commit.txt"), read("refinish_commit.txt")) if c]
+def _commit(workdir):
+  path = workdir / "commit.txt"
+  return path.read_text() if path.exists() else None
 
 
 def collect(name, scale, seed, phase_dirs, commands):
   """The result record of a finished run, from its workdirs."""
   summaries = [json.loads((d / "summary.json").read_text())
                for d in phase_dirs]
-  # A re-finished phase keeps the wall time of its training process, unless
-  # the re-finish found no usable checkpoint and trained again from step 0.
-  trained = [json.loads((d / "summary.trained.json").read_text())
-             if _refinished(d) else s for d, s in zip(phase_dirs, summaries)]
   curve, energy, offset = {}, {}, 0
   for d, summary in zip(phase_dirs, summaries):
     # A step logged twice (a run trained again) keeps its latest record.
@@ -169,14 +122,15 @@ def collect(name, scale, seed, phase_dirs, commands):
       # Whether the Dense classifier was projected too (not the authors'
       # choice; the default since the faithful-selection change is False).
       "project_dense": final["project_dense"],
-      "commits": [c for d in phase_dirs for c in _commits(d)],
-      "commands": commands, "phases": summaries,
-      "final": final,
-      "wall_time_s": sum(s["wall_time_s"] for s in trained),
-      "refinished": [_refinished(d) for d in phase_dirs],
+      "commits": [c for c in map(_commit, phase_dirs) if c],
+      "commands": commands,
+      # Each phase's resolved config, as the training process saved it.
+      "configs": [json.loads((d / "config.json").read_text())
+                  for d in phase_dirs],
+      "phases": summaries, "final": final,
+      "wall_time_s": sum(s["wall_time_s"] for s in summaries),
       # Resumed after an interruption: wall_time_s covers the last process only.
-      "resumed": [not _refinished(d) and bool(starts(d))
-                  and starts(d)[-1] != 0 for d in phase_dirs],
+      "resumed": [bool(starts(d)) and starts(d)[-1] != 0 for d in phase_dirs],
       # Evaluations happen once per epoch: the first one's step is an epoch.
       "steps_per_epoch": curve[0]["step"] if curve else None,
       "test_curve": curve, "energy_kept": energy,
@@ -184,47 +138,30 @@ def collect(name, scale, seed, phase_dirs, commands):
   }
 
 
-def run_one(scale, method, seed, workroot, results, refinish=False):
-  """Trains (or resumes) one run's phases and writes its result JSON.
-
-  ``refinish``: for phases already finished, move ``summary.json`` aside and
-  rerun the command, which restores the final checkpoint and repeats only the
-  end of training (final projection, BN recomputation, export, evaluation);
-  the run's wall time stays the original training's.
-  """
+def run_one(scale, method, seed, workroot, results, env=None):
+  """Trains (or resumes) one run's phases and writes its result JSON."""
   name = f"{method}_seed{seed}"
   out = results / scale / f"{name}.json"
-  if refinish and out.exists() and all(
-      (workroot / scale / name / phase / "summary.json").exists()
-      for phase, _ in phases(scale, method, seed)):
-    for phase, _ in phases(scale, method, seed):
-      workdir = workroot / scale / name / phase
-      (workdir / "summary.json").rename(workdir / "summary.trained.json")
-    out.unlink()
   if out.exists():
     print(f"{name}: done ({out})", flush=True)
     return
   phase_dirs, commands = [], []
-  for phase, overrides in phases(scale, method, seed):
+  for phase, arm in phases(method):
     workdir = workroot / scale / name / phase
-    if phase == "finetune":
-      overrides = dict(overrides,
-                       init_from=str((phase_dirs[-1] / "dense_final").absolute()))
-    cmd = command(workdir, overrides)
+    init_from = (str((phase_dirs[-1] / "dense_final").absolute())
+                 if phase == "finetune" else None)
+    cmd = command(workdir, scale, arm, seed, init_from)
     phase_dirs.append(workdir)
     commands.append(cmd[1:])
     if (workdir / "summary.json").exists():
       continue
     workdir.mkdir(parents=True, exist_ok=True)
-    if (workdir / "summary.trained.json").exists():
-      (workdir / "refinish_commit.txt").write_text(git_commit())
-    else:
-      (workdir / "commit.txt").write_text(git_commit())
+    (workdir / "commit.txt").write_text(git_commit())
     print(f"{name}/{phase}: {' '.join(cmd[1:])}", flush=True)
     t = time.time()
     with open(workdir / "log.txt", "a", encoding="utf-8") as log:
       rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                          check=False).returncode
+                          env=env, check=False).returncode
     if rc:
       raise SystemExit(f"{name}/{phase} failed (exit {rc}); see"
                        f" {workdir / 'log.txt'}")
@@ -235,30 +172,43 @@ def run_one(scale, method, seed, workroot, results, refinish=False):
   print(f"{name}: done in {record['wall_time_s']:.0f}s", flush=True)
 
 
+def plan_runs(scale, seeds=None, only=None):
+  """[(method, seed)]: seed 0 of every method and the sweep first, then the
+  other seeds."""
+  spec = PLAN[scale]
+  seeds = list(seeds or spec["seeds"])
+  sweep = [f"lrpet_ratio{r}" for r in spec["sweep"]]
+  plan = [(m, seeds[0]) for m in (*METHODS, *sweep)]
+  plan += [(m, s) for s in seeds[1:] for m in METHODS]
+  return [(m, s) for m, s in plan if not only or m in only]
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--scale", choices=sorted(SCALES), required=True)
+  parser.add_argument("--scale", choices=sorted(CONFIGS.SCALES), required=True)
   parser.add_argument("--only", default="",
                       help="comma-separated run methods (default: all)")
   parser.add_argument("--seeds", default="",
                       help="comma-separated seeds (default: the scale's)")
+  parser.add_argument("--parallel", type=int, default=1,
+                      help="runs at once, sharing one accelerator")
   parser.add_argument("--workroot", default=str(ROOT / "runs" / "experiments"))
   parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
-  parser.add_argument("--refinish", action="store_true",
-                      help="redo the end of training of finished runs")
   args = parser.parse_args(argv)
-  spec = SCALES[args.scale]
-  seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
-           else list(spec["seeds"]))
-  sweep = [f"lrpet_ratio{r}" for r in spec["sweep"]]
-  wanted = args.only.split(",") if args.only else None
-  # Seed 0 of every method and the sweep first, then the other seeds.
-  plan = [(m, seeds[0]) for m in (*METHODS, *sweep)]
-  plan += [(m, s) for s in seeds[1:] for m in METHODS]
-  for method, seed in plan:
-    if wanted is None or method in wanted:
-      run_one(args.scale, method, seed, pathlib.Path(args.workroot),
-              pathlib.Path(args.results), args.refinish)
+  if args.parallel < 1:
+    parser.error(f"--parallel must be >= 1, got {args.parallel}")
+  plan = plan_runs(args.scale,
+                   [int(s) for s in args.seeds.split(",")] if args.seeds
+                   else None, args.only.split(",") if args.only else None)
+  env = dict(os.environ)
+  if args.parallel > 1:
+    env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / args.parallel:.3f}"
+  workroot, results = pathlib.Path(args.workroot), pathlib.Path(args.results)
+  with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+    futures = [pool.submit(run_one, args.scale, m, s, workroot, results, env)
+               for m, s in plan]
+    for f in futures:
+      f.result()
 
 
 if __name__ == "__main__":

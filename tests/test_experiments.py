@@ -10,34 +10,57 @@ from experiments import run
 
 def test_decompose_retrain_splits_the_same_schedule():
   # cpu: 6 epochs, lr 0.1 ×0.1 at epochs 3 and 4.5, decomposed at epoch 4.
-  (p1, dense), (p2, tune) = run.phases("cpu", "decompose_retrain", 3)
-  assert (p1, p2) == ("dense", "finetune")
-  assert dense["method"] == "dense" and dense["num_epochs"] == 4
-  assert dense["lr_boundaries_epochs"] == (3,) and dense["seed"] == 3
-  assert tune["method"] == "compact" and tune["num_epochs"] == 2
-  assert tune["lr_boundaries_epochs"] == (0.5,)
-  assert tune["learning_rate"] == pytest.approx(0.01)
-  assert tune["ratio"] == dense["ratio"] == 0.54
+  assert run.phases("decompose_retrain") == [
+      ("dense", "decompose_dense"), ("finetune", "decompose_retrain")]
+  dense = run.CONFIGS.get_config("cpu,decompose_dense")
+  tune = run.CONFIGS.get_config("cpu,decompose_retrain")
+  assert dense.method == "dense" and dense.num_epochs == 4
+  assert tuple(dense.lr_boundaries_epochs) == (3,)
+  assert tune.method == "compact" and tune.num_epochs == 2
+  assert tuple(tune.lr_boundaries_epochs) == (0.5,)
+  assert tune.learning_rate == pytest.approx(0.01)
+  assert tune.ratio == dense.ratio == 0.54
+  cmd = run.command("W", "cpu", "decompose_retrain", 3, "D/dense_final")
+  assert cmd[3:] == ["--config=configs/experiments.py:cpu,decompose_retrain",
+                     "--workdir=W", "--config.seed=3",
+                     "--config.init_from=D/dense_final"]
 
 
-def test_methods_differ_from_lrpet_in_one_field():
-  (_, lrpet), = run.phases("cpu", "lrpet", 0)
-  for method, field, value in (("lrpet_no_et", "energy_transfer", False),
-                               ("lrpet_no_bn", "bn_rectification", False),
-                               ("dense", "method", "dense"),
-                               ("compact_scratch", "method", "compact"),
-                               ("lrpet_ratio0.7", "ratio", 0.7)):
-    (_, overrides), = run.phases("cpu", method, 0)
-    changed = {k for k in set(overrides) | set(lrpet)
-               if overrides.get(k) != lrpet.get(k)} - {"log_spectra"}
-    assert changed == {field} and overrides[field] == value, method
+def test_arms_differ_from_lrpet_in_one_field():
+  lrpet = run.CONFIGS.get_config("cpu,lrpet").to_dict()
+  for arm, field, value in (("lrpet_no_et", "energy_transfer", False),
+                            ("lrpet_no_bn", "bn_rectification", False),
+                            ("dense", "method", "dense"),
+                            ("compact_scratch", "method", "compact"),
+                            ("lrpet_ratio0.7", "ratio", 0.7)):
+    config = run.CONFIGS.get_config(f"cpu,{arm}").to_dict()
+    changed = {k for k in set(config) | set(lrpet)
+               if config.get(k) != lrpet.get(k)} - {"log_spectra"}
+    assert changed == {field} and config[field] == value, arm
+  # The budget ladder: the same arms at 15 and 40 epochs on all images.
+  for scale, epochs in (("ladder15", 15), ("ladder40", 40)):
+    config = run.CONFIGS.get_config(f"{scale},lrpet")
+    assert config.num_epochs == epochs and config.train_subset == 0
+  with pytest.raises(ValueError, match="unknown arm 'nope'"):
+    run.CONFIGS.get_config("cpu,nope")
+  with pytest.raises(ValueError, match="SCALE,ARM"):
+    run.CONFIGS.get_config("tpu,lrpet")
 
 
-def test_tuple_flags():
-  assert run.flag("lr_boundaries_epochs", (3, 4.5)) == (
-      "--config.lr_boundaries_epochs=(3,4.5)")
-  assert run.flag("lr_boundaries_epochs", (0.5,)) == (
-      "--config.lr_boundaries_epochs=(0.5,)")
+def test_plan_and_parallel_launch(tmp_path, monkeypatch):
+  plan = run.plan_runs("cpu")
+  assert plan[:2] == [("lrpet", 0), ("dense", 0)]
+  assert ("lrpet_ratio0.8", 0) in plan and ("lrpet_ratio0.8", 1) not in plan
+  assert run.plan_runs("ladder15", only=["dense", "lrpet"]) == [
+      ("lrpet", 0), ("dense", 0)]
+  # --parallel=4: four runs at once, each with its share of device memory.
+  started = []
+  monkeypatch.setattr(run, "run_one", lambda scale, m, s, w, r, env:
+                      started.append((m, env["XLA_PYTHON_CLIENT_MEM_FRACTION"])))
+  run.main(["--scale=ladder40", "--parallel=4", f"--workroot={tmp_path}",
+            f"--results={tmp_path}"])
+  assert sorted(m for m, _ in started) == sorted(run.METHODS)
+  assert {f for _, f in started} == {"0.225"}
 
 
 def _workdir(path, steps, accuracy, steps_per_epoch=10, energy=None,
@@ -53,6 +76,8 @@ def _workdir(path, steps, accuracy, steps_per_epoch=10, energy=None,
              "final_params": 6.0 if method != "dense" else 10.0,
              "device": "1x cpu", "project_dense": False}
   (path / "summary.json").write_text(json.dumps(summary))
+  (path / "config.json").write_text(json.dumps({"method": method,
+                                                "model": "resnet20"}))
   rows = [{"step": s, "test_top1": accuracy * s / steps,
            "test_top1_pre_projection": accuracy * s / steps + 0.01}
           for s in range(steps_per_epoch, steps + 1, steps_per_epoch)]
@@ -81,13 +106,15 @@ def test_run_collects_finished_workdirs_without_training(tmp_path):
   assert record["project_dense"] is False
   assert record["wall_time_s"] == 10.0 and record["steps_per_epoch"] == 10
   assert "--config.init_from=" in " ".join(record["commands"][1])
+  assert [c["method"] for c in record["configs"]] == ["dense", "compact"]
 
 
 def test_report_tables_and_plots(tmp_path):
   results = tmp_path / "results" / "cpu"
   results.mkdir(parents=True)
-  command = ["-m", "lrpet_jax.main", "--config.model=resnet20",
-             "--config.num_epochs=6", "--config.ratio=0.54"]
+  command = ["-m", "lrpet_jax.main",
+             "--config=configs/experiments.py:cpu,lrpet"]
+  config = run.CONFIGS.get_config("cpu,lrpet").to_dict()
 
   def record(method, seed, accuracy, energy=(), spectra=None,
              curve=(0.2, None), project_dense=False):
@@ -100,7 +127,7 @@ def test_report_tables_and_plots(tmp_path):
       final.update(final_macs=8e6, final_params=50e3)
     (results / f"{name}.json").write_text(json.dumps({
         "run": name, "seed": seed, "project_dense": project_dense,
-        "commands": [command], "phases": [final],
+        "commands": [command], "configs": [config], "phases": [final],
         "final": final, "wall_time_s": 100.0 + seed, "steps_per_epoch": 10,
         "commits": ["abc"], "spectra": spectra,
         "test_curve": [{"step": 10, "test_top1": curve[0]},
