@@ -78,7 +78,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    lines = [l for l in str(e).splitlines() if l.strip()]
+    text = lines[0] if lines else type(e).__name__
+    if "Error whilst parsing config file" in text and len(lines) > 1:
+      text = f"--config: {lines[-1]}"  # the config file's own error
     if isinstance(e, (AttributeError, KeyError)):
       field = text.strip("'\"")
       given = [a for a in argv if a.startswith(f"--config.{field}")]
