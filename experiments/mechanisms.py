@@ -96,10 +96,25 @@ def bn_rectification_lines(record, plots_dir):
   return lines + ["", f"![{plot.stem}](plots/{plot.name})", ""]
 
 
-def _plot_bn(record, value, plots_dir):
+def _pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _save(plt, fig, path):
+  for ax in fig.axes:
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def _plot_bn(record, value, plots_dir):
+  plt = _pyplot()
   runs, ratios = record["runs"], record["ratios"]
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
   for variant, style in (("rect_et", "o-"), ("plain_et", "s--"),
@@ -114,14 +129,7 @@ def _plot_bn(record, value, plots_dir):
           title="approximation error (rect = BN rectification)")
   ax2.set(xlabel="ratio", ylabel="top-1 % (precise BN)",
           title="accuracy right after projection")
-  for ax in (ax1, ax2):
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-  fig.tight_layout()
-  path = plots_dir / "mechanism_bn_rectification.png"
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, plots_dir / "mechanism_bn_rectification.png")
 
 
 def energy_transfer_lines(record, plots_dir):
@@ -184,9 +192,7 @@ def energy_transfer_lines(record, plots_dir):
 
 
 def _plot_et(runs, seeds, by, plots_dir):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
   for et, color in ((True, "C0"), (False, "C1")):
     for s in seeds:
@@ -207,14 +213,7 @@ def _plot_et(runs, seeds, by, plots_dir):
   ax2.axhline(1.0, color="grey", lw=0.5)
   ax2.set(xlabel="projection", ylabel="median post/pre gradient ratio",
           title="gradient ratio at each projection")
-  for ax in (ax1, ax2):
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-  fig.tight_layout()
-  path = plots_dir / "mechanism_energy_transfer.png"
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, plots_dir / "mechanism_energy_transfer.png")
 
 
 def lines(results_dir: pathlib.Path, plots_dir: pathlib.Path) -> list[str]:

@@ -28,16 +28,23 @@ def run_export(*args):
                         check=False)
 
 
-def test_export_command(tmp_path):
-  dense = models.create("resnet20")
-  x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
-  variables = dense.init(jax.random.key(0), x, train=False)
+def saved_projected_dense(name, path):
+  """(model, variables): a zoo model projected at ratio 0.54, saved at path."""
+  dense = models.create(name)
+  variables = dense.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                         train=False)
   ranks = lrpet_jax.uniform_ranks(variables["params"], 0.54)
   variables = {**variables, "params": lrpet_jax.project_params(
       variables["params"], ranks)}
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(tmp_path / "dense", variables)
+  checkpointer.save(path, variables)
   checkpointer.wait_until_finished()
+  return dense, variables
+
+
+def test_export_command(tmp_path):
+  dense, variables = saved_projected_dense("resnet20", tmp_path / "dense")
+  x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
 
   out = tmp_path / "out"
   result = run_export(f"--variables={tmp_path / 'dense'}", f"--workdir={out}",
@@ -153,15 +160,7 @@ def test_export_bad_input(tmp_path):
 
 def test_tuned_export_is_exact_and_served(tmp_path):
   from lrpet_jax import export as export_lib  # pylint: disable=g-import-not-at-top
-  dense = models.create("resnet8")
-  variables = dense.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                         train=False)
-  ranks = lrpet_jax.uniform_ranks(variables["params"], 0.54)
-  variables = {**variables, "params": lrpet_jax.project_params(
-      variables["params"], ranks)}
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(tmp_path / "dense", variables)
-  checkpointer.wait_until_finished()
+  dense, variables = saved_projected_dense("resnet8", tmp_path / "dense")
   out = tmp_path / "out"
   report = export_lib.export(str(tmp_path / "dense"), str(out), "resnet8",
                              ratio=0.54, tune_for=jax.default_backend(),
