@@ -93,7 +93,12 @@ def bn_rectification_lines(record, plots_dir):
             f" {len(seeds)} seeds):"]
   lines += [f"- {k}: **{v}**" for k, v in verdicts.items()]
   plot = _plot_bn(record, value, plots_dir)
-  return lines + ["", f"![{plot.stem}](plots/{plot.name})", ""]
+  summary = (f"{verdicts['BatchNorm-output error']} for the approximation"
+             " error; top-1 right after projection:"
+             f" {verdicts['top-1 right after projection, precise BN']} (precise"
+             " BN)")
+  return (lines + ["", f"![{plot.stem}](plots/{plot.name})", ""],
+          ("BN rectification improves the low-rank approximation", summary))
 
 
 def _pyplot():
@@ -188,7 +193,11 @@ def energy_transfer_lines(record, plots_dir):
             f"- projection makes gradients vanish (no-ET ratio < 1): **{vanishing}**",
             f"- energy transfer raises the post/pre gradient ratio: **{alleviates}**"]
   plot = _plot_et(runs, seeds, by, plots_dir)
-  return lines + ["", f"![{plot.stem}](plots/{plot.name})", ""]
+  summary = (f"{alleviates} (that energy transfer raises the gradient ratio);"
+             f" projection makes gradients vanish without it: {vanishing}")
+  return (lines + ["", f"![{plot.stem}](plots/{plot.name})", ""],
+          ("Energy transfer alleviates the gradient vanishing of projection",
+           summary))
 
 
 def _plot_et(runs, seeds, by, plots_dir):
@@ -216,13 +225,17 @@ def _plot_et(runs, seeds, by, plots_dir):
   return _save(plt, fig, plots_dir / "mechanism_energy_transfer.png")
 
 
-def lines(results_dir: pathlib.Path, plots_dir: pathlib.Path) -> list[str]:
-  """RESULTS.md lines for the mechanism findings that have results."""
-  out = []
+def lines(results_dir: pathlib.Path, plots_dir: pathlib.Path
+          ) -> tuple[list[str], list[tuple[str, str]]]:
+  """(RESULTS.md lines, [(finding, verdict summary)]) for the mechanism
+  findings that have results."""
+  out, verdicts = [], []
   plots_dir.mkdir(parents=True, exist_ok=True)
   for name, render in (("bn_rectification", bn_rectification_lines),
                        ("energy_transfer", energy_transfer_lines)):
     path = pathlib.Path(results_dir) / DIR / f"{name}.json"
     if path.is_file():
-      out += render(json.loads(path.read_text()), plots_dir)
-  return out
+      section, verdict = render(json.loads(path.read_text()), plots_dir)
+      out += section
+      verdicts.append(verdict)
+  return out, verdicts

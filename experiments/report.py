@@ -244,6 +244,46 @@ def comparisons(groups):
   return lines or ["- Needs the LRPET run and at least one other method."]
 
 
+COMPETITIVE_PP = 1.0  # "competitive": within this many points of top-1
+
+
+def competitive_verdict(data):
+  """(finding, verdict) for "LRPET is competitive with re-training methods":
+  LRPET minus decompose-and-retrain per seed, on every scale that has both;
+  supported if every difference is above −COMPETITIVE_PP, contradicted if
+  every one is below, else not decided."""
+  finding = "LRPET is competitive with re-training methods"
+  parts, diffs, budgets = [], [], []
+  for _, scale, project_dense, records in sections(data):
+    groups = by_method(records)
+    if "lrpet" not in groups or "decompose_retrain" not in groups:
+      continue
+    by_seed = {m: {r["seed"]: final_accuracy(r) for r in groups[m]}
+               for m in ("lrpet", "decompose_retrain")}
+    seeds = sorted(set(by_seed["lrpet"]) & set(by_seed["decompose_retrain"]))
+    d = [100 * (by_seed["lrpet"][s] - by_seed["decompose_retrain"][s])
+         for s in seeds]
+    diffs += d
+    epochs = config_of(groups["lrpet"][0])["num_epochs"]
+    budgets.append(epochs)
+    parts.append(
+        f"{scale}{' (classifier projected)' if project_dense else ''},"
+        f" {epochs} epochs: {', '.join(f'{x:+.2f}' for x in d)} pp")
+  if not diffs:
+    return finding, "not tested (needs LRPET and decompose-and-retrain runs)"
+  if all(x > -COMPETITIVE_PP for x in diffs):
+    verdict = "supported"
+  elif all(x < -COMPETITIVE_PP for x in diffs):
+    verdict = "contradicted"
+  else:
+    verdict = "not decided"
+  return finding, (
+      f"{verdict} at these budgets (LRPET − decompose-and-retrain, top-1 per"
+      f" seed: {'; '.join(parts)}; competitive = within {COMPETITIVE_PP:g}"
+      f" point); budgets of at most {max(budgets)} epochs cannot decide a"
+      f" claim about {PAPER['epochs']}-epoch training")
+
+
 def plot_all(groups, out_dir, prefix):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -376,7 +416,14 @@ def render(results_dir, out_dir):
            " `experiments/results/*/*.json` (written by `python -m"
            " experiments.run`, `experiments.bn_rectification` and"
            " `experiments.energy_transfer`); do not edit by hand.", ""]
-  lines += mechanisms.lines(pathlib.Path(results_dir), out_dir / "plots")
+  mechanism_lines, verdicts = mechanisms.lines(pathlib.Path(results_dir),
+                                              out_dir / "plots")
+  lines += ["## Verdicts", "",
+            "Each of the paper's findings, at the level where this project"
+            " could test it (details in the sections below).", ""]
+  lines += [f"- **{finding}**: {verdict}." for finding, verdict in
+            [competitive_verdict(data), *verdicts]]
+  lines += [""] + mechanism_lines
   if not data:
     lines.append("No results yet: run `python -m experiments.run --scale=cpu`.")
   for name, scale, project_dense, records in sections(data):

@@ -156,6 +156,9 @@ def test_report_tables_and_plots(tmp_path):
   assert ("+10.00 (seed 0), +19.00 (seed 1); mean +14.50, the same sign in all"
           " 2 seeds") in text
   assert "| 0.8 | 80.0% | 81.5% | 30.00 | 30.00 (1) |" in text
+  assert ("- **LRPET is competitive with re-training methods**: supported at"
+          " these budgets (LRPET − decompose-and-retrain, top-1 per seed: cpu,"
+          " 6 epochs: +10.00, +19.00 pp;") in text
   assert "| 0.54 | 50.0% | 51.9% | 50.00 | 55.00 ± 7.07 (2) |" in text
   for name in ("accuracy_vs_epoch", "energy_kept", "accuracy_vs_macs",
                "singular_spectra"):
@@ -220,7 +223,12 @@ def test_mechanism_verdicts_from_paired_differences(tmp_path):
       json.dumps(bn_record))
   (tmp_path / "mechanisms" / "energy_transfer.json").write_text(
       json.dumps(et_record))
-  text = "\n".join(mechanisms.lines(tmp_path, tmp_path / "plots"))
+  section, verdicts = mechanisms.lines(tmp_path, tmp_path / "plots")
+  text = "\n".join(section)
+  assert [finding for finding, _ in verdicts] == [
+      "BN rectification improves the low-rank approximation",
+      "Energy transfer alleviates the gradient vanishing of projection"]
+  assert verdicts[1][1].startswith("supported (that energy transfer raises")
   assert "- BatchNorm-output error: **supported**" in text
   assert "| 0.3 | on | 0.1000 | 0.2000 | +0.1000 ± 0.0000 | +1.00 ± 0.00 |" in text
   assert "- projection makes gradients vanish (no-ET ratio < 1): **supported**" in text
