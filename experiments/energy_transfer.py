@@ -47,10 +47,12 @@ sys.path.insert(0, str(ROOT / "configs"))
 import cifar  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 OUT = ROOT / "experiments" / "results" / "mechanisms" / "energy_transfer.json"
-# CPU scale: ResNet-20 on 10,000 training images, 4 epochs of 78 steps.
+# CPU scale: ResNet-20 on 10,000 training images, 4 epochs of 78 steps. The
+# learning rate drops mid-epoch, away from the projections (at epoch ends),
+# so that no before/after window straddles a drop.
 SCALE = dict(model="resnet20", dataset="image_folder:../shared/datasets/cifar10",
              train_subset=10000, test_subset=1000, num_epochs=4,
-             lr_boundaries_epochs=(2, 3), ratio=0.54)
+             lr_boundaries_epochs=(2.5, 3.5), ratio=0.54)
 
 
 def make_config(seed, energy_transfer, overrides):
