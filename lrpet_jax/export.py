@@ -190,7 +190,7 @@ def tuned_export(out: pathlib.Path, model_name, variables, ranks, *,
       ranks_lib.ranks_to_dict(tuned_ranks), indent=1))
   (out / "tuning_report.json").write_text(json.dumps(report, indent=1) + "\n")
   (out / "tuning_report.txt").write_text(tuning.format_report(report))
-  model = models.create(model_name, num_classes, ranks=tuned_ranks)
+  model = models.create(model_name, num_classes, ranks=tuned_ranks, dtype=dtype)
   serving.write(out / "serving", model, folding.fold(
       tuned_vars, models.bn_pairs(variables["params"])),
       input_shape=input_shape, mean=normalization[0], std=normalization[1],

@@ -188,6 +188,15 @@ def test_tuned_export_is_exact_and_served(tmp_path):
       spec["input"]["normalization"]["std"])
   pixels = np.asarray((x * std + mean) * 255, np.float32)
   assert rel_err(served.call(pixels), want) <= 1e-4
+  # Tuned and served in bfloat16: the same function to bfloat16 precision.
+  export_lib.export(str(tmp_path / "dense"), str(tmp_path / "bf16"), "resnet8",
+                    ratio=0.54, tune_for=jax.default_backend(), batch=2,
+                    compute_dtype="bfloat16")
+  served = jax.export.deserialize(
+      (tmp_path / "bf16" / "serving" / "model.jax_export").read_bytes())
+  assert json.loads((tmp_path / "bf16" / "serving" / "spec.json").read_text())[
+      "compute_dtype"] == "bfloat16"
+  assert rel_err(served.call(pixels), want) <= 2e-2
 
 
 def test_ranks_dict_round_trip():
