@@ -28,6 +28,19 @@ def _verdict(diffs: np.ndarray) -> str:
   return "not decided"
 
 
+def _tally(diffs_per_setting, ratios) -> str:
+  """The verdict over settings (ratio × ET on/off, in that order), with the
+  settings that support or contradict when they are mixed."""
+  each = [_verdict(np.asarray(d)) for d in diffs_per_setting]
+  if all(v == each[0] for v in each):
+    return each[0]
+  names = [f"{r}/ET {et}" for r in ratios for et in ("on", "off")]
+  parts = [f"{v} at {', '.join(n for n, w in zip(names, each) if w == v)}"
+           for v in ("supported", "contradicted", "not decided")
+           if v in each]
+  return "mixed: " + "; ".join(parts)
+
+
 def _pm(values, scale=1.0, digits=4):
   values = np.asarray(values, np.float64) * scale
   std = values.std(ddof=1) if values.size > 1 else float("nan")
@@ -61,8 +74,9 @@ def bn_rectification_lines(record, plots_dir):
       " accurate), with − without for top-1 (percentage points); mean ±"
       " sample std over seeds.", "",
       "| ratio | energy transfer | error, with rect. | error, without |"
-      " error diff | top-1 diff, running BN (pp) | top-1 diff, precise BN (pp) |",
-      "|---|---|---|---|---|---|---|"]
+      " error diff | top-1 diff, running BN (pp) | top-1 diff, precise BN (pp) |"
+      " verdict: error / top-1 (precise BN) |",
+      "|---|---|---|---|---|---|---|---|"]
   err_diffs, run_diffs, precise_diffs = [], [], []
   for ratio in ratios:
     for et, (on, off) in (("on", ("rect_et", "plain_et")),
@@ -82,21 +96,21 @@ def bn_rectification_lines(record, plots_dir):
       lines.append(
           f"| {ratio} | {et} | {e_on.mean():.4f} | {e_off.mean():.4f} |"
           f" {_pm(e_off - e_on)} | {_pm(t_run, 100, 2)} |"
-          f" {_pm(t_pre, 100, 2)} |")
+          f" {_pm(t_pre, 100, 2)} | {_verdict(e_off - e_on)} /"
+          f" {_verdict(t_pre)} |")
   verdicts = {
-      "BatchNorm-output error": _verdict(np.array(err_diffs)),
-      "top-1 right after projection, running BN": _verdict(
-          np.array(run_diffs)),
-      "top-1 right after projection, precise BN": _verdict(
-          np.array(precise_diffs))}
-  lines += ["", "**Verdict** (every ratio, both energy-transfer settings,"
-            f" {len(seeds)} seeds):"]
+      "BatchNorm-output error": _tally(err_diffs, ratios),
+      "top-1 right after projection, running BN": _tally(run_diffs, ratios),
+      "top-1 right after projection, precise BN": _tally(precise_diffs,
+                                                         ratios)}
+  lines += ["", "**Verdict** over the 8 settings (4 ratios × energy transfer"
+            f" on/off), each from {len(seeds)} seeds:"]
   lines += [f"- {k}: **{v}**" for k, v in verdicts.items()]
   plot = _plot_bn(record, value, plots_dir)
-  summary = (f"{verdicts['BatchNorm-output error']} for the approximation"
-             " error; top-1 right after projection:"
-             f" {verdicts['top-1 right after projection, precise BN']} (precise"
-             " BN)")
+  summary = (f"approximation error: {verdicts['BatchNorm-output error']};"
+             " top-1 right after projection (precise BN):"
+             f" {verdicts['top-1 right after projection, precise BN']}"
+             " (one-shot projection of dense models trained without it)")
   return (lines + ["", f"![{plot.stem}](plots/{plot.name})", ""],
           ("BN rectification improves the low-rank approximation", summary))
 
