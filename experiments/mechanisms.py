@@ -28,13 +28,12 @@ def _verdict(diffs: np.ndarray) -> str:
   return "not decided"
 
 
-def _tally(diffs_per_setting, ratios) -> str:
-  """The verdict over settings (ratio × ET on/off, in that order), with the
-  settings that support or contradict when they are mixed."""
+def _tally(diffs_per_setting, names) -> str:
+  """The verdict over settings, naming the settings that support or
+  contradict when they are mixed."""
   each = [_verdict(np.asarray(d)) for d in diffs_per_setting]
   if all(v == each[0] for v in each):
     return each[0]
-  names = [f"{r}/ET {et}" for r in ratios for et in ("on", "off")]
   parts = [f"{v} at {', '.join(n for n, w in zip(names, each) if w == v)}"
            for v in ("supported", "contradicted", "not decided")
            if v in each]
@@ -78,6 +77,7 @@ def bn_rectification_lines(record, plots_dir):
       " verdict: error / top-1 (precise BN) |",
       "|---|---|---|---|---|---|---|---|"]
   err_diffs, run_diffs, precise_diffs = [], [], []
+  settings = [f"{r}/ET {et}" for r in ratios for et in ("on", "off")]
   for ratio in ratios:
     for et, (on, off) in (("on", ("rect_et", "plain_et")),
                           ("off", ("rect", "plain"))):
@@ -99,10 +99,10 @@ def bn_rectification_lines(record, plots_dir):
           f" {_pm(t_pre, 100, 2)} | {_verdict(e_off - e_on)} /"
           f" {_verdict(t_pre)} |")
   verdicts = {
-      "BatchNorm-output error": _tally(err_diffs, ratios),
-      "top-1 right after projection, running BN": _tally(run_diffs, ratios),
+      "BatchNorm-output error": _tally(err_diffs, settings),
+      "top-1 right after projection, running BN": _tally(run_diffs, settings),
       "top-1 right after projection, precise BN": _tally(precise_diffs,
-                                                         ratios)}
+                                                         settings)}
   lines += ["", "**Verdict** over the 8 settings (4 ratios × energy transfer"
             f" on/off), each from {len(seeds)} seeds:"]
   lines += [f"- {k}: **{v}**" for k, v in verdicts.items()]
@@ -177,8 +177,9 @@ def energy_transfer_lines(record, plots_dir):
       " *Loss jump*: training loss on a fixed batch after − before the"
       " truncation.", "",
       "| projection (step) | grad ratio, ET | grad ratio, no ET | diff ET − no ET |"
-      " norm removed, ET | norm removed, no ET | loss jump, ET | loss jump, no ET |",
-      "|---|---|---|---|---|---|---|---|"]
+      " norm removed, ET | norm removed, no ET | loss jump, ET | loss jump, no ET |"
+      " verdict: vanishing / ET raises the ratio |",
+      "|---|---|---|---|---|---|---|---|---|"]
   diffs, no_et = [], []
   for k in range(len(runs[0]["projections"])):
     step = runs[0]["projections"][k]["step"]
@@ -195,13 +196,15 @@ def energy_transfer_lines(record, plots_dir):
       no_et.append(r_no)
       cells = (f"{r_et.mean():.3f} | {r_no.mean():.3f} |"
                f" {_pm(r_et - r_no, digits=3)}")
+      row_verdict = f"{_verdict(1 - r_no)} / {_verdict(r_et - r_no)}"
     else:
-      cells = "— | — | — (no steps after it)"
+      cells, row_verdict = "— | — | — (no steps after it)", "—"
     lines.append(f"| {k + 1} ({step}) | {cells} | {rem(et_runs):.3f} |"
-                 f" {rem(no_runs):.3f} | {jump(et_runs)} | {jump(no_runs)} |")
-  no_et = np.array(no_et)
-  vanishing = _verdict(1 - no_et)  # supported: ratios below 1 without ET
-  alleviates = _verdict(np.array(diffs))
+                 f" {rem(no_runs):.3f} | {jump(et_runs)} | {jump(no_runs)} |"
+                 f" {row_verdict} |")
+  names = [f"projection {k + 1}" for k in range(n_proj)]
+  vanishing = _tally([1 - r for r in no_et], names)  # < 1 without ET
+  alleviates = _tally(diffs, names)
   lines += ["", f"**Verdict** ({len(seeds)} seeds, {n_proj} projections"
             " with steps after them, median over layers):",
             f"- projection makes gradients vanish (no-ET ratio < 1): **{vanishing}**",
