@@ -22,10 +22,10 @@ compares the two arms by paired differences over seeds.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import pathlib
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -43,8 +43,16 @@ from lrpet_jax import steps
 from lrpet_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
-import cifar  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _cifar_config():
+  """configs/cifar.py's get_config(), loaded by path (configs/ is not a
+  package, and putting it on sys.path would shadow module names)."""
+  spec = importlib.util.spec_from_file_location("cifar_config",
+                                                ROOT / "configs" / "cifar.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 OUT = ROOT / "experiments" / "results" / "mechanisms" / "energy_transfer.json"
 # CPU scale: ResNet-20 on 10,000 training images, 4 epochs of 78 steps. The
@@ -56,7 +64,7 @@ SCALE = dict(model="resnet20", dataset="image_folder:../shared/datasets/cifar10"
 
 
 def make_config(seed, energy_transfer, overrides):
-  config = cifar.get_config()
+  config = _cifar_config()
   config.update(overrides)
   config.seed, config.energy_transfer = seed, energy_transfer
   return config

@@ -4,9 +4,9 @@ r"""Launches the paper-claims comparison and writes one JSON per run.
     python -m experiments.run --scale=ladder15 --parallel=4  # one GPU
     python -m experiments.report                           # RESULTS.md + plots
 
-Each run is ``python -m lrpet_jax.main --config=configs/experiments.py:SCALE,ARM
+Each run is ``python -m lrpet_jax.main --config=configs/claims.py:SCALE,ARM
 --config.seed=N`` in a subprocess, in ``--workroot/<scale>/<run>/<phase>``
-(``configs/experiments.py`` defines every scale and arm; any run can be
+(``configs/claims.py`` defines every scale and arm; any run can be
 started by hand with the command its JSON records). Its resolved config
 (``config.json``), summary, test accuracy per epoch, energy kept per
 projection and (LRPET) singular spectra are collected into
@@ -36,7 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _load_configs():
   spec = importlib.util.spec_from_file_location(
-      "experiment_configs", ROOT / "configs" / "experiments.py")
+      "experiment_configs", ROOT / "configs" / "claims.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -53,7 +53,7 @@ METHODS = ("lrpet", "dense", "decompose_retrain", "compact_scratch",
 
 
 def phases(method):
-  """[(phase name, arm of configs/experiments.py)] of one run."""
+  """[(phase name, arm of configs/claims.py)] of one run."""
   if method == "decompose_retrain":
     return [("dense", "decompose_dense"), ("finetune", "decompose_retrain")]
   return [("train", method)]
@@ -61,7 +61,7 @@ def phases(method):
 
 def command(workdir, scale, arm, seed, init_from=None):
   return [sys.executable, "-m", "lrpet_jax.main",
-          f"--config=configs/experiments.py:{scale},{arm}",
+          f"--config=configs/claims.py:{scale},{arm}",
           f"--workdir={workdir}", f"--config.seed={seed}",
           *([f"--config.init_from={init_from}"] if init_from else [])]
 

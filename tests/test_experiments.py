@@ -21,7 +21,7 @@ def test_decompose_retrain_splits_the_same_schedule():
   assert tune.learning_rate == pytest.approx(0.01)
   assert tune.ratio == dense.ratio == 0.54
   cmd = run.command("W", "cpu", "decompose_retrain", 3, "D/dense_final")
-  assert cmd[3:] == ["--config=configs/experiments.py:cpu,decompose_retrain",
+  assert cmd[3:] == ["--config=configs/claims.py:cpu,decompose_retrain",
                      "--workdir=W", "--config.seed=3",
                      "--config.init_from=D/dense_final"]
 
@@ -113,7 +113,7 @@ def test_report_tables_and_plots(tmp_path):
   results = tmp_path / "results" / "cpu"
   results.mkdir(parents=True)
   command = ["-m", "lrpet_jax.main",
-             "--config=configs/experiments.py:cpu,lrpet"]
+             "--config=configs/claims.py:cpu,lrpet"]
   config = run.CONFIGS.get_config("cpu,lrpet").to_dict()
 
   def record(method, seed, accuracy, energy=(), spectra=None,

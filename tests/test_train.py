@@ -273,8 +273,8 @@ def test_validation_split_selects_checkpoints(image_folder, tmp_path):
     (["--config.ratio=abc"], "config.ratio"),
     (["--config.compute_dtype=float16"], "compute_dtype"),
     # A config file's own error (here an unknown arm), in its own words.
-    ([f"--config={ROOT / 'configs' / 'experiments.py'}:cpu,bogus"],
-     "--config: ValueError: configs/experiments.py: unknown arm 'bogus'"),
+    ([f"--config={ROOT / 'configs' / 'claims.py'}:cpu,bogus"],
+     "--config: ValueError: configs/claims.py: unknown arm 'bogus'"),
 ])
 def test_bad_input_one_line_exit_2(image_folder, tmp_path, overrides, field):
   workdir = tmp_path / "w"

@@ -1,6 +1,6 @@
 r"""Every arm of the paper-claims comparison at every scale, as a config.
 
-    python -m lrpet_jax.main --config=configs/experiments.py:cpu,lrpet --workdir=DIR [--config.seed=1]
+    python -m lrpet_jax.main --config=configs/claims.py:cpu,lrpet --workdir=DIR [--config.seed=1]
 
 ``SCALE,ARM`` after the colon (big_vision style). ``experiments/run.py``
 launches these; any of them can be run by hand as above.
@@ -87,7 +87,7 @@ def arm_overrides(scale: str, arm: str) -> dict:
                 learning_rate=round(defaults.learning_rate
                                     * defaults.lr_decay ** len(before), 12))
   raise ValueError(
-      f"configs/experiments.py: unknown arm {arm!r}; one of"
+      f"configs/claims.py: unknown arm {arm!r}; one of"
       f" {', '.join([*ARMS, *PHASED])} or lrpet_ratio<r>")
 
 
@@ -95,7 +95,7 @@ def get_config(arg: str = "cpu,lrpet"):
   scale, _, arm = arg.partition(",")
   if scale not in SCALES or not arm:
     raise ValueError(
-        f"configs/experiments.py: want SCALE,ARM with SCALE one of"
+        f"configs/claims.py: want SCALE,ARM with SCALE one of"
         f" {', '.join(SCALES)}; got {arg!r}")
   c = cifar.get_config()
   c.update(SCALES[scale])
