@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -195,6 +196,19 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
       ns["compact"].apply(ns["compact_vars"], x, train=False),
       ns["dense"].apply(ns["dense_vars"], x, train=False), rtol=1e-4, atol=1e-4)
   assert int(ns["state"]["step"]) == 12
+  # The README's serving snippet on the artifact this run wrote: the compact
+  # model's logits from raw pixels.
+  snippet = next(b for b in blocks if "model.jax_export" in b)
+  pixels = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3))
+  served = {"images": pixels}
+  exec(textwrap.dedent(snippet).replace("OUT/", f"{straight}/"), served)  # pylint: disable=exec-used
+  config = json.loads((straight / "config.json").read_text())
+  normalized = ((pixels / 255 - np.array(config["mean"])) / np.array(
+      config["std"])).astype(np.float32)
+  np.testing.assert_allclose(
+      served["logits"], ns["compact"].apply(ns["compact_vars"], normalized,
+                                            train=False),
+      rtol=1e-4, atol=1e-4)
 
   a, b = final_state(straight), final_state(killed)
   import jax  # pylint: disable=g-import-not-at-top
