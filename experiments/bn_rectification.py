@@ -89,6 +89,12 @@ def conv_inputs(model, variables, x):
   return found
 
 
+def _at(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
 def bn_output_errors(variables, projected, inputs, pairs, eps=1e-5):
   """{layer: ‖BN(W∗x) − BN(P(W)∗x)‖ / ‖BN(W∗x)‖} over the given inputs."""
   params = variables["params"]
@@ -100,11 +106,10 @@ def bn_output_errors(variables, projected, inputs, pairs, eps=1e-5):
       continue
     conv = layers.LowRankConv(**attrs)
     bn_path = tuple(pairs[key].split("/"))
-    get = lambda tree, p: tree if not p else get(tree[p[0]], p[1:])
-    gamma, beta = get(params, bn_path)["scale"], get(params, bn_path)["bias"]
-    mean, var = get(stats, bn_path)["mean"], get(stats, bn_path)["var"]
+    gamma, beta = _at(params, bn_path)["scale"], _at(params, bn_path)["bias"]
+    mean, var = _at(stats, bn_path)["mean"], _at(stats, bn_path)["var"]
     norm = lambda y: (y - mean) / jnp.sqrt(var + eps) * gamma + beta
-    w, pw = get(params, path)["kernel"], get(projected, path)["kernel"]
+    w, pw = _at(params, path)["kernel"], _at(projected, path)["kernel"]
     y = norm(conv.apply({"params": {"kernel": w}}, x))
     yp = norm(conv.apply({"params": {"kernel": pw}}, x))
     errors["/".join(path)] = float(jnp.linalg.norm(y - yp)

@@ -42,6 +42,16 @@ def saved_projected_dense(name, path):
   return dense, variables
 
 
+def restored(name, dense_params, ranks_json, checkpoint):
+  """(model, variables) of an exported model, rebuilt from its ranks file."""
+  ranks = ranks_lib.ranks_from_dict(dense_params,
+                                    json.loads(ranks_json.read_text()))
+  model = models.create(name, ranks=ranks)
+  abstract = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  return model, ocp.StandardCheckpointer().restore(checkpoint, abstract)
+
+
 def test_export_command(tmp_path):
   dense, variables = saved_projected_dense("resnet20", tmp_path / "dense")
   x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
@@ -61,12 +71,8 @@ def test_export_command(tmp_path):
   assert 0.4 < report["macs_reduction"] < 0.6
 
   # Restore as the module docstring documents; logits match the dense model.
-  restored_ranks = ranks_lib.ranks_from_dict(
-      variables["params"], json.loads((out / "ranks.json").read_text()))
-  compact = models.create("resnet20", ranks=restored_ranks)
-  abstract = jax.eval_shape(lambda: compact.init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-  compact_vars = ocp.StandardCheckpointer().restore(out / "compact", abstract)
+  compact, compact_vars = restored("resnet20", variables["params"],
+                                   out / "ranks.json", out / "compact")
   assert rel_err(compact.apply(compact_vars, x, train=False),
                  dense.apply(variables, x, train=False)) <= 1e-4
 
@@ -170,12 +176,8 @@ def test_tuned_export_is_exact_and_served(tmp_path):
   assert tuning["batch"] == 2 and len(tuning["layers"]) == 7
   assert "whole model, batch 2" in (out / "tuning_report.txt").read_text()
   # The tuned checkpoint restores with tuned_ranks.json and is exact.
-  tuned_ranks = ranks_lib.ranks_from_dict(
-      variables["params"], json.loads((out / "tuned_ranks.json").read_text()))
-  model = models.create("resnet8", ranks=tuned_ranks)
-  abstract = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-  tuned_vars = ocp.StandardCheckpointer().restore(out / "tuned", abstract)
+  model, tuned_vars = restored("resnet8", variables["params"],
+                               out / "tuned_ranks.json", out / "tuned")
   x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
   want = dense.apply(variables, x, train=False)
   assert rel_err(model.apply(tuned_vars, x, train=False), want) <= 1e-4
