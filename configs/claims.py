@@ -7,6 +7,7 @@ launches these; any of them can be run by hand as above.
 
 Scales (all ResNet-20 on the shared CIFAR-10 copy, ratio 0.54):
   cpu       10,000 training / 5,000 test images, 6 epochs (2-core CPU)
+  cpu12     the same at 12 epochs: with ``cpu``, the budget ladder's CPU rung
   gpu       all images, 12 epochs
   ladder15  all images, 15 epochs  } the budget ladder for one GPU: does the
   ladder40  all images, 40 epochs  } LRPET–dense gap narrow with training?
@@ -38,6 +39,9 @@ SCALES = {
     "cpu": dict(model="resnet20", dataset=_DATA, train_subset=10000,
                 test_subset=5000, num_epochs=6, lr_boundaries_epochs=(3, 4.5),
                 ratio=0.54, bn_recompute_batches=20, log_every_steps=26),
+    "cpu12": dict(model="resnet20", dataset=_DATA, train_subset=10000,
+                  test_subset=5000, num_epochs=12, lr_boundaries_epochs=(6, 9),
+                  ratio=0.54, bn_recompute_batches=20, log_every_steps=26),
     "gpu": dict(model="resnet20", dataset=_DATA, num_epochs=12,
                 lr_boundaries_epochs=(6, 9), ratio=0.54,
                 bn_recompute_batches=100, log_every_steps=100),

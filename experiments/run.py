@@ -45,6 +45,7 @@ def _load_configs():
 CONFIGS = _load_configs()
 # The seeds and the sweep each scale runs by default.
 PLAN = {"cpu": dict(seeds=(0, 1), sweep=(0.3, 0.7, 0.8)),
+        "cpu12": dict(seeds=(0, 1, 2), sweep=()),
         "gpu": dict(seeds=(0,), sweep=(0.3, 0.7, 0.8)),
         "ladder15": dict(seeds=(0,), sweep=()),
         "ladder40": dict(seeds=(0,), sweep=())}
