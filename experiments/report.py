@@ -284,6 +284,110 @@ def competitive_verdict(data):
       f" claim about {PAPER['epochs']}-epoch training")
 
 
+# The budget ladder: how a gap between two methods changes with the epochs.
+LADDER_GAPS = (("dense", "lrpet"), ("decompose_retrain", "lrpet"))
+
+
+def _epochs(records):
+  """A scale's training budget: the epochs of its single-phase runs."""
+  return next(config_of(r)["num_epochs"] for r in records
+              if len(r["configs"]) == 1)
+
+
+def ladders(data):
+  """[(setting, [(epochs, scale, groups), ...])]: the faithful-default scales
+  that differ only in their number of epochs (same model, data, subsets and
+  ratio), shortest first; only settings with at least two budgets."""
+  settings = collections.defaultdict(list)
+  for _, scale, project_dense, records in sections(data):
+    if project_dense or not any(len(r["configs"]) == 1 for r in records):
+      continue
+    c = config_of(next(r for r in records if len(r["configs"]) == 1))
+    key = (c["model"], c["dataset"], c["train_subset"], c["test_subset"],
+           c["ratio"])
+    settings[key].append((_epochs(records), scale, by_method(records)))
+  return [(key, sorted(rungs, key=lambda r: r[0]))
+          for key, rungs in settings.items() if len(rungs) > 1]
+
+
+def _gaps(groups, reference, method):
+  """{seed: reference − method top-1, in points}, over the shared seeds."""
+  a = {r["seed"]: final_accuracy(r) for r in groups.get(reference, [])}
+  b = {r["seed"]: final_accuracy(r) for r in groups.get(method, [])}
+  return {s: 100 * (a[s] - b[s]) for s in sorted(set(a) & set(b))}
+
+
+def gap_change(rungs, reference, method):
+  """(per-seed change of the gap from the shortest to the longest budget,
+  verdict): "narrows" if it shrank for every seed, "widens" if it grew for
+  every seed, else "not decided" (also with a single seed)."""
+  first = _gaps(rungs[0][2], reference, method)
+  last = _gaps(rungs[-1][2], reference, method)
+  change = {s: last[s] - first[s] for s in sorted(set(first) & set(last))}
+  if len(change) < 2:
+    verdict = "not decided (fewer than 2 seeds at both budgets)"
+  elif all(d < 0 for d in change.values()):
+    verdict = "narrows"
+  elif all(d > 0 for d in change.values()):
+    verdict = "widens"
+  else:
+    verdict = "not decided"
+  return change, verdict
+
+
+def ladder_verdict(data):
+  """(question, verdict) for the LRPET–dense gap over the longest ladder."""
+  question = "The LRPET–dense gap as training gets longer (budget ladder)"
+  found = [(key, rungs) for key, rungs in ladders(data)
+           if _gaps(rungs[0][2], "dense", "lrpet")
+           and _gaps(rungs[-1][2], "dense", "lrpet")]
+  if not found:
+    return question, ("not tested (needs dense and LRPET runs at two budgets"
+                      " of one setting)")
+  parts = []
+  for _, rungs in found:
+    change, verdict = gap_change(rungs, "dense", "lrpet")
+    budgets = " → ".join(f"{e} ({s})" for e, s, _ in rungs)
+    parts.append(
+        f"{verdict} from {budgets} epochs: dense − LRPET per seed"
+        f" {', '.join(f'{g:+.2f}' for g in _gaps(rungs[0][2], 'dense', 'lrpet').values())}"
+        f" → {', '.join(f'{g:+.2f}' for g in _gaps(rungs[-1][2], 'dense', 'lrpet').values())}"
+        f" pp (change {', '.join(f'{d:+.2f}' for d in change.values())})")
+  return question, "; ".join(parts)
+
+
+def ladder_lines(data):
+  """The budget-ladder section: each gap at each budget, paired by seed."""
+  lines = []
+  for (model, dataset, train, test, ratio), rungs in ladders(data):
+    lines += [f"### {model}, {train or 'all'} training / {test or 'all'} test"
+              f" images, ratio {ratio}", "",
+              "Each seed draws the same data subsets, initialization and"
+              " batch order at every budget, so gaps are paired by seed"
+              " across budgets too.", ""]
+    for reference, method in LADDER_GAPS:
+      if not all(_gaps(g, reference, method) for _, _, g in rungs):
+        continue
+      lines += [f"| epochs (scale) | seeds | {LABELS[reference]} top-1 % |"
+                f" {LABELS[method]} top-1 % | gap per seed (pp) | mean gap |",
+                "|---|---|---|---|---|---|"]
+      for epochs, scale, groups in rungs:
+        gaps = _gaps(groups, reference, method)
+        acc = {m: mean_std([final_accuracy(r) for r in groups[m]
+                            if r["seed"] in gaps]) for m in (reference, method)}
+        lines.append(
+            f"| {epochs} (`{scale}`) | {', '.join(map(str, gaps))} |"
+            f" {acc[reference]} | {acc[method]} |"
+            f" {', '.join(f'{g:+.2f}' for g in gaps.values())} |"
+            f" {statistics.mean(gaps.values()):+.2f} |")
+      change, verdict = gap_change(rungs, reference, method)
+      lines += ["", f"Gap = {LABELS[reference]} minus {LABELS[method]}. From"
+                f" {rungs[0][0]} to {rungs[-1][0]} epochs it changed by"
+                f" {', '.join(f'{d:+.2f} (seed {s})' for s, d in change.items())}"
+                f" pp: **{verdict}**.", ""]
+  return lines
+
+
 def plot_all(groups, out_dir, prefix):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -336,21 +440,22 @@ def plot_all(groups, out_dir, prefix):
     save(fig, "singular_spectra")
 
   # Energy kept by each truncation over training.
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for method, rs in sorted(groups.items()):
-    r = rs[0]
-    if r["energy_kept"]:
+  projected = [(method, rs[0]) for method, rs in sorted(groups.items())
+               if rs[0]["energy_kept"]]
+  if projected:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, r in projected:
       spe = r["steps_per_epoch"]
       ax.semilogy([p["step"] / spe for p in r["energy_kept"]],
                   [max(1 - p["mean"], 1e-9) for p in r["energy_kept"]],
                   marker="o",
-              label=LABELS.get(method, method.replace("lrpet_ratio",
-                                                       "LRPET, ratio ")))
-  ax.set(xlabel="epoch", ylabel="1 − energy kept (mean over layers)",
-         title="Energy each truncation discarded: 1 − Σ_{i≤r} s_i² / Σ s_i²")
-  ax.legend(fontsize=7)
-  ax.grid(alpha=0.3)
-  save(fig, "energy_kept")
+                  label=LABELS.get(method, method.replace("lrpet_ratio",
+                                                          "LRPET, ratio ")))
+    ax.set(xlabel="epoch", ylabel="1 − energy kept (mean over layers)",
+           title="Energy each truncation discarded: 1 − Σ_{i≤r} s_i² / Σ s_i²")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    save(fig, "energy_kept")
 
   # Accuracy vs MAC reduction.
   points = sweep_points(groups)
@@ -400,6 +505,9 @@ SCALE_NOTES = {
     "cpu": "CPU scale: runs on the 2-core development machine. Other work"
            " shared the two cores during some runs, so wall times are only"
            " indicative.",
+    "cpu12": "CPU scale at 12 epochs (the budget ladder's CPU rung): as"
+             " `cpu`, with twice the epochs and the same relative learning-"
+             "rate schedule. Two runs shared the two cores at a time.",
     "gpu": "GPU scale: one accelerator, the whole CIFAR-10 copy. The runs"
            " below were made on one NVIDIA H200 at commit af4846b with jax"
            " 0.11.2, **all four at once on the one GPU** (each with"
@@ -422,8 +530,17 @@ def render(results_dir, out_dir):
             "Each of the paper's findings, at the level where this project"
             " could test it (details in the sections below).", ""]
   lines += [f"- **{finding}**: {verdict}." for finding, verdict in
-            [competitive_verdict(data), *verdicts]]
+            [competitive_verdict(data), *verdicts, ladder_verdict(data)]]
   lines += [""] + mechanism_lines
+  ladder = ladder_lines(data)
+  if ladder:
+    lines += ["## Budget ladder: do the gaps change with the epochs?", "",
+              "The same arms of `configs/claims.py` at two or more budgets"
+              " (scales that differ only in `num_epochs`). A gap that shrinks"
+              " with every seed as training gets longer is the trend that"
+              " would let LRPET catch up over the paper's"
+              f" {PAPER['epochs']} epochs; these budgets cannot show that it"
+              " does.", ""] + ladder
   if not data:
     lines.append("No results yet: run `python -m experiments.run --scale=cpu`.")
   for name, scale, project_dense, records in sections(data):

@@ -237,3 +237,41 @@ def test_mechanism_verdicts_from_paired_differences(tmp_path):
   assert (tmp_path / "plots" / "mechanism_energy_transfer.png").is_file()
   # The scale sections of the report skip the mechanisms folder.
   assert report.load(tmp_path) == {}
+
+
+def test_budget_ladder_pairs_gaps_by_seed_across_budgets(tmp_path):
+  def record(scale, method, seed, accuracy):
+    final = {"final_accuracy": accuracy, "dense_accuracy": accuracy,
+             "dense_macs": 40e6, "final_macs": 20e6, "dense_params": 270e3,
+             "final_params": 130e3, "device": "1x cpu", "wall_time_s": 1.0}
+    config = run.CONFIGS.get_config(f"{scale},{method}").to_dict()
+    (tmp_path / scale).mkdir(exist_ok=True)
+    (tmp_path / scale / f"{method}_seed{seed}.json").write_text(json.dumps({
+        "run": f"{method}_seed{seed}", "seed": seed, "project_dense": False,
+        "commands": [["-m", "lrpet_jax.main"]], "configs": [config],
+        "phases": [final], "final": final, "wall_time_s": 1.0,
+        "steps_per_epoch": 10, "commits": ["abc"], "spectra": None,
+        "test_curve": [{"step": 10, "test_top1": accuracy}],
+        "energy_kept": []}))
+
+  # dense − LRPET: 6 epochs 5 and 3 points, 12 epochs 2 and 4 points.
+  for scale, dense, lrpet in (("cpu", (0.50, 0.53), (0.45, 0.50)),
+                              ("cpu12", (0.60, 0.64), (0.58, 0.60))):
+    for seed in (0, 1):
+      record(scale, "dense", seed, dense[seed])
+      record(scale, "lrpet", seed, lrpet[seed])
+  (setting, rungs), = report.ladders(report.load(tmp_path))
+  assert setting[:1] + setting[2:] == ("resnet20", 10000, 5000, 0.54)
+  assert [(e, s) for e, s, _ in rungs] == [(6, "cpu"), (12, "cpu12")]
+  change, verdict = report.gap_change(rungs, "dense", "lrpet")
+  assert change == pytest.approx({0: -3.0, 1: 1.0}) and verdict == "not decided"
+  text = "\n".join(report.ladder_lines(report.load(tmp_path)))
+  assert "| 6 (`cpu`) | 0, 1 | 51.50 ± 2.12 | 47.50 ± 3.54 | +5.00, +3.00 | +4.00 |" in text
+  assert "changed by -3.00 (seed 0), +1.00 (seed 1) pp: **not decided**" in text
+  record("cpu12", "lrpet", 1, 0.62)  # the gap at 12 epochs: 2 points
+  change, verdict = report.gap_change(
+      report.ladders(report.load(tmp_path))[0][1], "dense", "lrpet")
+  assert change == pytest.approx({0: -3.0, 1: -1.0}) and verdict == "narrows"
+  question, answer = report.ladder_verdict(report.load(tmp_path))
+  assert answer.startswith("narrows from 6 (cpu) → 12 (cpu12) epochs: dense −"
+                           " LRPET per seed +5.00, +3.00 → +2.00, +2.00 pp")
