@@ -102,8 +102,9 @@ def refinish_lines(records):
   return [f"- The end of training (final projection, BN recomputation, export,"
           f" evaluation) of {len(redone)} run(s) was redone with"
           " `experiments.run --refinish` (an option since removed) from"
-          " their final checkpoints after precise BN switched to augmented batches; their training is"
-          " unchanged and their wall times are the original ones:"
+          " their final checkpoints after precise BN switched to augmented"
+          " batches; their training is unchanged and their wall times are"
+          " the original ones:"
           f" {', '.join(sorted(redone))}."]
 
 
