@@ -1,0 +1,102 @@
+"""The measurements of experiments/bn_rectification.py and energy_transfer.py,
+against float64 NumPy references and the geometry of a truncated SVD."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import bn_rectification
+from experiments import energy_transfer
+from lrpet_jax import data as data_lib
+from lrpet_jax import models
+
+
+def _truncate(kernel, rank):
+  """Rank-``rank`` truncated SVD of a (kh, kw, c_in, c_out) kernel, float64."""
+  w = np.asarray(kernel, np.float64)
+  u, s, vt = np.linalg.svd(w.reshape(-1, w.shape[-1]), full_matrices=False)
+  return ((u[:, :rank] * s[:rank]) @ vt[:rank]).reshape(w.shape)
+
+
+def test_bn_output_error_matches_a_direct_reference():
+  model = models.create("resnet8")
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  rng = np.random.default_rng(0)
+  # Non-trivial BatchNorms: random γ, β and running statistics.
+  randomize = lambda path, v: (
+      rng.uniform(0.5, 2.0, v.shape) if path[-1].key in ("scale", "var")
+      else rng.normal(0, 0.3, v.shape) if path[-1].key in ("bias", "mean")
+      else v)
+  variables = {
+      "params": jax.tree_util.tree_map_with_path(randomize,
+                                                 variables["params"]),
+      "batch_stats": jax.tree_util.tree_map_with_path(
+          randomize, variables["batch_stats"])}
+  pairs = models.bn_pairs(variables["params"])
+  inputs = bn_rectification.conv_inputs(model, variables, x)
+  np.testing.assert_array_equal(inputs[("conv",)][0], x)  # the stem sees x
+  params = variables["params"]
+  projected = jax.tree.map(lambda v: v, params)
+  projected["stage1_block0"]["conv2"]["kernel"] = jnp.asarray(
+      _truncate(params["stage1_block0"]["conv2"]["kernel"], 5), jnp.float32)
+
+  errors = bn_rectification.bn_output_errors(variables, projected, inputs,
+                                             pairs)
+  assert set(errors) == {k.rsplit("/", 1)[0] for k in pairs}
+  for name, error in errors.items():
+    if name != "stage1_block0/conv2":
+      assert error == 0.0, name
+  # Reference: the 3×3 convolution (stride 1, zero padding 1) and BatchNorm
+  # with its running statistics, in float64.
+  xin = np.asarray(inputs[("stage1_block0", "conv2")][0], np.float64)
+  bn_vars = {k: np.asarray(v, np.float64) for k, v in {
+      **params["stage1_block0"]["bn2"],
+      **variables["batch_stats"]["stage1_block0"]["bn2"]}.items()}
+
+  def bn_of_conv(kernel):
+    k = np.asarray(kernel, np.float64)
+    padded = np.pad(xin, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = sum(np.einsum("bhwc,cd->bhwd", padded[:, i:i + 32, j:j + 32], k[i, j])
+            for i in range(3) for j in range(3))
+    return ((y - bn_vars["mean"]) / np.sqrt(bn_vars["var"] + 1e-5)
+            * bn_vars["scale"] + bn_vars["bias"])
+
+  y = bn_of_conv(params["stage1_block0"]["conv2"]["kernel"])
+  yp = bn_of_conv(projected["stage1_block0"]["conv2"]["kernel"])
+  want = np.linalg.norm(y - yp) / np.linalg.norm(y)
+  assert 0.05 < want and errors["stage1_block0/conv2"] == pytest.approx(
+      want, rel=1e-4)
+
+
+def test_energy_transfer_measurements_follow_the_svd_geometry():
+  rng = np.random.default_rng(0)
+  images = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+  labels = lambda n: rng.integers(0, 10, n).astype(np.int32)
+  d = data_lib.InMemoryData(images(32), labels(32), images(8), labels(8), 10)
+  runs = {}
+  for et in (True, False):
+    # Without BN rectification a projection is a plain truncated SVD (scaled
+    # by sqrt(α) with energy transfer): its norms are known in closed form.
+    config = energy_transfer.make_config(0, et, dict(
+        model="resnet8", batch_size=8, num_epochs=2, bn_rectification=False))
+    runs[et] = energy_transfer.one_run(config, d, 2, (d.train_images[:8],
+                                                      d.train_labels[:8]))
+  for run in runs.values():
+    # 4 steps an epoch, one projection at each epoch's end; the last one has
+    # no steps after it to compare.
+    assert [p["step"] for p in run["projections"]] == [4, 8]
+    assert run["projections"][1]["grad_ratio"] is None
+    norms = np.asarray(run["grad_norms"])
+    assert norms.shape == (8, len(run["layers"])) and (norms > 0).all()
+    np.testing.assert_allclose(  # steps 3-4 before, 5-6 after
+        run["projections"][0]["grad_ratio"],
+        norms[4:6].mean(0) / norms[2:4].mean(0), rtol=1e-6)
+  for p in runs[True]["projections"]:  # ‖P(W′)‖ = ‖W′‖
+    np.testing.assert_allclose(p["removed_norm"], 0.0, atol=1e-5)
+  for p in runs[False]["projections"]:  # orthogonal: ‖P(W′)‖² + ‖W′−P(W′)‖² = ‖W′‖²
+    kept = 1 - np.asarray(p["removed_norm"])
+    np.testing.assert_allclose(kept ** 2 + np.asarray(p["change"]) ** 2, 1.0,
+                               atol=1e-4)
+  assert min(runs[False]["projections"][0]["removed_norm"]) > 0.01
