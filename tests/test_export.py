@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import lrpet_jax
+from lrpet_jax import deploy
 from lrpet_jax import models
 from lrpet_jax import ranks as ranks_lib
 from reference import rel_err
@@ -165,10 +166,9 @@ def test_export_bad_input(tmp_path):
 
 
 def test_tuned_export_is_exact_and_served(tmp_path):
-  from lrpet_jax import export as export_lib  # pylint: disable=g-import-not-at-top
   dense, variables = saved_projected_dense("resnet8", tmp_path / "dense")
   out = tmp_path / "out"
-  report = export_lib.export(str(tmp_path / "dense"), str(out), "resnet8",
+  report = deploy.export(str(tmp_path / "dense"), str(out), "resnet8",
                              ratio=0.54, tune_for=jax.default_backend(),
                              batch=2)
   tuning = json.loads((out / "tuning_report.json").read_text())
@@ -191,7 +191,7 @@ def test_tuned_export_is_exact_and_served(tmp_path):
   pixels = np.asarray((x * std + mean) * 255, np.float32)
   assert rel_err(served.call(pixels), want) <= 1e-4
   # Tuned and served in bfloat16: the same function to bfloat16 precision.
-  export_lib.export(str(tmp_path / "dense"), str(tmp_path / "bf16"), "resnet8",
+  deploy.export(str(tmp_path / "dense"), str(tmp_path / "bf16"), "resnet8",
                     ratio=0.54, tune_for=jax.default_backend(), batch=2,
                     compute_dtype="bfloat16")
   served = jax.export.deserialize(
