@@ -313,16 +313,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   start = time.time()
   check_config(config)
-  if pathlib.Path(workdir).exists() and not pathlib.Path(workdir).is_dir():
+  # Absolute: Orbax refuses relative checkpoint paths.
+  workdir = pathlib.Path(workdir).absolute()
+  if workdir.exists() and not workdir.is_dir():
     raise ConfigError(f"workdir: {workdir} exists and is not a directory")
-  done = finished_summary(config, pathlib.Path(workdir))
+  done = finished_summary(config, workdir)
   if done is not None:
     logging.info("%s: finished already (summary.json); nothing to do",
                  workdir)
     print(json.dumps(done, indent=1), flush=True)
-    log_workdir(pathlib.Path(workdir))
+    log_workdir(workdir)
     return done
-  check_same_run(config, pathlib.Path(workdir))
+  check_same_run(config, workdir)
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   replicated = NamedSharding(mesh, P())
@@ -334,7 +336,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if source.num_classes != config.num_classes:
     raise ConfigError(f"num_classes: {config.num_classes} but the data set has"
                       f" {source.num_classes}")
-  workdir = pathlib.Path(workdir)
   input_shape = tuple(source.input_shape)
   method = config.get("method", "lrpet")
   dtype = COMPUTE_DTYPES[config.get("compute_dtype", "float32")]

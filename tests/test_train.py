@@ -355,8 +355,10 @@ def test_sigterm_saves_and_nan_keeps_last_good_checkpoint(image_folder,
                                                           tmp_path):
   workdir = tmp_path / "w"
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  # A relative --workdir (Orbax itself wants absolute paths).
   proc = subprocess.Popen(
-      command(image_folder, workdir, "--config.num_steps=4000"), cwd=ROOT,
+      command(image_folder, os.path.relpath(workdir, ROOT),
+              "--config.num_steps=4000"), cwd=ROOT,
       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
   while not (workdir / "checkpoints" / "4").exists():
