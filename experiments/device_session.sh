@@ -23,7 +23,8 @@
 # machine is warm: calling again resumes unfinished runs and skips done ones.
 #
 # Overrides (a CPU rehearsal uses them): DEVICE_SECONDS (whole budget, 560),
-# LADDER ("scale:only:parallel ..."), BENCH_ARGS.
+# LADDER ("scale:only|all:parallel[:seeds] ...", each rung an
+# experiments.run call), BENCH_ARGS. Each rung gets the time left but 70 s.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -51,13 +52,14 @@ drain() {
 note "device: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo none)"
 note "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
 for rung in $ladder; do
-  IFS=: read -r scale only parallel <<<"$rung"
+  IFS=: read -r scale only parallel seeds <<<"$rung"
   # Keep 40 s for draining, packing and the benchmark's minimum.
   t=$(($(left) - 70))
   if ((t < 30)); then note "$scale: skipped, ${t}s left"; continue; fi
   args=(--scale="$scale" --parallel="$parallel" --workroot=runs/experiments
         --results=runs/results)
   [ "$only" = all ] || args+=(--only="$only")
+  [ -z "$seeds" ] || args+=(--seeds="$seeds")
   note "$scale: python -m experiments.run ${args[*]} (timeout ${t}s)"
   timeout -s TERM "$t" python3 -m experiments.run "${args[@]}" \
     >>"runs/session_$scale.txt" 2>&1
