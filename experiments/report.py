@@ -346,11 +346,12 @@ def ladder_verdict(data):
     return question, ("not tested (needs dense and LRPET runs at two budgets"
                       " of one setting)")
   parts = []
-  for _, rungs in found:
+  for (model, _, train, _, _), rungs in found:
     change, verdict = gap_change(rungs, "dense", "lrpet")
     budgets = " → ".join(f"{e} ({s})" for e, s, _ in rungs)
     parts.append(
-        f"{verdict} from {budgets} epochs: dense − LRPET per seed"
+        f"{verdict} from {budgets} epochs ({model}, {train or 'all'}"
+        " training images): dense − LRPET per seed"
         f" {', '.join(f'{g:+.2f}' for g in _gaps(rungs[0][2], 'dense', 'lrpet').values())}"
         f" → {', '.join(f'{g:+.2f}' for g in _gaps(rungs[-1][2], 'dense', 'lrpet').values())}"
         f" pp (change {', '.join(f'{d:+.2f}' for d in change.values())})")

@@ -273,5 +273,6 @@ def test_budget_ladder_pairs_gaps_by_seed_across_budgets(tmp_path):
       report.ladders(report.load(tmp_path))[0][1], "dense", "lrpet")
   assert change == pytest.approx({0: -3.0, 1: -1.0}) and verdict == "narrows"
   question, answer = report.ladder_verdict(report.load(tmp_path))
-  assert answer.startswith("narrows from 6 (cpu) → 12 (cpu12) epochs: dense −"
-                           " LRPET per seed +5.00, +3.00 → +2.00, +2.00 pp")
+  assert answer.startswith(
+      "narrows from 6 (cpu) → 12 (cpu12) epochs (resnet20, 10000 training"
+      " images): dense − LRPET per seed +5.00, +3.00 → +2.00, +2.00 pp")
