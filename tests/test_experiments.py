@@ -156,9 +156,9 @@ def test_report_tables_and_plots(tmp_path):
   assert ("+10.00 (seed 0), +19.00 (seed 1); mean +14.50, the same sign in all"
           " 2 seeds") in text
   assert "| 0.8 | 80.0% | 81.5% | 30.00 | 30.00 (1) |" in text
-  assert ("- **LRPET is competitive with re-training methods**: supported at"
-          " these budgets (LRPET − decompose-and-retrain, top-1 per seed: cpu,"
-          " 6 epochs: +10.00, +19.00 pp;") in text
+  assert ("- **LRPET is competitive with re-training methods**: supported"
+          " (LRPET − decompose-and-retrain, top-1 per seed: cpu (6 epochs):"
+          " +10.00, +19.00 pp;") in text
   assert "| 0.54 | 50.0% | 51.9% | 50.00 | 55.00 ± 7.07 (2) |" in text
   for name in ("accuracy_vs_epoch", "energy_kept", "accuracy_vs_macs",
                "singular_spectra"):
@@ -244,11 +244,12 @@ def test_budget_ladder_pairs_gaps_by_seed_across_budgets(tmp_path):
     final = {"final_accuracy": accuracy, "dense_accuracy": accuracy,
              "dense_macs": 40e6, "final_macs": 20e6, "dense_params": 270e3,
              "final_params": 130e3, "device": "1x cpu", "wall_time_s": 1.0}
-    config = run.CONFIGS.get_config(f"{scale},{method}").to_dict()
+    configs = [run.CONFIGS.get_config(f"{scale},{arm}").to_dict()
+               for _, arm in run.phases(method)]
     (tmp_path / scale).mkdir(exist_ok=True)
     (tmp_path / scale / f"{method}_seed{seed}.json").write_text(json.dumps({
         "run": f"{method}_seed{seed}", "seed": seed, "project_dense": False,
-        "commands": [["-m", "lrpet_jax.main"]], "configs": [config],
+        "commands": [["-m", "lrpet_jax.main"]], "configs": configs,
         "phases": [final], "final": final, "wall_time_s": 1.0,
         "steps_per_epoch": 10, "commits": ["abc"], "spectra": None,
         "test_curve": [{"step": 10, "test_top1": accuracy}],
@@ -273,6 +274,17 @@ def test_budget_ladder_pairs_gaps_by_seed_across_budgets(tmp_path):
       report.ladders(report.load(tmp_path))[0][1], "dense", "lrpet")
   assert change == pytest.approx({0: -3.0, 1: -1.0}) and verdict == "narrows"
   question, answer = report.ladder_verdict(report.load(tmp_path))
+  assert answer == (
+      "dense − LRPET narrows from 6 (cpu) → 12 (cpu12) epochs (resnet20, 10000"
+      " training images): per seed +5.00, +3.00 → +2.00, +2.00 pp (change"
+      " -3.00, -1.00)")
+  # LRPET − decompose-and-retrain: within a point at 6 epochs, 2 and 3 points
+  # behind at 12: the scales disagree, and each is named.
+  for scale, accuracies in (("cpu", (0.445, 0.502)), ("cpu12", (0.60, 0.65))):
+    for seed in (0, 1):
+      record(scale, "decompose_retrain", seed, accuracies[seed])
+  _, answer = report.competitive_verdict(report.load(tmp_path))
   assert answer.startswith(
-      "narrows from 6 (cpu) → 12 (cpu12) epochs (resnet20, 10000 training"
-      " images): dense − LRPET per seed +5.00, +3.00 → +2.00, +2.00 pp")
+      "mixed: supported at cpu (6 epochs); contradicted at cpu12 (12 epochs)"
+      " (LRPET − decompose-and-retrain, top-1 per seed: cpu (6 epochs): +0.50,"
+      " -0.20 pp; cpu12 (12 epochs): -2.00, -3.00 pp;")
