@@ -342,21 +342,24 @@ def gap_change(rungs, reference, method):
 
 
 def ladder_verdict(data):
-  """(question, verdict) for the LRPET–dense gap over the longest ladder."""
+  """(question, verdict) for each LADDER_GAPS gap, from the shortest to the
+  longest budget of every ladder."""
   question = ("LRPET's gaps to dense training and to decompose-and-retrain"
               " as training gets longer (budget ladder)")
+  short = {"dense": "dense", "decompose_retrain": "decompose-and-retrain",
+           "lrpet": "LRPET"}
   parts = []
   for (model, _, train, _, _), rungs in ladders(data):
-    for reference, short in (("dense", "dense"),
-                             ("decompose_retrain", "decompose-and-retrain")):
-      first = _gaps(rungs[0][2], reference, "lrpet")
-      last = _gaps(rungs[-1][2], reference, "lrpet")
+    for reference, method in LADDER_GAPS:
+      first = _gaps(rungs[0][2], reference, method)
+      last = _gaps(rungs[-1][2], reference, method)
       if not first or not last:
         continue
-      change, verdict = gap_change(rungs, reference, "lrpet")
+      change, verdict = gap_change(rungs, reference, method)
       budgets = " → ".join(f"{e} ({s})" for e, s, _ in rungs)
       parts.append(
-          f"{short} − LRPET {verdict} from {budgets} epochs ({model},"
+          f"{short[reference]} − {short[method]} {verdict} from {budgets}"
+          f" epochs ({model},"
           f" {train or 'all'} training images): per seed"
           f" {', '.join(f'{g:+.2f}' for g in first.values())} →"
           f" {', '.join(f'{g:+.2f}' for g in last.values())} pp (change"
