@@ -53,7 +53,7 @@ note "device: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2
 note "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
 for rung in $ladder; do
   IFS=: read -r scale only parallel seeds <<<"$rung"
-  # Keep 40 s for draining, packing and the benchmark's minimum.
+  # Keep 70 s: up to 40 to drain the stopped runs, the rest to pack.
   t=$(($(left) - 70))
   if ((t < 30)); then note "$scale: skipped, ${t}s left"; continue; fi
   args=(--scale="$scale" --parallel="$parallel" --workroot=runs/experiments
