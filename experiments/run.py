@@ -9,7 +9,8 @@ Each run is ``python -m lrpet_jax.main --config=configs/claims.py:SCALE,ARM
 (``configs/claims.py`` defines every scale and arm; any run can be
 started by hand with the command its JSON records). Its resolved config
 (``config.json``), summary, test accuracy per epoch, energy kept per
-projection and (LRPET) singular spectra are collected into
+projection and (LRPET) singular spectra at the first and last projection are
+collected into
 ``experiments/results/<scale>/<run>.json``. Finished runs are skipped, so
 rerunning the command resumes the sweep, and an interrupted training run
 resumes from its last checkpoint.
@@ -95,6 +96,17 @@ def _commit(workdir):
   return path.read_text() if path.exists() else None
 
 
+def first_and_last(spectra):
+  """A run's spectra.json cut to its first and last projection: what the
+  report plots. The workdir keeps every projection; a whole 40-epoch record
+  would take megabytes of the repository (and of what travels to a device)."""
+  ends = lambda v: [v[0], v[-1]] if len(v) > 1 else list(v)
+  return {"steps": ends(spectra["steps"]),
+          "layers": {name: {**layer, "before": ends(layer["before"]),
+                            "after": ends(layer["after"])}
+                     for name, layer in spectra["layers"].items()}}
+
+
 def collect(name, scale, seed, phase_dirs, commands):
   """The result record of a finished run, from its workdirs."""
   summaries = [json.loads((d / "summary.json").read_text())
@@ -135,7 +147,9 @@ def collect(name, scale, seed, phase_dirs, commands):
       # Evaluations happen once per epoch: the first one's step is an epoch.
       "steps_per_epoch": curve[0]["step"] if curve else None,
       "test_curve": curve, "energy_kept": energy,
-      "spectra": json.loads(spectra.read_text()) if spectra.exists() else None,
+      # First and last projection only (first_and_last).
+      "spectra": (first_and_last(json.loads(spectra.read_text()))
+                  if spectra.exists() else None),
   }
 
 

@@ -94,6 +94,11 @@ def test_run_collects_finished_workdirs_without_training(tmp_path):
            method="dense")
   _workdir(root / "cpu" / "decompose_retrain_seed0" / "finetune", 20, 0.3,
            method="compact")
+  # Three projections: the record keeps the first and the last.
+  (root / "cpu" / "decompose_retrain_seed0" / "finetune" / "spectra.json"
+   ).write_text(json.dumps({"steps": [10, 20, 30], "layers": {"c/kernel": {
+       "rank": 1, "before": [[3.0, 1.0], [2.0, 1.0], [1.5, 0.5]],
+       "after": [[3.0, 0.0], [2.0, 0.0], [1.5, 0.0]]}}}))
   run.run_one("cpu", "decompose_retrain", 0, root, tmp_path / "results")
   record = json.loads(
       (tmp_path / "results" / "cpu" / "decompose_retrain_seed0.json")
@@ -107,6 +112,9 @@ def test_run_collects_finished_workdirs_without_training(tmp_path):
   assert record["wall_time_s"] == 10.0 and record["steps_per_epoch"] == 10
   assert "--config.init_from=" in " ".join(record["commands"][1])
   assert [c["method"] for c in record["configs"]] == ["dense", "compact"]
+  assert record["spectra"] == {"steps": [10, 30], "layers": {"c/kernel": {
+      "rank": 1, "before": [[3.0, 1.0], [1.5, 0.5]],
+      "after": [[3.0, 0.0], [1.5, 0.0]]}}}
 
 
 def test_report_tables_and_plots(tmp_path):
