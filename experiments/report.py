@@ -215,15 +215,11 @@ def comparisons(groups):
 
   def compare(a, b, claim):
     """Paired by seed: each seed gives every method the same data and init seed."""
-    if a not in groups or b not in groups:
+    gaps = _gaps(groups, a, b)
+    if not gaps:
       return
-    by_seed = {m: {r["seed"]: final_accuracy(r) for r in groups[m]}
-               for m in (a, b)}
-    seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
-    if not seeds:
-      return
-    diffs = [100 * (by_seed[a][s] - by_seed[b][s]) for s in seeds]
-    per_seed = ", ".join(f"{d:+.2f} (seed {s})" for s, d in zip(seeds, diffs))
+    diffs = list(gaps.values())
+    per_seed = ", ".join(f"{d:+.2f} (seed {s})" for s, d in gaps.items())
     if len(diffs) == 1:
       verdict = "one seed, so no error bar"
     elif all(d > 0 for d in diffs) or all(d < 0 for d in diffs):
@@ -294,24 +290,20 @@ def competitive_verdict(data):
 LADDER_GAPS = (("dense", "lrpet"), ("decompose_retrain", "lrpet"))
 
 
-def _epochs(records):
-  """A scale's training budget: the epochs of its single-phase runs."""
-  return next(config_of(r)["num_epochs"] for r in records
-              if len(r["configs"]) == 1)
-
-
 def ladders(data):
   """[(setting, [(epochs, scale, groups), ...])]: the faithful-default scales
   that differ only in their number of epochs (same model, data, subsets and
   ratio), shortest first; only settings with at least two budgets."""
   settings = collections.defaultdict(list)
   for _, scale, project_dense, records in sections(data):
-    if project_dense or not any(len(r["configs"]) == 1 for r in records):
+    # The budget is a single-phase run's (decompose-and-retrain splits it).
+    single = [r for r in records if len(r["configs"]) == 1]
+    if project_dense or not single:
       continue
-    c = config_of(next(r for r in records if len(r["configs"]) == 1))
+    c = config_of(single[0])
     key = (c["model"], c["dataset"], c["train_subset"], c["test_subset"],
            c["ratio"])
-    settings[key].append((_epochs(records), scale, by_method(records)))
+    settings[key].append((c["num_epochs"], scale, by_method(records)))
   return [(key, sorted(rungs, key=lambda r: r[0]))
           for key, rungs in settings.items() if len(rungs) > 1]
 
