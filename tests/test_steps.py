@@ -1,6 +1,18 @@
-"""How the loop splits the steps between two boundaries into compiled calls."""
+"""The compiled training calls: K steps per call equal K calls of one step."""
 
+import flax.linen as nn
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lrpet_jax import data as data_lib
+from lrpet_jax import inputs
+from lrpet_jax import ranks as ranks_lib
 from lrpet_jax import steps
+from lrpet_jax import transform
 
 
 def test_call_lengths_hand_computed():
@@ -13,3 +25,82 @@ def test_call_lengths_hand_computed():
   assert steps.chunk_lengths(6, 7) == [4, 2]
   assert steps.chunk_lengths(3, 1) == [1, 1, 1]
   assert steps.next_call_length(5, 8) == 4
+
+
+class Float64Net(nn.Module):
+  """Two conv → BatchNorm pairs and a head, every variable in float64."""
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    f64 = dict(dtype=jnp.float64, param_dtype=jnp.float64)
+    for i, strides in enumerate((1, 2)):
+      x = nn.Conv(8, (3, 3), strides=strides, use_bias=False, name=f"conv{i}",
+                  **f64)(x)
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                               force_float32_reductions=False, name=f"bn{i}",
+                               **f64)(x))
+    return nn.Dense(10, name="head", **f64)(x.mean((1, 2)))
+
+
+def test_k_steps_per_call_equal_single_steps_in_float64():
+  # Two epochs of 6 steps, a projection at the end of each (steps 6 and 12).
+  # Calls of up to 4 steps (one unrolled scan) against calls of one step: in
+  # float32 the two compilations round differently and the difference grows
+  # chaotically (1e-7 → 2e-4 over 12 steps of the pipeline test on one
+  # processor), so the schedule is compared in float64, where the same
+  # round-off stays below 1e-12.
+  config = ml_collections.ConfigDict(dict(
+      seed=0, batch_size=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+      bn_rectification=True))
+  rng = np.random.default_rng(0)
+  data = data_lib.InMemoryData(
+      rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8),
+      rng.integers(0, 10, 48).astype(np.int32),
+      np.zeros((1, 16, 16, 3), np.uint8), np.zeros((1,), np.int32), 10)
+  mesh = jax.make_mesh((1,), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = NamedSharding(mesh, P())
+  pairs = {"conv0/kernel": "bn0", "conv1/kernel": "bn1"}
+  model = Float64Net()
+
+  def train(lengths):
+    source = inputs.InMemoryInput.from_arrays(
+        config, data, replicated, NamedSharding(mesh, P("data")))
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
+                           train=False)
+    ranks = ranks_lib.uniform_ranks(variables["params"], 0.5)
+    tx = transform.lrpet(0.05, ranks, every=6)
+    stepper = steps.Stepper(model, tx, config, pairs, source)
+    state = jax.device_put(steps.TrainState(
+        step=jnp.zeros((), jnp.int32), params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"])), replicated)
+    window = jax.device_put(steps.empty_window(), replicated)
+    step = 0
+    for length in lengths:
+      projecting = length == "project"
+      state, window, _ = stepper(state, window, step,
+                                 1 if projecting else length, projecting)
+      step += 1 if projecting else length
+    assert step == 12
+    return jax.device_get(state), jax.device_get(window)
+
+  with jax.enable_x64(True):
+    single = train([1] * 5 + ["project"] + [1] * 5 + ["project"])
+    chunked = train([4, 1, "project", 4, 1, "project"])
+  for name in ("params", "batch_stats", "opt_state"):
+    for a, b in zip(jax.tree.leaves(getattr(single[0], name)),
+                    jax.tree.leaves(getattr(chunked[0], name))):
+      assert a.dtype == b.dtype
+      if a.dtype == np.float64:
+        scale = max(float(np.max(np.abs(a), initial=0.0)), 1e-30)
+        assert float(np.max(np.abs(a - b), initial=0.0)) <= 1e-10 * scale
+      else:  # the projection counter (int32) and energy kept (float32)
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+  assert int(single[0].step) == int(chunked[0].step) == 12
+  np.testing.assert_allclose(single[1]["loss"], chunked[1]["loss"], rtol=1e-10)
+  # Both projected: each kernel has rank 4 of 8 after step 12.
+  for i in range(2):
+    w = np.asarray(chunked[0].params[f"conv{i}"]["kernel"]).reshape(-1, 8)
+    s = np.linalg.svd(w, compute_uv=False)
+    assert s[4] <= 1e-9 * s[0] < s[3]

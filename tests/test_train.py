@@ -61,7 +61,10 @@ def final_state(workdir):
   return ocp.StandardCheckpointer().restore(path)
 
 
-FINISHED = ("--config.log_spectra=True", "--config.project_every_steps=6")
+# Projections every 6 steps, evaluations every 4, 7 steps per epoch and up to
+# 7 steps per compiled call: the calls are cut by all three boundaries.
+FINISHED = ("--config.log_spectra=True", "--config.project_every_steps=6",
+            "--config.steps_per_call=7")
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +84,6 @@ def copy_of(workdir, target):
 
 def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
                                                  tmp_path):
-  # Projections every 6 steps, evaluations every 4, 7 steps per epoch: the
-  # killed run's 4-step calls are cut by all three boundaries.
   straight, result = finished
   summary = json.loads((straight / "summary.json").read_text())
   assert summary["steps"] == 12
@@ -147,11 +148,8 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
 
   killed = tmp_path / "killed"
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  # Up to seven steps per call (one compiled scan): the same final state as
-  # one step per call.
-  killed_command = command(image_folder, killed,
-                           "--config.project_every_steps=6",
-                           "--config.steps_per_call=7")
+  # The same config as the uninterrupted run, killed once checkpoint 8 exists.
+  killed_command = command(image_folder, killed, *FINISHED)
   proc = subprocess.Popen(killed_command, cwd=ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
@@ -210,12 +208,17 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
                                             train=False),
       rtol=1e-4, atol=1e-4)
 
+  # Resume is exact: the killed-and-resumed run ends bit for bit where the
+  # uninterrupted one does (same config, so the same compiled calls; that the
+  # number of steps per call does not change results is checked in float64
+  # by tests/test_steps.py, where round-off cannot grow).
   a, b = final_state(straight), final_state(killed)
   import jax  # pylint: disable=g-import-not-at-top
-  diffs = jax.tree.leaves(jax.tree.map(
-      lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - y),
-                                initial=0.0)), a, b))
-  assert max(diffs) <= 1e-6
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  different = [jax.tree_util.keystr(path) for (path, x), y in zip(
+      jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b))
+               if not np.array_equal(x, y)]
+  assert not different, different
 
 
 def test_bfloat16_trains_and_checkpoints_float32(image_folder, tmp_path):
@@ -410,9 +413,13 @@ def test_corrupt_newest_checkpoint_falls_back(image_folder, finished,
 
 
 def test_eight_devices_match_one(image_folder, tmp_path):
-  # Data-parallel semantics (global BN statistics, mean gradient). Per-device
-  # BN statistics would already change the first loss; after a few steps of
-  # this tiny noisy problem, reduction-order noise (1e-7) grows to ~1e-3.
+  # Data-parallel semantics: BatchNorm statistics over the global batch (per
+  # device they would already change the first loss) and the update from the
+  # gradient of the global batch (the second loss). Later losses are not
+  # compared: the two compilations reduce in another order, and on one
+  # processor the relative difference grew 2e-6, 4e-5, 8e-5 ... 2e-3 over
+  # steps 2 to 8 of this tiny noisy problem (step 1: equal); step 2 gets a
+  # 50x margin.
   losses = {}
   for devices in (1, 8):
     workdir = tmp_path / f"d{devices}"
@@ -425,9 +432,9 @@ def test_eight_devices_match_one(image_folder, tmp_path):
     rows = [json.loads(l) for l in
             (workdir / "metrics.jsonl").read_text().splitlines()]
     losses[devices] = [r["train_loss"] for r in rows if "train_loss" in r]
-  assert len(losses[1]) == 8
-  np.testing.assert_allclose(losses[8][:3], losses[1][:3], rtol=1e-4)
-  np.testing.assert_allclose(losses[8], losses[1], rtol=1e-2)
+  assert len(losses[1]) == len(losses[8]) == 8
+  np.testing.assert_allclose(losses[8][0], losses[1][0], rtol=1e-5)
+  np.testing.assert_allclose(losses[8][1], losses[1][1], rtol=1e-4)
   assert losses[1][-1] < losses[1][0]  # it trains
 
 
