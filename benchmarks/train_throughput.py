@@ -30,7 +30,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # pylint: disable=g-import-not-at-top
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
@@ -38,7 +37,7 @@ import cifar  # pylint: disable=g-import-not-at-top
 
 from lrpet_jax import data as data_lib  # pylint: disable=g-import-not-at-top
 from lrpet_jax import inputs
-from lrpet_jax import models
+from lrpet_jax import methods
 from lrpet_jax import steps as steps_lib
 from lrpet_jax import train
 
@@ -46,24 +45,21 @@ from lrpet_jax import train
 class Pipeline:
   """One method and dtype: its Stepper and a fresh training state."""
 
-  def __init__(self, config, source, method, dtype, replicated):
+  def __init__(self, config, source, method_name, dtype, replicated):
     config = config.copy_and_resolve_references()
-    config.method = method
-    self.model = models.create(config.model, config.num_classes,
-                               dtype=jnp.dtype(dtype))
-    abstract = jax.eval_shape(lambda: self.model.init(
-        jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-    ranks = train.select_ranks(config, self.model, abstract, (32, 32, 3))
-    self.tx = train.make_optimizer(config, ranks, source.steps_per_epoch)
-    pairs = models.bn_pairs(abstract["params"]) if method == "lrpet" else None
-    self.stepper = steps_lib.Stepper(self.model, self.tx, config, pairs,
-                                     source)
+    config.compute_dtype = dtype
+    setting = train.make_setting(config, (32, 32, 3), source.steps_per_epoch)
+    self.method = methods.create(method_name, setting)
+    self.stepper = steps_lib.Stepper(
+        self.method, source, config.seed,
+        data_lib.Normalization(tuple(config.mean), tuple(config.std)))
     # Placed as the training loop places them (one compilation per call).
-    self.state = jax.device_put(
-        train.initial_state(self.model, self.tx, 0, (32, 32, 3)), replicated)
+    self.state = jax.device_put(train.initial_state(
+        self.method.model, self.method.tx, 0, (32, 32, 3)), replicated)
     self.window = jax.device_put(steps_lib.empty_window(), replicated)
     self.step = 0
-    self.mode = False if method == "lrpet" else None
+    # Plain steps: False for a method with a projection, None without one.
+    self.mode = None if self.method.projects(0) is None else False
 
   def call(self, length, project=False):
     mode = True if project else self.mode
@@ -131,8 +127,10 @@ def main(argv=None):
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   replicated = NamedSharding(mesh, P())
-  source = inputs.InMemoryInput.from_arrays(
-      config, data, replicated, NamedSharding(mesh, P("data")))
+  source = inputs.InMemoryInput(
+      data, batch_size=config.batch_size, eval_batch_size=1,
+      seed=config.seed, normalization=data_lib.NORMALIZATION["cifar10"],
+      replicated=replicated, batch_sharding=NamedSharding(mesh, P("data")))
   k, spe = args.steps_per_call, args.epoch_steps
 
   rows, epochs = [], {}

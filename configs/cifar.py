@@ -8,25 +8,31 @@ offline, ``--config.dataset=image_folder:../shared/datasets/cifar10``.
 
 import ml_collections
 
+from lrpet_jax import data
+
 
 def get_config():
   c = ml_collections.ConfigDict()
-  # What to train: "lrpet" (the paper), "dense" (no projection, the baseline)
-  # or "compact" (the factorized model at the ranks below, plain SGD; random
-  # init, or init_from a dense variables checkpoint such as WORKDIR/dense_final,
-  # truncated by SVD: decompose-and-retrain).
+  # What to train (lrpet_jax/methods.py): "lrpet" (the paper), "dense" (no
+  # projection, the baseline) or "compact" (the factorized model at the ranks
+  # below, plain SGD; random init, or init_from a dense variables checkpoint
+  # such as WORKDIR/dense_final, truncated by SVD: decompose-and-retrain).
   c.method = "lrpet"
   c.init_from = ml_collections.config_dict.placeholder(str)
   # Model and compression.
   c.model = "resnet56"
   c.num_classes = 10
+  # Ranks (lrpet_jax/rank_selection.py; the export command takes the same):
   c.ratio = 0.54               # r = max(1, int(n − n·ratio)) for every conv
+  c.macs_reduction = 0.0       # > 0: the ratio that best meets this MACs cut
+  c.params_reduction = 0.0     # > 0: the same for a params cut
+  # A JSON file {"layer/kernel": rank} (a run's ranks.json) instead.
+  c.ranks_file = ml_collections.config_dict.placeholder(str)
   # Convolutions only, as the authors' code; True also projects Dense kernels
   # (the classifier).
   c.project_dense = False
   c.rank_floor = 0             # > 0: every rank at least this (configs/vgg16.py)
   c.first_rank_floor = 0       # > 0: the first conv's rank at least this
-  c.macs_reduction = 0.0       # > 0: ranks_for_budget instead of ratio
   c.project_every_steps = 0    # 0: once per epoch
   c.energy_transfer = True
   c.residual_scale = 0.0       # ρ, factor on the discarded singular values
@@ -41,8 +47,10 @@ def get_config():
   # checkpoint is then kept by validation accuracy (never by test accuracy).
   c.val_examples = 0
   c.test_subset = 0
-  c.mean = (0.4914, 0.4822, 0.4465)
-  c.std = (0.2023, 0.1994, 0.2010)
+  # Input normalization (pixels in [0, 1]); lrpet_jax/data.py has each data
+  # set's constants.
+  c.mean, c.std = data.NORMALIZATION["cifar10"]
+  c.image_size = 32            # streamed data sets (ImageNet): the crop size
   # Optimization (torch.optim.SGD semantics).
   c.num_epochs = 400
   c.num_steps = 0              # > 0 overrides num_epochs

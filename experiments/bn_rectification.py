@@ -65,9 +65,12 @@ def load_run(workdir: pathlib.Path):
   return config, model, variables, d
 
 
+def normalization(config):
+  return data_lib.Normalization(tuple(config.mean), tuple(config.std))
+
+
 def normalized(images, config):
-  return data_lib.normalize(jnp.asarray(images), tuple(config.mean),
-                            tuple(config.std))
+  return data_lib.normalize(jnp.asarray(images), normalization(config))
 
 
 def conv_inputs(model, variables, x):
@@ -142,7 +145,7 @@ def main(argv=None):
     started = time.time()
     config, model, variables, d = load_run(workdir)
     pairs = models.bn_pairs(variables["params"])
-    evaluate = steps.make_eval_fn(model, config)
+    evaluate = steps.make_eval_fn(model, normalization(config))
     test = [(d.test_images[i:i + 500], d.test_labels[i:i + 500])
             for i in range(0, len(d.test_labels), 500)]
     rng = np.random.default_rng(config.seed)

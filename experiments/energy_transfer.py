@@ -38,7 +38,7 @@ import optax
 
 from lrpet_jax import _trees
 from lrpet_jax import data as data_lib
-from lrpet_jax import models
+from lrpet_jax import methods
 from lrpet_jax import steps
 from lrpet_jax import train
 
@@ -73,24 +73,21 @@ def make_config(seed, energy_transfer, overrides):
 def one_run(config, d, window, probe_images):
   """Per-step gradient norms, and per projection the removed norm and the
   loss jump, of one LRPET run."""
-  model = models.create(config.model, config.num_classes)
   shape = (32, 32, 3)
-  abstract = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1,) + shape), train=False))
-  ranks = train.select_ranks(config, model, abstract, shape)
-  pairs = models.bn_pairs(abstract["params"])
   n = len(d.train_labels)
   steps_per_epoch = n // config.batch_size
   total = config.num_epochs * steps_per_epoch
-  tx = train.make_optimizer(config, ranks, steps_per_epoch)
-  state = train.initial_state(model, tx, config.seed, shape)
-  calls = {p: jax.jit(steps.make_step_body(model, tx, config, pairs,
+  setting = train.make_setting(config, shape, steps_per_epoch)
+  method = methods.create("lrpet", setting)
+  model = method.model
+  state = train.initial_state(model, method.tx, config.seed, shape)
+  normalization = data_lib.Normalization(tuple(config.mean), tuple(config.std))
+  calls = {p: jax.jit(steps.make_step_body(method, config.seed, normalization,
                                            project=p, grad_norms=True))
            for p in (False, True)}
-  layers = sorted(_trees.leaves_by_path(ranks))
+  layers = sorted(_trees.leaves_by_path(setting.ranks))
   names = ["/".join(k[:-1]) for k in layers]
-  probe_x = data_lib.normalize(jnp.asarray(probe_images[0]),
-                               tuple(config.mean), tuple(config.std))
+  probe_x = data_lib.normalize(jnp.asarray(probe_images[0]), normalization)
   probe_y = jnp.asarray(probe_images[1])
 
   @jax.jit
@@ -104,7 +101,7 @@ def one_run(config, d, window, probe_images):
   norms, projections = [], []
   for step in range(total):
     idx = data_lib.batch_indices(config.seed, step, n, config.batch_size)
-    projecting = (step + 1) % steps_per_epoch == 0
+    projecting = method.projects(step)
     state, window_state, aux = calls[projecting](
         state, window_state, d.train_images[idx], d.train_labels[idx])
     flat = _trees.leaves_by_path(jax.device_get(aux["grad_norms"]))

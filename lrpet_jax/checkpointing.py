@@ -16,19 +16,20 @@ import jax
 
 from lrpet_jax import errors
 from lrpet_jax import ranks as ranks_lib
+from lrpet_jax import run_record
 
 
-def manager(workdir: pathlib.Path, config):
+def manager(workdir: pathlib.Path, keep: int, best_by_validation: bool):
   """Orbax manager of ``WORKDIR/checkpoints``.
 
-  Kept: the latest ``config.keep_checkpoints``, and with a validation split
-  the best one by validation accuracy; never a selection on the test set.
+  Kept: the latest ``keep`` and, with ``best_by_validation``, the best one by
+  ``val_accuracy``; never a selection on the test set.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from orbax.checkpoint.checkpoint_managers import preservation_policy as pp  # pylint: disable=g-import-not-at-top
 
-  policies = [pp.LatestN(n=config.keep_checkpoints)]
-  if config.get("val_examples"):
+  policies = [pp.LatestN(n=keep)]
+  if best_by_validation:
     policies.append(pp.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1,
                              keep_checkpoints_without_metrics=False))
   return ocp.CheckpointManager(
@@ -39,9 +40,9 @@ def manager(workdir: pathlib.Path, config):
   )
 
 
-def run_identity(config, ranks) -> dict:
-  return {"model": config.model, "num_classes": config.num_classes,
-          "method": config.get("method", "lrpet"),
+def run_identity(model: str, num_classes: int, method: str, ranks) -> dict:
+  """What a resumed run must match: the checkpoint's ``identity`` item."""
+  return {"model": model, "num_classes": num_classes, "method": method,
           "ranks": ranks_lib.ranks_to_dict(ranks)}
 
 
@@ -80,8 +81,7 @@ def restore_latest(checkpoints, abstract_state, identity):
     except Exception as e:  # pylint: disable=broad-except
       _set_aside(checkpoints, step, e)
       continue
-    # Checkpoints written before ``method`` existed are LRPET runs.
-    saved_identity.setdefault("method", "lrpet")
+    saved_identity.setdefault("method", run_record.RUN_FIELDS["method"])
     if saved_identity != identity:
       raise errors.ConfigError(
           f"workdir: holds a checkpoint of model {saved_identity.get('model')!r}"

@@ -145,29 +145,85 @@ def format_report(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def export(out_dir: str | pathlib.Path, model_name: str, ranks: Any, *,
-           num_classes: int, input_shape: tuple[int, int, int],
-           dense_variables: Any = None, compact_variables: Any = None,
-           energy_kept: dict[str, float] | None = None,
-           overwrite: bool = False, normalization=None) -> tuple[dict, Any]:
+def folded_costs(dense_model, compact_model, dense_variables,
+                 compact_variables, pairs, input_shape) -> dict[str, Any]:
+  """MACs, params and FLOPs per example of the dense and compact models, each
+  BatchNorm-folded as deployed (``accounting.cost`` of ``folded_apply``).
+
+  Returns:
+    {"dense": cost, "compact": cost, "folded": the compact model's folded
+    variables}. ``dense_variables`` may be ``ShapeDtypeStruct``s.
+  """
+  folded = folding.fold(compact_variables, pairs)
+  dense_folded = folding.fold(jax.tree.map(
+      lambda a: a if isinstance(a, (np.ndarray, jax.Array))
+      else np.ones(a.shape, a.dtype), dense_variables), pairs)
+  return {
+      "dense": accounting.cost(
+          dense_model, dense_variables, input_shape, apply_fn=lambda v, x: (
+              folding.folded_apply(dense_model, dense_folded, x))),
+      "compact": accounting.cost(
+          compact_model, compact_variables, input_shape,
+          apply_fn=lambda v, x: folding.folded_apply(compact_model, folded,
+                                                     x)),
+      "folded": folded,
+  }
+
+
+def _summary_line(model_name, report) -> str:
+  dense, small = report["dense"], report["compact"]
+  return (f"{model_name}: MACs {dense['macs']:,} → {small['macs']:,}"
+          f" ({report['macs_reduction']:.1%} fewer), params"
+          f" {dense['params']:,} → {small['params']:,}"
+          f" ({report['params_reduction']:.1%} fewer)\n")
+
+
+def build_report(model_name: str, ranks: Any, *, num_classes: int,
+                 input_shape: tuple[int, int, int], dense_variables: Any,
+                 compact_variables: Any, energy_kept=None) -> tuple[dict, Any]:
+  """(the report ``write`` saves, the compact model's folded variables).
+
+  ``dense_variables`` None: costs from the dense model's shapes, no rows.
+  """
+  dense_model = models.create(model_name, num_classes)
+  compact_model = models.create(model_name, num_classes, ranks=ranks)
+  dense_abstract = jax.eval_shape(lambda: dense_model.init(
+      jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), train=False))
+  costs = folded_costs(dense_model, compact_model,
+                       dense_variables or dense_abstract, compact_variables,
+                       models.bn_pairs(dense_abstract["params"]), input_shape)
+  rows = [] if dense_variables is None else layer_report(
+      dense_variables, ranks,
+      accounting.layer_costs(dense_model, dense_variables, input_shape),
+      energy_kept)
+  dense, small = costs["dense"], costs["compact"]
+  return {
+      "model": model_name, "num_classes": num_classes,
+      "input_shape": list(input_shape), "dense": dense, "compact": small,
+      "macs_reduction": 1 - small["macs"] / dense["macs"],
+      "params_reduction": 1 - small["params"] / dense["params"],
+      "layers": rows,
+  }, costs["folded"]
+
+
+def write(out_dir: str | pathlib.Path, model_name: str, ranks: Any, *,
+          num_classes: int, input_shape: tuple[int, int, int],
+          dense_variables: Any = None, compact_variables: Any = None,
+          energy_kept: dict[str, float] | None = None,
+          overwrite: bool = False, normalization=None) -> tuple[dict, Any]:
   """Writes the compact model and its report; returns (report, compact variables).
 
-  Writes to ``out_dir``:
-
-      compact/             Orbax checkpoint of the compact model's variables
-      ranks.json           {"layer/kernel": rank}, to rebuild the compact model
-      compact_report.json  model, input shape, costs dense vs compact,
-                           reductions, per-layer rows (``layer_report``)
-      compact_report.txt   the rows as a table and a totals line
-      serving/             with ``normalization``: the compact model,
-                           BatchNorm folded, as a standalone ``jax.export``
-                           artifact (``serving.write``)
-
-  The report's costs are per example: MACs, params, and FLOPs of the
-  BatchNorm-folded model (as deployed; ``accounting.flops``).
+  Writes to ``out_dir`` (created): ``compact/`` (Orbax checkpoint of the
+  compact model's variables), ``ranks.json`` ({"layer/kernel": rank}, to
+  rebuild the compact model), ``compact_report.json`` (model, input shape,
+  per-example MACs, params and BatchNorm-folded FLOPs dense vs compact,
+  reductions, per-layer rows: ``build_report``), ``compact_report.txt`` (the
+  rows as a table and a totals line) and, with ``normalization``,
+  ``serving/``: the compact model, BatchNorm folded, as a standalone
+  ``jax.export`` artifact (``serving.write``).
 
   Args:
-    out_dir: output directory (created).
+    out_dir: output directory.
     model_name, num_classes: the zoo model (``models.create``).
     ranks: rank pytree of the dense params.
     input_shape: (H, W, C) of one example.
@@ -182,35 +238,12 @@ def export(out_dir: str | pathlib.Path, model_name: str, ranks: Any, *,
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   out = pathlib.Path(out_dir).absolute()
-  dense_model = models.create(model_name, num_classes)
-  compact_model = models.create(model_name, num_classes, ranks=ranks)
   if compact_variables is None:
     compact_variables = factorize(dense_variables, ranks)
-  dense_abstract = jax.eval_shape(lambda: dense_model.init(
-      jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), train=False))
-  pairs = models.bn_pairs(dense_abstract["params"])
-  folded = folding.fold(compact_variables, pairs)
-  dense_folded = folding.fold(
-      dense_variables if dense_variables is not None else jax.tree.map(
-          lambda a: np.ones(a.shape, a.dtype), dense_abstract), pairs)
-  dense_cost = accounting.cost(
-      dense_model, dense_abstract, input_shape,
-      apply_fn=lambda v, x: folding.folded_apply(dense_model, dense_folded, x))
-  compact_cost = accounting.cost(
-      compact_model, compact_variables, input_shape,
-      apply_fn=lambda v, x: folding.folded_apply(compact_model, folded, x))
-  rows = [] if dense_variables is None else layer_report(
-      dense_variables, ranks,
-      accounting.layer_costs(dense_model, dense_variables, input_shape),
-      energy_kept)
-  report = {
-      "model": model_name, "num_classes": num_classes,
-      "input_shape": list(input_shape), "dense": dense_cost,
-      "compact": compact_cost,
-      "macs_reduction": 1 - compact_cost["macs"] / dense_cost["macs"],
-      "params_reduction": 1 - compact_cost["params"] / dense_cost["params"],
-      "layers": rows,
-  }
+  report, folded = build_report(
+      model_name, ranks, num_classes=num_classes, input_shape=input_shape,
+      dense_variables=dense_variables, compact_variables=compact_variables,
+      energy_kept=energy_kept)
   out.mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(out / "compact", compact_variables, force=overwrite)
@@ -218,17 +251,15 @@ def export(out_dir: str | pathlib.Path, model_name: str, ranks: Any, *,
   (out / "ranks.json").write_text(
       json.dumps(ranks_lib.ranks_to_dict(ranks), indent=1))
   (out / "compact_report.json").write_text(json.dumps(report, indent=1))
-  table = (format_report(rows) + "\n\n" if rows else "") + (
-      f"{model_name}: MACs {dense_cost['macs']:,} → {compact_cost['macs']:,}"
-      f" ({report['macs_reduction']:.1%} fewer), params"
-      f" {dense_cost['params']:,} → {compact_cost['params']:,}"
-      f" ({report['params_reduction']:.1%} fewer)\n")
-  (out / "compact_report.txt").write_text(table)
+  (out / "compact_report.txt").write_text(
+      (format_report(report["layers"]) + "\n\n" if report["layers"] else "")
+      + _summary_line(model_name, report))
   if normalization is not None:
-    serving.write(out / "serving", compact_model, folded,
-                  input_shape=input_shape, mean=normalization[0],
-                  std=normalization[1], description={
-                      "model": model_name, "num_classes": num_classes,
-                      "form": "compact (LRPET factorization), BatchNorm folded",
-                      "ranks": ranks_lib.ranks_to_dict(ranks)})
+    serving.write(
+        out / "serving", models.create(model_name, num_classes, ranks=ranks),
+        folded, input_shape=input_shape, mean=normalization[0],
+        std=normalization[1], description={
+            "model": model_name, "num_classes": num_classes,
+            "form": "compact (LRPET factorization), BatchNorm folded",
+            "ranks": ranks_lib.ranks_to_dict(ranks)})
   return report, compact_variables

@@ -21,6 +21,7 @@ import random
 import shutil
 import socket
 import tempfile
+from typing import NamedTuple
 import urllib.parse
 
 import jax
@@ -29,6 +30,22 @@ import numpy as np
 
 TFDS_NAMES = ("cifar10", "cifar100")
 STREAMED = ("imagenet2012",)  # through tf.data: lrpet_jax.imagenet_input
+
+
+class Normalization(NamedTuple):
+  """Per-channel mean and std of pixels scaled to [0, 1]: x ↦ (x − mean)/std."""
+
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+
+
+# The constants the configs and the export command use, one set per data set.
+NORMALIZATION = {
+    # The authors' (and most CIFAR code's) constants.
+    "cifar10": Normalization((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    # torchvision's ImageNet constants.
+    "imagenet2012": Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,8 +276,9 @@ def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
   return epoch_permutation(seed, epoch, n)[i * batch_size:(i + 1) * batch_size]
 
 
-def normalize(images: jax.Array, mean, std) -> jax.Array:
+def normalize(images: jax.Array, normalization: Normalization) -> jax.Array:
   """uint8 (..., 3) → float32, (x/255 − mean)/std per channel."""
+  mean, std = normalization
   x = images.astype(jnp.float32) / 255.0
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 

@@ -7,10 +7,13 @@ standalone inference artifact, optionally tuned for latency.
 
 ``DENSE_DIR`` is an Orbax ``StandardCheckpointer`` checkpoint of the dense
 model's ``{"params", "batch_stats"}`` (LRPET-projected: the factorization is
-then exact; otherwise it truncates). Ranks come from ``--ratio``,
-``--macs_reduction`` / ``--params_reduction`` (``ranks_for_budget``) over the
+then exact; otherwise it truncates). Ranks are chosen as in training
+(``lrpet_jax.rank_selection``): from ``--ratio``, ``--macs_reduction`` /
+``--params_reduction`` (the uniform ratio that best meets the cut) over the
 convolutions (``--project_dense`` adds Dense kernels), or
-``--ranks=FILE.json`` ({"layer/kernel": rank}). Writes to ``OUT_DIR``:
+``--ranks=FILE.json`` ({"layer/kernel": rank}, e.g. a run's ``ranks.json``),
+then raised to ``--rank_floor`` / ``--first_rank_floor``. Writes to
+``OUT_DIR``:
 
     compact/             Orbax checkpoint of the compact model's variables
     ranks.json           the ranks, to rebuild the compact model
@@ -49,8 +52,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from lrpet_jax import data
 from lrpet_jax import deploy
 from lrpet_jax import models
+from lrpet_jax import rank_selection
 
 _VARIABLES = flags.DEFINE_string("variables", None, "Dense Orbax checkpoint.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
@@ -64,6 +69,10 @@ _RANKS = flags.DEFINE_string("ranks", None, "JSON file of ranks.")
 _PROJECT_DENSE = flags.DEFINE_bool(
     "project_dense", False, "With --ratio/--macs_reduction/--params_reduction:"
     " rank Dense kernels (the classifier) too, not only convolutions.")
+_FLOOR = flags.DEFINE_integer("rank_floor", 0, "> 0: every rank at least"
+                              " this (as --config.rank_floor in training).")
+_FIRST_FLOOR = flags.DEFINE_integer("first_rank_floor", 0, "> 0: the first"
+                                    " layer's rank at least this.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace OUT_DIR/compact.")
 _TUNE_FOR = flags.DEFINE_enum(
     "tune_for", None, ["cpu", "gpu"], "Tune each layer's form for latency on"
@@ -84,11 +93,25 @@ def _normalization_flags():
   if _MEAN.value is None:
     return None
   try:
-    return (tuple(float(v) for v in _MEAN.value),
-            tuple(float(v) for v in _STD.value))
+    return data.Normalization(tuple(float(v) for v in _MEAN.value),
+                              tuple(float(v) for v in _STD.value))
   except ValueError:
     raise ValueError(f"mean/std: not numbers: {_MEAN.value} {_STD.value}"
                      ) from None
+
+
+def _rank_rule() -> rank_selection.RankRule:
+  """The flags as the training config's rank fields (``RankRule``)."""
+  chosen = {name: flag.value for name, flag in (
+      ("ratio", _RATIO), ("macs_reduction", _MACS),
+      ("params_reduction", _PARAMS), ("ranks_file", _RANKS))
+            if flag.value is not None}
+  if len(chosen) != 1:
+    raise ValueError("give exactly one of --ratio, --macs_reduction,"
+                     " --params_reduction and --ranks")
+  return rank_selection.RankRule(
+      **{"ratio": 0.0, **chosen}, project_dense=_PROJECT_DENSE.value,
+      rank_floor=_FLOOR.value, first_rank_floor=_FIRST_FLOOR.value)
 
 
 def main(argv):
@@ -98,13 +121,12 @@ def main(argv):
     for flag in ("variables", "workdir", "model"):
       if flags.FLAGS[flag].value is None:
         raise ValueError(f"--{flag} is required")
-    deploy.export(_VARIABLES.value, _WORKDIR.value, _MODEL.value,
-           num_classes=_NUM_CLASSES.value, input_size=_INPUT_SIZE.value,
-           ratio=_RATIO.value, macs_reduction=_MACS.value,
-           params_reduction=_PARAMS.value, ranks_file=_RANKS.value,
-           project_dense=_PROJECT_DENSE.value, overwrite=_OVERWRITE.value,
-           tune_for=_TUNE_FOR.value, batch=_BATCH.value,
-           compute_dtype=_DTYPE.value, normalization=_normalization_flags())
+    deploy.compact_from_checkpoint(
+        _VARIABLES.value, _WORKDIR.value, _MODEL.value, rule=_rank_rule(),
+        num_classes=_NUM_CLASSES.value, input_size=_INPUT_SIZE.value,
+        overwrite=_OVERWRITE.value, tune_for=_TUNE_FOR.value,
+        batch=_BATCH.value, compute_dtype=_DTYPE.value,
+        normalization=_normalization_flags())
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

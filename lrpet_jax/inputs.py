@@ -1,28 +1,81 @@
 """Input adapters of the training loop: where each step's batch comes from.
 
-An adapter hands the compiled training call everything its steps need for
-``length`` steps from ``start`` (``chunk_data``, on the host) and picks one
-step's batch out of it inside the compiled call (``select``, traced):
+An adapter (``TrainInput``) hands the compiled training call everything its
+steps need for ``length`` steps from ``start`` (``chunk_data``, on the host)
+and picks one step's batch out of it inside the compiled call (``select``,
+traced):
 
 - ``InMemoryInput`` (CIFAR): the whole training set lives on the device as
   uint8; a call receives the epoch's example order, and step s reads batch
-  ``s mod steps_per_epoch`` of it, so a chunk never crosses an epoch
-  (``epoch_end``). Augmentation happens in the step, keyed by (seed, step).
+  ``s mod steps_per_epoch`` of it, so a chunk must not cross an epoch (the
+  loop ends every call at an epoch end). Augmentation happens in the step,
+  keyed by (seed, step).
 - ``StreamInput`` (ImageNet): tf.data batches, augmented on the host, stacked
   ``length`` at a time.
 
 Either way a step's batch is a function of (seed, step) alone, so results do
 not depend on how many steps a call runs, and a resumed run sees the batches
-an uninterrupted one would.
+an uninterrupted one would. ``load`` builds the adapter a config names.
 """
 
-from typing import Any
+from collections.abc import Iterable, Iterator
+import dataclasses
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lrpet_jax import data as data_lib
+
+Batch = tuple[Any, Any]  # (images uint8 (B, H, W, 3), labels int32 (B,))
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+  """The config fields an input adapter reads (see ``configs/cifar.py``)."""
+
+  dataset: str
+  data_dir: str | None
+  train_subset: int
+  test_subset: int
+  val_examples: int
+  batch_size: int
+  eval_batch_size: int
+  seed: int
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  image_size: int  # streamed data sets: the crop size
+
+  @property
+  def normalization(self) -> data_lib.Normalization:
+    return data_lib.Normalization(tuple(self.mean), tuple(self.std))
+
+
+class TrainInput(Protocol):
+  """What the training loop and the end of training read from a data set."""
+
+  num_classes: int
+  num_train: int
+  input_shape: tuple[int, ...]  # (H, W, C) of one example
+  steps_per_epoch: int
+  device_augment: bool  # the step augments (True) or the host did
+
+  def chunk_data(self, start: int, length: int) -> Any:
+    """Host side: what steps ``start .. start + length − 1`` need."""
+
+  def select(self, chunk_data: Any, step: jax.Array, index: jax.Array
+             ) -> Batch:
+    """Traced: the batch of global ``step``, ``index``-th in the chunk."""
+
+  def eval_batches(self) -> Iterable[Batch]:
+    """The test set, unaugmented."""
+
+  def val_batches(self) -> Iterable[Batch] | None:
+    """The validation split, or None without one."""
+
+  def bn_batches(self, count: int) -> Iterator[jax.Array]:
+    """``count`` normalized training batches for the BatchNorm recomputation."""
 
 
 def array_batches(images, labels, batch_size):
@@ -35,52 +88,36 @@ class InMemoryInput:
 
   device_augment = True
 
-  def __init__(self, config, replicated, batch_sharding):
-    self.config = config
-    self.data = data_lib.hold_out(
-        data_lib.load(config.dataset, config.get("data_dir"),
-                      config.train_subset, config.test_subset, config.seed),
-        config.get("val_examples", 0), config.seed)
-    self._setup(replicated, batch_sharding)
-
-  @classmethod
-  def from_arrays(cls, config, data: data_lib.InMemoryData, replicated,
-                  batch_sharding):
-    """An adapter over arrays already in memory (benchmarks, tests)."""
-    self = cls.__new__(cls)
-    self.config, self.data = config, data
-    self._setup(replicated, batch_sharding)
-    return self
-
-  def _setup(self, replicated, batch_sharding):
-    self.num_classes = self.data.num_classes
-    self.num_train = len(self.data.train_labels)
-    self.input_shape = self.data.train_images.shape[1:]
-    self.steps_per_epoch = self.num_train // self.config.batch_size
-    self._images = jax.device_put(self.data.train_images, replicated)
-    self._labels = jax.device_put(self.data.train_labels, replicated)
+  def __init__(self, data: data_lib.InMemoryData, *, batch_size: int,
+               eval_batch_size: int, seed: int,
+               normalization: data_lib.Normalization, replicated,
+               batch_sharding):
+    self.data = data
+    self.num_classes = data.num_classes
+    self.num_train = len(data.train_labels)
+    self.input_shape = tuple(data.train_images.shape[1:])
+    self.steps_per_epoch = self.num_train // batch_size
+    self._batch, self._eval_batch = batch_size, eval_batch_size
+    self._seed, self._normalization = seed, normalization
+    self._images = jax.device_put(data.train_images, replicated)
+    self._labels = jax.device_put(data.train_labels, replicated)
     self._replicated = replicated
     self._sharding = batch_sharding
     self._order = (None, None)  # (epoch, its example order on the device)
 
-  def epoch_end(self, step: int) -> int:
-    """The first step of the epoch after the one ``step`` belongs to."""
-    return (step // self.steps_per_epoch + 1) * self.steps_per_epoch
-
   def chunk_data(self, start: int, length: int) -> Any:
-    del length  # the chunk stays inside ``start``'s epoch
+    del length  # the loop ends every call at an epoch end
     epoch = start // self.steps_per_epoch
     if self._order[0] != epoch:
-      order = data_lib.epoch_permutation(self.config.seed, epoch,
+      order = data_lib.epoch_permutation(self._seed, epoch,
                                          self.num_train).astype(np.int32)
       self._order = (epoch, jax.device_put(order, self._replicated))
     return self._images, self._labels, self._order[1]
 
   def select(self, chunk_data, step, index):
-    """Traced: the batch of global ``step`` (``index``: its place in the chunk)."""
     del index
     images, labels, order = chunk_data
-    b = self.config.batch_size
+    b = self._batch
     idx = jax.lax.dynamic_slice(order, ((step % self.steps_per_epoch) * b,),
                                 (b,))
     return (jax.lax.with_sharding_constraint(images[idx], self._sharding),
@@ -88,14 +125,13 @@ class InMemoryInput:
 
   def eval_batches(self):
     return array_batches(self.data.test_images, self.data.test_labels,
-                         self.config.eval_batch_size)
+                         self._eval_batch)
 
   def val_batches(self):
-    """The validation split's batches, or None without one."""
     if self.data.val_labels is None:
       return None
     return array_batches(self.data.val_images, self.data.val_labels,
-                         self.config.eval_batch_size)
+                         self._eval_batch)
 
   def bn_batches(self, count):
     """Augmented training batches for the BN recomputation.
@@ -106,14 +142,12 @@ class InMemoryInput:
     measured on a compact ResNet-20, clean-image statistics cost 4 points of
     test accuracy against the running ones, augmented ones none.
     """
-    key = jax.random.split(jax.random.key(self.config.seed))[1]
+    key = jax.random.split(jax.random.key(self._seed))[1]
     for i in range(count):
-      idx = data_lib.batch_indices(self.config.seed, i, self.num_train,
-                                   self.config.batch_size)
+      idx = data_lib.batch_indices(self._seed, i, self.num_train, self._batch)
       images = data_lib.augment(jnp.asarray(self.data.train_images[idx]),
                                 jax.random.fold_in(key, i))
-      yield data_lib.normalize(images, tuple(self.config.mean),
-                               tuple(self.config.std))
+      yield data_lib.normalize(images, self._normalization)
 
 
 class StreamInput:
@@ -121,12 +155,11 @@ class StreamInput:
 
   device_augment = False
 
-  def __init__(self, config, replicated, batch_sharding):
-    del replicated
+  def __init__(self, config: InputConfig, batch_sharding):
     from lrpet_jax import imagenet_input  # pylint: disable=g-import-not-at-top
     self._lib = imagenet_input
-    self.config = config
-    self.builder = imagenet_input.builder(config.dataset, config.get("data_dir"))
+    self._config = config
+    self.builder = imagenet_input.builder(config.dataset, config.data_dir)
     self.num_classes = self.builder.info.features["label"].num_classes
     self.num_train = imagenet_input.process_split(
         self.builder, "train", drop_remainder=True)[1]
@@ -136,25 +169,19 @@ class StreamInput:
     # Chunks of several steps stack batches on a leading axis.
     self._stacked = jax.sharding.NamedSharding(
         batch_sharding.mesh, jax.sharding.PartitionSpec(None, "data"))
-    self._batches = None
-
-  def _local_batch(self):
-    return self.config.batch_size // jax.process_count()
+    self._batches = None  # (next step, its iterator)
 
   def _host_batches(self, start_step):
     return self._lib.train_batches(
-        self.builder, batch_size=self._local_batch(), seed=self.config.seed,
-        start_step=start_step, image_size=self.config.image_size)
-
-  def epoch_end(self, step: int) -> int:
-    del step
-    return 2**62  # the stream crosses epochs by itself
+        self.builder, batch_size=self._config.batch_size // jax.process_count(),
+        seed=self._config.seed, start_step=start_step,
+        image_size=self._config.image_size)
 
   def chunk_data(self, start: int, length: int) -> Any:
     if self._batches is None or self._batches[0] != start:
-      self._batches = [start, self._host_batches(start)]
+      self._batches = (start, self._host_batches(start))
     got = [next(self._batches[1]) for _ in range(length)]
-    self._batches[0] = start + length
+    self._batches = (start + length, self._batches[1])
     return tuple(jax.make_array_from_process_local_data(
         self._stacked, np.stack(parts)) for parts in zip(*got))
 
@@ -165,24 +192,31 @@ class StreamInput:
 
   def eval_batches(self):
     return self._lib.eval_batches(self.builder,
-                                  batch_size=self.config.eval_batch_size,
-                                  image_size=self.config.image_size)
+                                  batch_size=self._config.eval_batch_size,
+                                  image_size=self._config.image_size)
 
   def val_batches(self):
-    return None  # check_config refuses val_examples for streamed data sets
+    return None  # the config check refuses val_examples for streamed data
 
   def bn_batches(self, count):
-    mean, std = tuple(self.config.mean), tuple(self.config.std)
     for i, (images, _) in enumerate(self._host_batches(0)):
       if i == count:
         return
       yield data_lib.normalize(
           jax.make_array_from_process_local_data(self._sharding, images),
-          mean, std)
+          self._config.normalization)
 
 
-def make_input(config, replicated, batch_sharding):
-  """The adapter for ``config.dataset``."""
-  kind = (StreamInput if config.dataset in data_lib.STREAMED
-          else InMemoryInput)
-  return kind(config, replicated, batch_sharding)
+def load(config: InputConfig, replicated, batch_sharding) -> TrainInput:
+  """The adapter for ``config.dataset``, its data loaded (in-memory sets)."""
+  if config.dataset in data_lib.STREAMED:
+    return StreamInput(config, batch_sharding)
+  data = data_lib.hold_out(
+      data_lib.load(config.dataset, config.data_dir, config.train_subset,
+                    config.test_subset, config.seed),
+      config.val_examples, config.seed)
+  return InMemoryInput(
+      data, batch_size=config.batch_size,
+      eval_batch_size=config.eval_batch_size, seed=config.seed,
+      normalization=config.normalization, replicated=replicated,
+      batch_sharding=batch_sharding)

@@ -53,7 +53,7 @@ def main(argv):
     print("error: --workdir is required", file=sys.stderr)
     sys.exit(2)
   config = flags.FLAGS.config
-  if config.get("distributed"):
+  if config.distributed:
     jax.distributed.initialize()
   _set_up_logging()
   try:

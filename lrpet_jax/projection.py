@@ -214,6 +214,25 @@ def check_rank_tree(ranks: Any, params: Any, name: str = "ranks") -> list[Any]:
   return aligned
 
 
+def _groups(params, rank_leaves, scale_leaves, batched
+            ) -> dict[tuple, list[int]]:
+  """Indices of the ranked leaves, grouped by (shape, dtype, scaled, ·) for
+  one ``project_batch`` call each (one leaf per group unless ``batched``)."""
+  groups = {}
+  for i, ((path, leaf), rank, scale) in enumerate(zip(
+      jax.tree_util.tree_leaves_with_path(params), rank_leaves, scale_leaves)):
+    if rank is None:
+      continue
+    if scale is not None and jnp.shape(scale) != (jnp.shape(leaf)[-1],):
+      raise ValueError(
+          f"out_scales[{_trees.path_str(path)}] has shape"
+          f" {jnp.shape(scale)}, expected ({jnp.shape(leaf)[-1]},)")
+    key = (jnp.shape(leaf), jnp.result_type(leaf), scale is not None,
+           None if batched else i)
+    groups.setdefault(key, []).append(i)
+  return groups
+
+
 def project_params(params: Any, ranks: Any, *, out_scales: Any = None,
                    energy_transfer: bool = True, residual_scale: float = 0.0,
                    eps: float = 1e-5, min_sigma: float = 1e-4,
@@ -246,25 +265,13 @@ def project_params(params: Any, ranks: Any, *, out_scales: Any = None,
     scale_leaves = [None] * len(leaves)
   else:
     scale_leaves = _trees.align_to(out_scales, params, "out_scales")
-  paths = [p for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   # jaxlib's CPU LAPACK kernels (0.10.x) fan a batch out over XLA's intra-op
   # pool and block a pool thread until it is done; two batched calls in flight
   # at once can deadlock a small pool (seen here on 2 cores). On CPU every
   # kernel therefore gets its own unbatched eigh, which measured as fast.
   if batched is None:
     batched = jax.default_backend() != "cpu"
-  groups: dict[Any, list[int]] = {}
-  for i, (leaf, rank, scale) in enumerate(
-      zip(leaves, rank_leaves, scale_leaves)):
-    if rank is None:
-      continue
-    if scale is not None and jnp.shape(scale) != (jnp.shape(leaf)[-1],):
-      raise ValueError(
-          f"out_scales[{_trees.path_str(paths[i])}] has shape"
-          f" {jnp.shape(scale)}, expected ({jnp.shape(leaf)[-1]},)")
-    key = (jnp.shape(leaf), jnp.result_type(leaf), scale is not None,
-           None if batched else i)
-    groups.setdefault(key, []).append(i)
+  groups = _groups(params, rank_leaves, scale_leaves, batched)
   out = list(leaves)
   energy = [None] * len(leaves)
   for (_, _, has_scale, _), idx in groups.items():

@@ -1,7 +1,7 @@
 """The compiled training and evaluation steps.
 
 One training step (``make_step_body``): augmentation keyed by (seed, step),
-forward and backward pass, the optimizer update, and the step's loss and
+forward and backward pass, the method's optimizer update, and the step's loss and
 accuracy added to a *window* of metrics that stays on the device until the
 loop reads it at a log, evaluation or checkpoint boundary. The window also
 remembers the first step whose loss was not finite.
@@ -12,7 +12,7 @@ the predicate of a ``while`` or ``cond`` on the host, but not a scan's fixed
 trip count). Whether a step projects is decided by the loop, statically: a
 projecting call is one step with ``project=True`` that also returns the
 params before the truncation; every other call runs with ``project=False``
-(``None`` for optimizers without a projection).
+(``None`` for methods without a projection).
 """
 
 from typing import Any
@@ -23,7 +23,6 @@ from jax import lax
 import jax.numpy as jnp
 import optax
 
-from lrpet_jax import bn
 from lrpet_jax import data as data_lib
 
 
@@ -54,26 +53,26 @@ def _add_to_window(window, step, loss, accuracy):
           "bad_loss": jnp.where(first_bad, loss, window["bad_loss"])}
 
 
-def make_step_body(model, tx, config, pairs, device_augment=True,
+def make_step_body(method, seed: int, normalization, device_augment=True,
                    project=None, grad_norms=False):
   """(state, window, images uint8 (B, H, W, 3), labels (B,)) -> (state, window, aux).
 
-  ``project`` is handed to ``tx.update`` (``low_rank_projection``): ``None``
-  for optimizers without a projection, else a Python bool fixed at trace time.
-  A projecting step's ``aux`` holds ``pre_projection_params``, the params
-  after the step's SGD update and before its truncation (the model the
-  authors evaluate at the end of each epoch); ``aux`` is empty otherwise.
-  With ``grad_norms``, ``aux["grad_norms"]`` is the tree of each gradient
-  leaf's Frobenius norm (for experiments on gradient flow).
+  ``method`` (``methods.Method``) gives the model and the optimizer update;
+  ``project`` is its static projection flag: ``None`` for methods without a
+  projection, else a Python bool fixed at trace time. A projecting step's
+  ``aux`` holds ``pre_projection_params``, the params after the step's SGD
+  update and before its truncation (the model the authors evaluate at the
+  end of each epoch), as the projection received them; ``aux`` is empty
+  otherwise. With ``grad_norms``, ``aux["grad_norms"]`` is the tree of each
+  gradient leaf's Frobenius norm (for experiments on gradient flow).
   """
-  mean, std = tuple(config.mean), tuple(config.std)
-  projection_kw = {} if project is None else {"project": project}
+  model = method.model
 
   def body(state, window, images, labels):
     if device_augment:
-      key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+      key = jax.random.fold_in(jax.random.key(seed), state.step)
       images = data_lib.augment(images, key)
-    x, y = data_lib.normalize(images, mean, std), labels
+    x, y = data_lib.normalize(images, normalization), labels
 
     def loss_fn(params):
       logits, mutated = model.apply(
@@ -85,20 +84,13 @@ def make_step_body(model, tx, config, pairs, device_augment=True,
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
-    extra = {}
-    if pairs is not None and config.bn_rectification:
-      extra["out_scales"] = bn.bn_out_scales(state.params, batch_stats, pairs)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params,
-                                   **extra, **projection_kw)
+    updates, opt_state, pre_projection = method.update(
+        grads, state.opt_state, state.params, batch_stats, project)
     aux = {}
     if grad_norms:
       aux["grad_norms"] = jax.tree.map(jnp.linalg.norm, grads)
-    if project:
-      # The same update without the projection (XLA shares the SGD part).
-      sgd_updates, _ = tx.update(grads, state.opt_state, state.params,
-                                 **extra, project=False)
-      aux["pre_projection_params"] = optax.apply_updates(state.params,
-                                                         sgd_updates)
+    if pre_projection is not None:
+      aux["pre_projection_params"] = pre_projection
     new_state = TrainState(step=state.step + 1,
                            params=optax.apply_updates(state.params, updates),
                            batch_stats=batch_stats, opt_state=opt_state)
@@ -113,18 +105,18 @@ class Stepper:
   """Compiled training calls, one per (projection mode, length).
 
   ``stepper(state, window, start, length, project)`` runs steps
-  ``start .. start + length − 1`` on the batches of ``source``
-  (``inputs.InMemoryInput`` / ``StreamInput``); ``project=True`` needs
-  ``length == 1``. State and window are donated.
+  ``start .. start + length − 1`` of ``method`` on the batches of ``source``
+  (an ``inputs.TrainInput``); ``project=True`` needs ``length == 1``. State
+  and window are donated.
   """
 
-  def __init__(self, model, tx, config, pairs, source):
-    self._model, self._tx, self._config = model, tx, config
-    self._pairs, self._source = pairs, source
+  def __init__(self, method, source, seed: int, normalization):
+    self._method, self._source = method, source
+    self._seed, self._normalization = seed, normalization
     self._calls = {}
 
   def _compile(self, project, length):
-    body = make_step_body(self._model, self._tx, self._config, self._pairs,
+    body = make_step_body(self._method, self._seed, self._normalization,
                           self._source.device_augment, project)
     select = self._source.select
 
@@ -192,13 +184,12 @@ def all_finite(tree) -> jax.Array:
                               for x in jax.tree.leaves(tree)]))
 
 
-def make_eval_fn(model, config):
+def make_eval_fn(model, normalization):
   """evaluate(variables, batches) -> {"top1", "top5"} over (images, labels) batches."""
-  mean, std = tuple(config.mean), tuple(config.std)
 
   @jax.jit
   def counts(variables, images, labels):
-    logits = model.apply(variables, data_lib.normalize(images, mean, std),
+    logits = model.apply(variables, data_lib.normalize(images, normalization),
                          train=False)
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
     return (jnp.sum(top5[:, 0] == labels),

@@ -12,6 +12,7 @@ leaves pass ``u`` through. ``lrpet`` is the paper's full optimizer: PyTorch-styl
 SGD followed by the projection.
 """
 
+import dataclasses
 import numbers
 from typing import Any, NamedTuple
 
@@ -29,6 +30,31 @@ def _check_every(every: Any) -> int:
       or every < 1):
     raise ValueError(f"every must be an int >= 1, got {every!r}")
   return int(every)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectionSchedule:
+  """Which updates project: the ``every``-th, 2·``every``-th, …
+
+  Updates are counted from 0 (the optimizer's counter, the training step
+  before it is taken), so update ``step`` projects iff
+  ``(step + 1) % every == 0``: with ``every`` = steps per epoch, the last
+  update of each epoch. The one definition used by ``low_rank_projection``'s
+  counter, the training loop's static ``project=`` and the experiments.
+  """
+
+  every: int
+
+  def __post_init__(self):
+    _check_every(self.every)
+
+  def projects(self, step):
+    """Whether update ``step`` projects (a Python int or a traced int32)."""
+    return (step + 1) % self.every == 0
+
+  def next_projection(self, step: int) -> int:
+    """The first projecting update at or after ``step``."""
+    return (step // self.every + 1) * self.every - 1
 
 
 def _check_rank_values(ranks: Any) -> None:
@@ -126,12 +152,11 @@ def low_rank_projection(ranks: Any, *, every: int,
       that knows the step number compiles one step of each kind. The counter
       advances by one in every mode, so modes can be mixed and resumed.
   """
-  every = _check_every(every)
+  schedule = ProjectionSchedule(every)
   inner = project_updates(
       ranks, energy_transfer=energy_transfer, residual_scale=residual_scale,
       eps=eps, min_sigma=min_sigma)
-  counted = optax.conditionally_transform(
-      inner, lambda step: (step + 1) % every == 0)
+  counted = optax.conditionally_transform(inner, schedule.projects)
 
   def update_fn(updates, state, params=None, *, project=None, **extra_args):
     if project is None:

@@ -154,30 +154,8 @@ def tune(model_name: str, dense_variables: Any, ranks: Any, *,
   """
   dense = models.create(model_name, num_classes, dtype=dtype)
   sites = layer_sites(dense, dense_variables, input_shape, ranks)
-  flat_ranks = _trees.leaves_by_path(ranks)
-  params = _trees.leaves_by_path(dense_variables["params"])
-  measured = {}  # one measurement per distinct (layer config, input, rank)
-  rows, chosen = [], {}
-  for site in sites:
-    key = site.path + ("kernel",)
-    rank, shape = flat_ranks[key], tuple(params[key].shape)
-    times = {}
-    for r in candidate_ranks(rank, shape, multiples):
-      config = (type(site.module).__name__, shape, site.input_shape,
-                getattr(site.module, "strides", 1),
-                getattr(site.module, "padding", None), r)
-      if config not in measured:
-        measured[config] = time_layer(site, r, batch, dtype, repeats)
-        log(f"{'/'.join(site.path)} {'x'.join(map(str, shape))}"
-            f" {'dense' if r is None else f'rank {r}'}:"
-            f" {measured[config] * 1e3:.3f} ms")
-      times["dense" if r is None else str(r)] = measured[config]
-    best = min(times, key=times.get)
-    chosen[key] = None if best == "dense" else int(best)
-    rows.append({"layer": "/".join(site.path), "shape": list(shape),
-                 "rank": rank, "form": "dense" if best == "dense" else "split",
-                 "tuned_rank": chosen[key], "ms": {
-                     k: round(v * 1e3, 4) for k, v in times.items()}})
+  rows, chosen = _fastest_forms(sites, dense_variables, ranks, batch, dtype,
+                                multiples, repeats, log)
   tuned = jax.tree_util.tree_map_with_path(
       lambda p, r: None if r is None else chosen[
           tuple(_trees.key_name(k) for k in p)],
@@ -203,6 +181,37 @@ def tune(model_name: str, dense_variables: Any, ranks: Any, *,
             "speedup": whole["dense"] / whole["tuned"],
             "kept_all_dense": bool(all_dense)}
   return tuned, report
+
+
+def _fastest_forms(sites, dense_variables, ranks, batch, dtype, multiples,
+                   repeats, log) -> tuple[list[dict], dict]:
+  """(report rows, {kernel path: chosen rank or None}): every candidate form
+  of every site timed alone, once per distinct layer configuration."""
+  flat_ranks = _trees.leaves_by_path(ranks)
+  params = _trees.leaves_by_path(dense_variables["params"])
+  measured = {}  # one measurement per distinct (layer config, input, rank)
+  rows, chosen = [], {}
+  for site in sites:
+    key = site.path + ("kernel",)
+    rank, shape = flat_ranks[key], tuple(params[key].shape)
+    times = {}
+    for r in candidate_ranks(rank, shape, multiples):
+      config = (type(site.module).__name__, shape, site.input_shape,
+                getattr(site.module, "strides", 1),
+                getattr(site.module, "padding", None), r)
+      if config not in measured:
+        measured[config] = time_layer(site, r, batch, dtype, repeats)
+        log(f"{'/'.join(site.path)} {'x'.join(map(str, shape))}"
+            f" {'dense' if r is None else f'rank {r}'}:"
+            f" {measured[config] * 1e3:.3f} ms")
+      times["dense" if r is None else str(r)] = measured[config]
+    best = min(times, key=times.get)
+    chosen[key] = None if best == "dense" else int(best)
+    rows.append({"layer": "/".join(site.path), "shape": list(shape),
+                 "rank": rank, "form": "dense" if best == "dense" else "split",
+                 "tuned_rank": chosen[key], "ms": {
+                     k: round(v * 1e3, 4) for k, v in times.items()}})
+  return rows, chosen
 
 
 def format_report(report: dict) -> str:

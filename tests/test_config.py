@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))
 import cifar  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from lrpet_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lrpet_jax import run_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BAD = {
     "num_classes": 0, "ratio": 1.0, "macs_reduction": -0.1,
@@ -23,10 +23,11 @@ BAD = {
     "eval_batch_size": 0, "log_every_steps": 0, "checkpoint_every_steps": -1,
     "keep_checkpoints": 0, "energy_transfer": "yes", "bn_rectification": 1,
     "log_spectra": "no", "nesterov": None, "project_dense": "False",
-    "distributed": 0,
+    "distributed": 0, "compute_dtype": "float16", "image_size": 0,
+    "params_reduction": 1.0, "ranks_file": "/nonexistent.json",
+    "init_from": "/nonexistent",
     # Fields checked by the rules between fields.
     "model": "resnet57", "dataset": "mnist", "method": "prune",
-    "compute_dtype": "float16",
 }
 
 
@@ -37,19 +38,43 @@ def config_with(field, value):
 
 
 def test_every_checked_field_has_a_case():
-  assert set(train._FIELDS) <= set(BAD)  # pylint: disable=protected-access
+  assert set(run_config.FIELDS) <= set(BAD)
 
 
 @pytest.mark.parametrize("field", sorted(BAD))
 def test_bad_value_is_one_line_naming_the_field(field):
-  with pytest.raises(train.ConfigError) as e:
-    train.check_config(config_with(field, BAD[field]))
+  with pytest.raises(run_config.ConfigError) as e:
+    run_config.check(config_with(field, BAD[field]))
   message = str(e.value)
   assert message.startswith(f"{field}:") and "\n" not in message
 
 
 def test_good_configs_pass():
-  train.check_config(cifar.get_config())
+  run_config.check(cifar.get_config())
   config = cifar.get_config()
   config.num_epochs, config.num_steps = 0, 10  # num_steps overrides epochs
-  train.check_config(config)
+  run_config.check(config)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(method="dense", log_spectra=True),
+     "log_spectra: only for method 'lrpet', not 'dense'"),
+    (dict(init_from="/"), "init_from: only for method 'compact', not 'lrpet'"),
+    (dict(macs_reduction=0.5, params_reduction=0.5),
+     "params_reduction: give at most one of macs_reduction, params_reduction"
+     " and ranks_file (also macs_reduction)"),
+])
+def test_rules_between_fields(overrides, message):
+  values = cifar.get_config().to_dict()
+  values.update(overrides)
+  with pytest.raises(run_config.ConfigError, match="^" + message.replace(
+      "(", r"\(").replace(")", r"\)") + "$"):
+    run_config.check(ml_collections.ConfigDict(values))
+
+
+def test_missing_field_is_named():
+  values = cifar.get_config().to_dict()
+  del values["steps_per_call"]
+  with pytest.raises(run_config.ConfigError,
+                     match="^steps_per_call: missing from the config"):
+    run_config.check(ml_collections.ConfigDict(values))

@@ -88,8 +88,8 @@ def test_augment_crops_and_flips():
 
 
 def test_normalize():
-  x = data.normalize(jnp.full((1, 1, 1, 3), 255, jnp.uint8), (0.5, 0.5, 0.5),
-                     (0.25, 0.5, 1.0))
+  x = data.normalize(jnp.full((1, 1, 1, 3), 255, jnp.uint8),
+                     data.Normalization((0.5, 0.5, 0.5), (0.25, 0.5, 1.0)))
   np.testing.assert_allclose(np.asarray(x).ravel(), [2.0, 1.0, 0.5])
 
 
@@ -148,7 +148,6 @@ def test_without_tfds_image_folders_load_and_tfds_names_fail(tmp_path,
 
 def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
   """Each BN-recompute image is a pad-4 crop (+ flip) of its training image."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from lrpet_jax import inputs  # pylint: disable=g-import-not-at-top
@@ -159,13 +158,13 @@ def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
       for i in range(4):
         Image.fromarray(rng.integers(1, 255, (8, 8, 3), dtype=np.uint8)).save(
             tmp_path / split / c / f"{i}.png")
-  config = ml_collections.ConfigDict(dict(
+  config = inputs.InputConfig(
       dataset=f"image_folder:{tmp_path}", data_dir=None, train_subset=0,
-      test_subset=0, seed=0, batch_size=8, mean=(0.0, 0.0, 0.0),
-      std=(1.0, 1.0, 1.0)))
+      test_subset=0, val_examples=0, seed=0, batch_size=8, eval_batch_size=8,
+      mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), image_size=8)
   mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  source = inputs.InMemoryInput(config, NamedSharding(mesh, P()),
-                               NamedSharding(mesh, P("data")))
+  source = inputs.load(config, NamedSharding(mesh, P()),
+                       NamedSharding(mesh, P("data")))
   (batch,) = list(source.bn_batches(1))
   idx = data.batch_indices(0, 0, 8, 8)
   clean = source.data.train_images[idx].astype(np.float32) / 255.0
@@ -181,19 +180,20 @@ def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
 
 def test_device_batch_selection_matches_host_indices():
   """Inside the compiled call, step s reads the examples batch_indices names."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from lrpet_jax import inputs  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(3)
   n, b = 50, 8  # 6 steps per epoch, 2 examples dropped each epoch
   images = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
   labels = np.arange(n, dtype=np.int32)
-  config = ml_collections.ConfigDict(dict(seed=5, batch_size=b))
   mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  source = inputs.InMemoryInput.from_arrays(
-      config, data.InMemoryData(images, labels, images[:1], labels[:1], 10),
-      NamedSharding(mesh, P()), NamedSharding(mesh, P("data")))
-  assert source.steps_per_epoch == 6 and source.epoch_end(7) == 12
+  source = inputs.InMemoryInput(
+      data.InMemoryData(images, labels, images[:1], labels[:1], 10),
+      batch_size=b, eval_batch_size=b, seed=5,
+      normalization=data.NORMALIZATION["cifar10"],
+      replicated=NamedSharding(mesh, P()),
+      batch_sharding=NamedSharding(mesh, P("data")))
+  assert source.steps_per_epoch == 6
   select = jax.jit(source.select)
   for step in (0, 5, 6, 13):
     got_images, got_labels = select(source.chunk_data(step, 1), step, 0)

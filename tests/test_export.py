@@ -15,6 +15,7 @@ import pytest
 import lrpet_jax
 from lrpet_jax import deploy
 from lrpet_jax import models
+from lrpet_jax import rank_selection
 from lrpet_jax import ranks as ranks_lib
 from reference import rel_err
 
@@ -154,7 +155,7 @@ def test_export_bad_input(tmp_path):
   assert len(last) < 300
   result = run_export(f"--variables={tmp_path}", f"--workdir={tmp_path / 'o'}",
                       "--model=resnet99", "--ratio=0.5")
-  assert result.returncode == 2 and "unknown model" in result.stderr
+  assert result.returncode == 2 and "model: unknown 'resnet99'" in result.stderr
   other = "gpu" if jax.default_backend() == "cpu" else "cpu"
   result = run_export(f"--variables={tmp_path / 'r20'}",
                       f"--workdir={tmp_path / 'o'}", "--model=resnet20",
@@ -168,9 +169,10 @@ def test_export_bad_input(tmp_path):
 def test_tuned_export_is_exact_and_served(tmp_path):
   dense, variables = saved_projected_dense("resnet8", tmp_path / "dense")
   out = tmp_path / "out"
-  report = deploy.export(str(tmp_path / "dense"), str(out), "resnet8",
-                             ratio=0.54, tune_for=jax.default_backend(),
-                             batch=2)
+  rule = rank_selection.RankRule(ratio=0.54)
+  report = deploy.compact_from_checkpoint(
+      str(tmp_path / "dense"), str(out), "resnet8", rule=rule,
+      tune_for=jax.default_backend(), batch=2)
   tuning = json.loads((out / "tuning_report.json").read_text())
   assert tuning == json.loads(json.dumps(report["tuning"]))
   assert tuning["batch"] == 2 and len(tuning["layers"]) == 7
@@ -191,9 +193,9 @@ def test_tuned_export_is_exact_and_served(tmp_path):
   pixels = np.asarray((x * std + mean) * 255, np.float32)
   assert rel_err(served.call(pixels), want) <= 1e-4
   # Tuned and served in bfloat16: the same function to bfloat16 precision.
-  deploy.export(str(tmp_path / "dense"), str(tmp_path / "bf16"), "resnet8",
-                    ratio=0.54, tune_for=jax.default_backend(), batch=2,
-                    compute_dtype="bfloat16")
+  deploy.compact_from_checkpoint(
+      str(tmp_path / "dense"), str(tmp_path / "bf16"), "resnet8", rule=rule,
+      tune_for=jax.default_backend(), batch=2, compute_dtype="bfloat16")
   served = jax.export.deserialize(
       (tmp_path / "bf16" / "serving" / "model.jax_export").read_bytes())
   assert json.loads((tmp_path / "bf16" / "serving" / "spec.json").read_text())[

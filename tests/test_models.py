@@ -11,7 +11,8 @@ import lrpet_jax
 from lrpet_jax import folding
 from lrpet_jax import models
 from lrpet_jax import ranks as ranks_lib
-from lrpet_jax import train
+from lrpet_jax import rank_selection
+from lrpet_jax import run_config
 from lrpet_jax.models import layers
 from reference import rel_err
 
@@ -94,13 +95,19 @@ def pipeline_config(name):
   return config
 
 
+def select_ranks(config, model, abstract, input_shape):
+  """The ranks the pipeline chooses under ``config``."""
+  return rank_selection.select(run_config.part(rank_selection.RankRule, config),
+                               model, abstract, input_shape)
+
+
 @pytest.mark.parametrize("name", CIFAR + IMAGENET)
 def test_pipeline_ranks_every_conv_and_no_classifier(name):
   config = pipeline_config(name)
   model = models.create(name, config.num_classes)
   size = 64 if name in IMAGENET else 32
   abstract = abstract_variables(model, size)
-  ranks = train.select_ranks(config, model, abstract, (size, size, 3))
+  ranks = select_ranks(config, model, abstract, (size, size, 3))
   ranked = ranks_lib.ranks_to_dict(ranks)
   kernels = {"/".join(k.key for k in p): x.ndim for p, x in
              jax.tree_util.tree_leaves_with_path(abstract["params"])
@@ -110,7 +117,7 @@ def test_pipeline_ranks_every_conv_and_no_classifier(name):
   # The option: the classifier too.
   config.project_dense = True
   with_head = ranks_lib.ranks_to_dict(
-      train.select_ranks(config, model, abstract, (size, size, 3)))
+      select_ranks(config, model, abstract, (size, size, 3)))
   assert set(with_head) == set(kernels)
 
 
@@ -119,7 +126,7 @@ def test_vgg16_config_has_the_authors_rank_floors():
   model = models.create("vgg16")
   abstract = abstract_variables(model, 32)
   ranks = ranks_lib.ranks_to_dict(
-      train.select_ranks(config, model, abstract, (32, 32, 3)))
+      select_ranks(config, model, abstract, (32, 32, 3)))
   # Ratio 0.54: conv0 (27x64) int(27 - 14.58) = 12 -> floor 18; conv1
   # (576x64) int(64 - 34.56) = 29 -> floor 43; a 512-wide layer
   # int(512 - 276.48) = 235, above the floor.
@@ -161,7 +168,10 @@ def randomized_bn(variables, seed):
   return jax.tree_util.tree_map_with_path(fix, variables)
 
 
-@pytest.mark.parametrize("name", CIFAR + IMAGENET)
+# The two largest models (13-23 s each on 2 cores) run in the slow tier.
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in ("vgg16", "resnet50")
+    else n for n in CIFAR + IMAGENET])
 def test_compact_model_matches_projected_dense(name):
   size = 64 if name in IMAGENET else 32
   dense = models.create(name)

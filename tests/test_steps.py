@@ -5,14 +5,13 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from lrpet_jax import data as data_lib
 from lrpet_jax import inputs
+from lrpet_jax import methods
 from lrpet_jax import ranks as ranks_lib
 from lrpet_jax import steps
-from lrpet_jax import transform
 
 
 def test_call_lengths_hand_computed():
@@ -49,9 +48,7 @@ def test_k_steps_per_call_equal_single_steps_in_float64():
   # chaotically (1e-7 → 2e-4 over 12 steps of the pipeline test on one
   # processor), so the schedule is compared in float64, where the same
   # round-off stays below 1e-12.
-  config = ml_collections.ConfigDict(dict(
-      seed=0, batch_size=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-      bn_rectification=True))
+  normalization = data_lib.Normalization((0.5,) * 3, (0.25,) * 3)
   rng = np.random.default_rng(0)
   data = data_lib.InMemoryData(
       rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8),
@@ -60,21 +57,28 @@ def test_k_steps_per_call_equal_single_steps_in_float64():
   mesh = jax.make_mesh((1,), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   replicated = NamedSharding(mesh, P())
-  pairs = {"conv0/kernel": "bn0", "conv1/kernel": "bn1"}
   model = Float64Net()
 
   def train(lengths):
-    source = inputs.InMemoryInput.from_arrays(
-        config, data, replicated, NamedSharding(mesh, P("data")))
+    source = inputs.InMemoryInput(
+        data, batch_size=8, eval_batch_size=8, seed=0,
+        normalization=normalization, replicated=replicated,
+        batch_sharding=NamedSharding(mesh, P("data")))
     variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
                            train=False)
-    ranks = ranks_lib.uniform_ranks(variables["params"], 0.5)
-    tx = transform.lrpet(0.05, ranks, every=6)
-    stepper = steps.Stepper(model, tx, config, pairs, source)
+    method = methods.create("lrpet", methods.Setting(
+        build_model=lambda ranks=None, dtype=None: model, dtype=None,
+        dense_abstract=None,
+        ranks=ranks_lib.uniform_ranks(variables["params"], 0.5),
+        pairs={"conv0/kernel": "bn0", "conv1/kernel": "bn1"},
+        learning_rate=0.05, momentum=0.9, weight_decay=1e-4, nesterov=False,
+        project_every=6, energy_transfer=True, residual_scale=0.0,
+        bn_rectification=True))
+    stepper = steps.Stepper(method, source, 0, normalization)
     state = jax.device_put(steps.TrainState(
         step=jnp.zeros((), jnp.int32), params=variables["params"],
         batch_stats=variables["batch_stats"],
-        opt_state=tx.init(variables["params"])), replicated)
+        opt_state=method.tx.init(variables["params"])), replicated)
     window = jax.device_put(steps.empty_window(), replicated)
     step = 0
     for length in lengths:

@@ -450,7 +450,7 @@ def test_dense_baseline_then_decompose_and_retrain(image_folder, tmp_path):
   from lrpet_jax import _trees  # pylint: disable=g-import-not-at-top
   from lrpet_jax import models  # pylint: disable=g-import-not-at-top
   from lrpet_jax import ranks as ranks_lib  # pylint: disable=g-import-not-at-top
-  from lrpet_jax import train  # pylint: disable=g-import-not-at-top
+  from lrpet_jax import methods  # pylint: disable=g-import-not-at-top
 
   dense_dir = tmp_path / "dense"
   result = run(command(image_folder, dense_dir, "--config.method=dense",
@@ -479,7 +479,7 @@ def test_dense_baseline_then_decompose_and_retrain(image_folder, tmp_path):
       dense_vars["params"])
   dense_model = models.create("resnet20", 10)
   compact_model = models.create("resnet20", 10, ranks)
-  init = train.decomposed_variables(dense_dir / "dense_final", jax.eval_shape(
+  init = methods.decomposed_variables(dense_dir / "dense_final", jax.eval_shape(
       lambda: dense_vars), ranks)
   x = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype(np.float32)
   np.testing.assert_allclose(

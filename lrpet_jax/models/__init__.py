@@ -38,6 +38,9 @@ _ZOO = {
                                   block=imagenet_resnet.Bottleneck),
 }
 NAMES = tuple(_ZOO)
+# The data set each zoo model is built for (its input size and normalization).
+DATASETS = {name: "imagenet2012" if name in ("resnet18", "resnet34", "resnet50")
+            else "cifar10" for name in NAMES}
 
 
 def _freeze(ranks: Any) -> Any:
@@ -45,6 +48,12 @@ def _freeze(ranks: Any) -> Any:
   if ranks is None:
     return None
   return jax.tree.map(lambda r: r, ranks, is_leaf=lambda r: r is None)
+
+
+def check_name(name: str) -> None:
+  if name not in _ZOO:
+    raise ValueError(
+        f"model: unknown {name!r}; valid: {', '.join(NAMES)}")
 
 
 def create(name: str, num_classes: int = 10, ranks: Any = None,
@@ -60,9 +69,7 @@ def create(name: str, num_classes: int = 10, ranks: Any = None,
       outputs (e.g. ``jnp.bfloat16``); None: the params' float32. Params and
       BatchNorm statistics are float32 either way.
   """
-  if name not in _ZOO:
-    raise ValueError(
-        f"unknown model {name!r}; valid names: {', '.join(NAMES)}")
+  check_name(name)
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or (
       num_classes < 1):
     raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
@@ -88,5 +95,5 @@ def bn_pairs(params: Any) -> dict[str, str]:
   return pairs
 
 
-__all__ = ["NAMES", "LowRankConv", "LowRankDense", "bn_pairs", "create",
-           "is_factorized", "layers"]
+__all__ = ["DATASETS", "NAMES", "LowRankConv", "LowRankDense", "bn_pairs", "check_name",
+           "create", "is_factorized", "layers"]
