@@ -60,7 +60,8 @@ def main(argv=None):
   ranks = lrpet_jax.uniform_ranks(variables["params"], args.ratio)
   variables = {**variables, "params": lrpet_jax.project_params(
       variables["params"], ranks)}
-  pairs = models.bn_pairs(variables["params"])
+  pairs = lrpet_jax.tracing.bn_pairs(lrpet_jax.tracing.eval_apply(dense),
+                                     variables, shape).pairs
   compact_vars = lrpet_jax.factorize(variables, ranks)
 
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}),"
@@ -87,8 +88,8 @@ def main(argv=None):
     dtype = DTYPES[dtype_name]
     for batch in batches:
       tuned_ranks, report = tuning.tune(
-          args.model, variables, ranks, input_shape=shape, batch=batch,
-          dtype=dtype, repeats=args.repeats)
+          models.create(args.model, dtype=dtype), variables, ranks, pairs,
+          input_shape=shape, batch=batch, repeats=args.repeats)
       x = jnp.asarray(np.random.default_rng(batch).normal(
           size=(batch,) + shape), dtype or jnp.float32)
       calls, logits = {}, {}

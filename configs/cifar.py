@@ -19,8 +19,11 @@ def get_config():
   # such as WORKDIR/dense_final, truncated by SVD: decompose-and-retrain).
   c.method = "lrpet"
   c.init_from = ml_collections.config_dict.placeholder(str)
-  # Model and compression.
+  # Model and compression. A zoo name (lrpet_jax/models) or your own model:
+  # "package.module:factory", a function (num_classes=, dtype=) -> nn.Module
+  # whose __call__(x, <model_flag>) takes a training flag.
   c.model = "resnet56"
+  c.model_flag = "train"
   c.num_classes = 10
   # Ranks (lrpet_jax/rank_selection.py; the export command takes the same):
   c.ratio = 0.54               # r = max(1, int(n − n·ratio)) for every conv

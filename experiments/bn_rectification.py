@@ -39,7 +39,7 @@ from lrpet_jax import models
 from lrpet_jax import projection
 from lrpet_jax import ranks as ranks_lib
 from lrpet_jax import steps
-from lrpet_jax.models import layers
+from lrpet_jax import tracing
 import ml_collections  # pylint: disable=g-bad-import-order
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -74,17 +74,16 @@ def normalized(images, config):
 
 
 def conv_inputs(model, variables, x):
-  """{layer path: its input} for every LowRankConv in the dense model."""
+  """{layer path: (its input, the conv without its bias)} for every nn.Conv
+  of the dense model."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   found = {}
 
   def record(next_fun, args, kwargs, context):
-    if (isinstance(context.module, layers.LowRankConv)
+    if (isinstance(context.module, nn.Conv)
         and context.method_name == "__call__"):
       m = context.module
-      found[tuple(m.path)] = (args[0], dict(
-          features=m.features, kernel_size=m.kernel_size, strides=m.strides,
-          padding=m.padding))
+      found[tuple(m.path)] = (args[0], m.clone(parent=None, use_bias=False))
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
@@ -103,11 +102,10 @@ def bn_output_errors(variables, projected, inputs, pairs, eps=1e-5):
   params = variables["params"]
   stats = variables["batch_stats"]
   errors = {}
-  for path, (x, attrs) in inputs.items():
+  for path, (x, conv) in inputs.items():
     key = "/".join(path + ("kernel",))
     if key not in pairs:
       continue
-    conv = layers.LowRankConv(**attrs)
     bn_path = tuple(pairs[key].split("/"))
     gamma, beta = _at(params, bn_path)["scale"], _at(params, bn_path)["bias"]
     mean, var = _at(stats, bn_path)["mean"], _at(stats, bn_path)["var"]
@@ -144,7 +142,8 @@ def main(argv=None):
     workdir = pathlib.Path(workdir)
     started = time.time()
     config, model, variables, d = load_run(workdir)
-    pairs = models.bn_pairs(variables["params"])
+    pairs = tracing.bn_pairs(tracing.eval_apply(model), variables,
+                             d.train_images.shape[1:]).pairs
     evaluate = steps.make_eval_fn(model, normalization(config))
     test = [(d.test_images[i:i + 500], d.test_labels[i:i + 500])
             for i in range(0, len(d.test_labels), 500)]

@@ -5,9 +5,11 @@ Transfer", TNNLS 2024, arXiv:2204.05566.
 """
 
 from lrpet_jax import models
+from lrpet_jax import tracing
 from lrpet_jax.bn import bn_out_scales
 from lrpet_jax.bn import recompute_batch_stats
 from lrpet_jax.compact import factorize
+from lrpet_jax.factorized import Factorized
 from lrpet_jax.accounting import cost
 from lrpet_jax.accounting import ranks_for_budget
 from lrpet_jax.projection import energy_kept
@@ -20,6 +22,7 @@ from lrpet_jax.transform import lrpet
 __version__ = "0.1.0"
 
 __all__ = [
+    "Factorized",
     "bn_out_scales",
     "cost",
     "energy_kept",
@@ -31,5 +34,6 @@ __all__ = [
     "project_params",
     "ranks_for_budget",
     "recompute_batch_stats",
+    "tracing",
     "uniform_ranks",
 ]

@@ -1,8 +1,9 @@
-"""Cost accounting (MACs, params, FLOPs) and FLOPs-budget ranks.
+"""Cost accounting (MACs, params, FLOPs) and FLOPs-budget ranks, for any model.
 
 MACs follow the paper's tables: a conv costs H_out·W_out·c_out·kh·kw·c_in/groups,
 a dense layer in·out; BatchNorm, activations, pooling and biases are not
-counted.
+counted. They are counted from the jaxpr (half the ``matmul_flops``), so any
+module that convolves or multiplies matrices is counted, factorized or not.
 
 FLOPs are counted from the jaxpr of the eval-mode forward pass (``flops``),
 before any backend sees it, so every backend reports the same number:
@@ -21,64 +22,26 @@ hands to cuDNN (2.4M FLOPs reported for ResNet-56's 125M MACs on an H200), and
 on CPU it skips the padding taps.
 """
 
-import dataclasses
 import math
 import numbers
 from typing import Any
 
-import flax.linen as nn
 import jax
 from jax.extend import core as jax_core
-import jax.numpy as jnp
 
 from lrpet_jax import _trees
+from lrpet_jax import factorized
 from lrpet_jax import ranks as ranks_lib
-from lrpet_jax.models import layers
+from lrpet_jax import tracing
 
 
-@dataclasses.dataclass(frozen=True)
-class LayerCost:
-  """One conv or dense layer of a traced forward pass (per example)."""
-
-  path: tuple[str, ...]           # the module's path; its kernel is path + ("kernel",)
-  kernel_shapes: tuple[tuple[int, ...], ...]
-  positions: int                  # output spatial positions (1 for dense)
-
-  @property
-  def macs(self) -> int:
-    return self.positions * sum(math.prod(s) for s in self.kernel_shapes)
-
-
-_LAYER_TYPES = (layers.LowRankConv, layers.LowRankDense, nn.Conv, nn.Dense)
-
-
-def _example_input(input_shape):
-  shape = tuple(input_shape)
-  if len(shape) == 3:
-    shape = (1,) + shape
-  return jax.ShapeDtypeStruct((1,) + shape[1:], jnp.float32)
-
-
-def layer_costs(model: nn.Module, variables: Any,
-                input_shape: tuple[int, ...]) -> list[LayerCost]:
-  """The conv/dense layers ``model`` runs on one example of ``input_shape``."""
-  found = []
-
-  def record(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    if (isinstance(context.module, _LAYER_TYPES)
-        and context.method_name == "__call__"):
-      kernels = tuple(
-          tuple(v.shape) for k, v in context.module.variables["params"].items()
-          if k.endswith("kernel"))
-      found.append(LayerCost(tuple(context.module.path), kernels,
-                             math.prod(out.shape[1:-1])))
-    return out
-
-  with nn.intercept_methods(record):
-    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
-                   _example_input(input_shape))
-  return found
+def layer_costs(model, variables: Any, input_shape: tuple[int, ...], *,
+                apply_fn=None) -> list[tracing.Layer]:
+  """The conv/dense layers the model runs on one example of ``input_shape``
+  (``tracing.layers``; each has ``path``, ``kernel_shapes``, ``positions``
+  and ``macs``). ``apply_fn``: as in ``cost``."""
+  return tracing.layers(apply_fn or tracing.eval_apply(model), variables,
+                        input_shape)
 
 
 _ELEMENTWISE = frozenset({
@@ -130,27 +93,32 @@ def flops(fn, *args) -> dict[str, int]:
           **counts}
 
 
-def cost(model: nn.Module, variables: Any, input_shape: tuple[int, ...], *,
+def cost(model, variables: Any, input_shape: tuple[int, ...], *,
          apply_fn=None) -> dict[str, float]:
   """{"macs", "params", "flops", "matmul_flops", "elementwise_flops"} of one
-  example's eval-mode forward pass.
+  example's eval-mode forward pass, from its jaxpr (``flops``): MACs are the
+  multiply-adds of every convolution and matrix product (matmul_flops / 2,
+  the paper's convention for conv and dense layers), whatever module makes
+  them.
 
   Args:
-    model: a Flax module with ``__call__(x, train)``.
+    model: a Flax module (or ``Factorized``), unless ``apply_fn`` says how
+      to run it.
     variables: its variables (arrays or ``jax.ShapeDtypeStruct``s).
     input_shape: (H, W, C) or (N, H, W, C); costs are per example.
-    apply_fn: ``apply_fn(variables, x)`` to count FLOPs of instead of
-      ``model.apply(variables, x, train=False)`` (e.g. the BatchNorm-folded
-      model, ``folding.folded_apply``). MACs and params are the model's.
+    apply_fn: ``apply_fn(variables, x)``, the forward pass to count: default
+      ``model.apply(variables, x, train=False)``
+      (``tracing.eval_apply(model, training=False)`` for another flag; the
+      BatchNorm-folded model: ``folding.folded_apply``). Params are the
+      variables'.
   """
-  macs = sum(c.macs for c in layer_costs(model, variables, input_shape))
   params = sum(math.prod(x.shape) for x in jax.tree.leaves(variables["params"]))
-  apply_fn = apply_fn or (lambda v, x: model.apply(v, x, train=False))
-  return {"macs": macs, "params": params,
-          **flops(apply_fn, variables, _example_input(input_shape))}
+  counted = flops(apply_fn or tracing.eval_apply(model), variables,
+                  tracing.example(input_shape))
+  return {"macs": counted["matmul_flops"] // 2, "params": params, **counted}
 
 
-def compact_cost(costs: list[LayerCost], total_params: int,
+def compact_cost(costs: list[tracing.Layer], total_params: int,
                  ranks: Any) -> dict[str, int]:
   """MACs and params of the compact model, from the dense model's layer costs.
 
@@ -163,7 +131,7 @@ def compact_cost(costs: list[LayerCost], total_params: int,
     (shape,) = c.kernel_shapes
     rank = flat.get(c.path + ("kernel",))
     weights = math.prod(shape)
-    if layers.is_factorized(rank, shape):
+    if factorized.is_factorized(rank, shape):
       m, n = math.prod(shape[:-1]), shape[-1]
       params += rank * (m + n) - weights
       weights = rank * (m + n)
@@ -171,11 +139,12 @@ def compact_cost(costs: list[LayerCost], total_params: int,
   return {"macs": macs, "params": params}
 
 
-def ranks_for_budget(model: nn.Module, variables: Any,
+def ranks_for_budget(model, variables: Any,
                      input_shape: tuple[int, ...], *,
                      macs_reduction: float | None = None,
                      params_reduction: float | None = None,
-                     include: ranks_lib.IncludeFn | None = None) -> Any:
+                     include: ranks_lib.IncludeFn | None = None,
+                     apply_fn=None) -> Any:
   """Uniform-ratio ranks whose compact model best meets a MACs or params cut.
 
   The compact model's reduction is a step function of the ratio (ranks are
@@ -191,6 +160,7 @@ def ranks_for_budget(model: nn.Module, variables: Any,
       give exactly one.
     include: leaf selection, as in ``uniform_ranks`` (default: convolution
       kernels; ``ranks.is_kernel`` adds dense ones).
+    apply_fn: as in ``cost``.
 
   Returns:
     A rank pytree (``uniform_ranks(params, ratio, include=include)``).
@@ -204,7 +174,7 @@ def ranks_for_budget(model: nn.Module, variables: Any,
       or not 0.0 < target < 1.0):
     raise ValueError(f"{name} must be in (0, 1), got {target!r}")
   params = variables["params"]
-  costs = layer_costs(model, variables, input_shape)
+  costs = layer_costs(model, variables, input_shape, apply_fn=apply_fn)
   dense_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
   dense = {"macs": sum(c.macs for c in costs), "params": dense_params}
 

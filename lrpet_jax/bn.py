@@ -92,8 +92,15 @@ def recompute_batch_stats(apply_fn: Callable[..., tuple[Any, Mapping[str, Any]]]
 
   @jax.jit
   def stats_from_rest(rest, start, x):
-    _, mutated = apply_fn({**rest, "batch_stats": start}, x)
-    return mutated["batch_stats"]
+    out = apply_fn({**rest, "batch_stats": start}, x)
+    if not (isinstance(out, tuple) and len(out) == 2
+            and isinstance(out[1], Mapping) and "batch_stats" in out[1]):
+      raise ValueError(
+          "apply_fn must return (outputs, {'batch_stats': ...}): run the"
+          " model in training mode with mutable=['batch_stats'], e.g."
+          " functools.partial(model.apply, train=True,"
+          " mutable=['batch_stats'])")
+    return out[1]["batch_stats"]
 
   def stats_from(start, x):
     return stats_from_rest(rest, start, x)

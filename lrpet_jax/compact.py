@@ -4,11 +4,14 @@ A kernel W of shape (..., c_out), viewed as the (m, n) matrix, with rank r and
 truncated SVD W ≈ U_r S_r V_rᵀ becomes two kernels
 
     first_kernel  = U_r √S_r  reshaped to (..., r)     (k×k conv with r filters)
-    second_kernel = √S_r V_rᵀ reshaped to (1, 1, r, c_out) for a conv, (r, n) dense
+    second_kernel = √S_r V_rᵀ reshaped to (1, 1, r, c_out) for a 2-D conv
+                    ((1,)·(ndim − 2) + (r, c_out) in general; (r, n) dense)
 
-so first·second = W_r (exactly W after LRPET's final projection). The bias and
-all other variables (BatchNorm statistics included) carry over. Layers that
-``is_factorized`` rejects (break-even guard) keep their dense kernel.
+so first·second = W_r (exactly W after LRPET's final projection): the
+variables of ``factorized.Factorized``, the compact model of any model. The
+bias and all other variables (BatchNorm statistics included) carry over.
+Layers that ``factorized.is_factorized`` rejects (break-even guard) keep
+their dense kernel.
 """
 
 import json
@@ -21,12 +24,11 @@ import numpy as np
 
 from lrpet_jax import _trees
 from lrpet_jax import accounting
+from lrpet_jax import factorized
 from lrpet_jax import folding
-from lrpet_jax import models
 from lrpet_jax import projection
 from lrpet_jax import ranks as ranks_lib
 from lrpet_jax import serving
-from lrpet_jax.models import layers
 
 
 def _split(kernel: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,9 +38,8 @@ def _split(kernel: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
   u, s, vt = np.linalg.svd(w, full_matrices=False)
   root = np.sqrt(s[:rank])
   first = (u[:, :rank] * root).reshape(shape[:-1] + (rank,))
-  second = root[:, None] * vt[:rank]
-  if len(shape) == 4:
-    second = second.reshape(1, 1, rank, n)
+  second = (root[:, None] * vt[:rank]).reshape((1,) * (len(shape) - 2)
+                                               + (rank, n))
   return first.astype(kernel.dtype), second.astype(kernel.dtype)
 
 
@@ -48,7 +49,7 @@ def _factorize_tree(tree: Any, ranks: Any, path: tuple[str, ...]) -> Any:
   out = {}
   for key, value in tree.items():
     rank = ranks.get(key) if isinstance(ranks, dict) else None
-    if key == "kernel" and isinstance(rank, int) and layers.is_factorized(
+    if key == "kernel" and isinstance(rank, int) and factorized.is_factorized(
         rank, np.shape(value)):
       projection.check_rank(rank, np.shape(value),
                             f"ranks[{_trees.path_str(path + (key,))}]")
@@ -67,7 +68,7 @@ def _plain(tree: Any) -> Any:
 
 
 def factorize(variables: Any, ranks: Any) -> dict[str, Any]:
-  """Variables of ``models.create(name, ranks=ranks)`` from the dense ones.
+  """Variables of ``factorized.Factorized(dense_model, ranks)`` from the dense ones.
 
   Args:
     variables: the dense model's variables ({"params": ..., "batch_stats": ...}).
@@ -105,7 +106,7 @@ def layer_report(variables: Any, ranks: Any, costs: list[Any],
       continue
     shape = tuple(params[key].shape)
     m, n = projection.matrix_shape(shape)
-    split = layers.is_factorized(rank, shape)
+    split = factorized.is_factorized(rank, shape)
     compact_weights = rank * (m + n) if split else m * n
     rows.append({
         "layer": "/".join(c.path),
@@ -178,36 +179,41 @@ def _summary_line(model_name, report) -> str:
           f" ({report['params_reduction']:.1%} fewer)\n")
 
 
-def build_report(model_name: str, ranks: Any, *, num_classes: int,
-                 input_shape: tuple[int, int, int], dense_variables: Any,
-                 compact_variables: Any, energy_kept=None) -> tuple[dict, Any]:
+def abstract_variables(model, input_shape) -> Any:
+  """``model``'s variables as ``ShapeDtypeStruct``s (``train=False`` init)."""
+  return jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), train=False))
+
+
+def build_report(dense_model, ranks: Any, pairs, *,
+                 input_shape: tuple[int, ...], dense_variables: Any,
+                 compact_variables: Any, energy_kept=None,
+                 description: dict) -> tuple[dict, Any]:
   """(the report ``write`` saves, the compact model's folded variables).
 
   ``dense_variables`` None: costs from the dense model's shapes, no rows.
+  ``description`` (model name, classes) heads the report.
   """
-  dense_model = models.create(model_name, num_classes)
-  compact_model = models.create(model_name, num_classes, ranks=ranks)
-  dense_abstract = jax.eval_shape(lambda: dense_model.init(
-      jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), train=False))
+  compact_model = factorized.Factorized(dense_model, ranks)
+  dense_abstract = abstract_variables(dense_model, input_shape)
   costs = folded_costs(dense_model, compact_model,
                        dense_variables or dense_abstract, compact_variables,
-                       models.bn_pairs(dense_abstract["params"]), input_shape)
+                       pairs, input_shape)
   rows = [] if dense_variables is None else layer_report(
       dense_variables, ranks,
       accounting.layer_costs(dense_model, dense_variables, input_shape),
       energy_kept)
   dense, small = costs["dense"], costs["compact"]
   return {
-      "model": model_name, "num_classes": num_classes,
-      "input_shape": list(input_shape), "dense": dense, "compact": small,
-      "macs_reduction": 1 - small["macs"] / dense["macs"],
+      **description, "input_shape": list(input_shape), "dense": dense,
+      "compact": small, "macs_reduction": 1 - small["macs"] / dense["macs"],
       "params_reduction": 1 - small["params"] / dense["params"],
       "layers": rows,
   }, costs["folded"]
 
 
-def write(out_dir: str | pathlib.Path, model_name: str, ranks: Any, *,
-          num_classes: int, input_shape: tuple[int, int, int],
+def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
+          input_shape: tuple[int, ...], description: dict,
           dense_variables: Any = None, compact_variables: Any = None,
           energy_kept: dict[str, float] | None = None,
           overwrite: bool = False, normalization=None) -> tuple[dict, Any]:
@@ -215,18 +221,22 @@ def write(out_dir: str | pathlib.Path, model_name: str, ranks: Any, *,
 
   Writes to ``out_dir`` (created): ``compact/`` (Orbax checkpoint of the
   compact model's variables), ``ranks.json`` ({"layer/kernel": rank}, to
-  rebuild the compact model), ``compact_report.json`` (model, input shape,
-  per-example MACs, params and BatchNorm-folded FLOPs dense vs compact,
-  reductions, per-layer rows: ``build_report``), ``compact_report.txt`` (the
-  rows as a table and a totals line) and, with ``normalization``,
-  ``serving/``: the compact model, BatchNorm folded, as a standalone
-  ``jax.export`` artifact (``serving.write``).
+  rebuild the compact model), ``compact_report.json`` (the description,
+  input shape, per-example MACs, params and BatchNorm-folded FLOPs dense vs
+  compact, reductions, per-layer rows: ``build_report``),
+  ``compact_report.txt`` (the rows as a table and a totals line) and, with
+  ``normalization``, ``serving/``: the compact model, BatchNorm folded, as a
+  standalone ``jax.export`` artifact (``serving.write``).
 
   Args:
     out_dir: output directory.
-    model_name, num_classes: the zoo model (``models.create``).
+    dense_model: the dense model, ``__call__(x, train)`` (any other flag:
+      ``models.with_train_flag``).
     ranks: rank pytree of the dense params.
+    pairs: {kernel path: BatchNorm path} (``tracing.bn_pairs``), for folding.
     input_shape: (H, W, C) of one example.
+    description: {"model": name, "num_classes": n, ...} for the report and
+      the serving spec.
     dense_variables: the dense model's variables (projected: the
       factorization is then exact); factorized unless ``compact_variables``.
     compact_variables: the compact model's variables, when trained directly
@@ -241,9 +251,9 @@ def write(out_dir: str | pathlib.Path, model_name: str, ranks: Any, *,
   if compact_variables is None:
     compact_variables = factorize(dense_variables, ranks)
   report, folded = build_report(
-      model_name, ranks, num_classes=num_classes, input_shape=input_shape,
+      dense_model, ranks, pairs, input_shape=input_shape,
       dense_variables=dense_variables, compact_variables=compact_variables,
-      energy_kept=energy_kept)
+      energy_kept=energy_kept, description=description)
   out.mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(out / "compact", compact_variables, force=overwrite)
@@ -253,13 +263,11 @@ def write(out_dir: str | pathlib.Path, model_name: str, ranks: Any, *,
   (out / "compact_report.json").write_text(json.dumps(report, indent=1))
   (out / "compact_report.txt").write_text(
       (format_report(report["layers"]) + "\n\n" if report["layers"] else "")
-      + _summary_line(model_name, report))
+      + _summary_line(description.get("model", "model"), report))
   if normalization is not None:
     serving.write(
-        out / "serving", models.create(model_name, num_classes, ranks=ranks),
-        folded, input_shape=input_shape, mean=normalization[0],
-        std=normalization[1], description={
-            "model": model_name, "num_classes": num_classes,
-            "form": "compact (LRPET factorization), BatchNorm folded",
-            "ranks": ranks_lib.ranks_to_dict(ranks)})
+        out / "serving", factorized.Factorized(dense_model, ranks), folded,
+        input_shape=input_shape, mean=normalization[0], std=normalization[1],
+        description={**description, "ranks": ranks_lib.ranks_to_dict(ranks),
+                     "form": "compact (LRPET factorization), BatchNorm folded"})
   return report, compact_variables

@@ -17,11 +17,13 @@ import jax.numpy as jnp
 
 from lrpet_jax import compact
 from lrpet_jax import data as data_lib
+from lrpet_jax import factorized
 from lrpet_jax import folding
 from lrpet_jax import models
 from lrpet_jax import rank_selection
 from lrpet_jax import ranks as ranks_lib
 from lrpet_jax import serving
+from lrpet_jax import tracing
 from lrpet_jax import tuning
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -43,71 +45,87 @@ def _check(tune_for, batch, compute_dtype, normalization) -> None:
                        f" {list(values)}")
 
 
-def restore_dense(source: pathlib.Path, model_name: str, num_classes: int,
-                  input_size: int):
-  """(dense model, its variables restored from ``source``)."""
+def restore_dense(source: pathlib.Path, dense, spec: str, num_classes: int,
+                  input_shape):
+  """``dense``'s variables restored from ``source``, or a one-line error."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   if not source.is_dir():
     raise ValueError(f"variables: no checkpoint directory at {source}")
-  dense = models.create(model_name, num_classes)
-  abstract = jax.eval_shape(lambda: dense.init(
-      jax.random.key(0), jnp.zeros((1, input_size, input_size, 3)),
-      train=False))
+  abstract = compact.abstract_variables(dense, input_shape)
   try:
-    return dense, ocp.StandardCheckpointer().restore(source, abstract)
+    return ocp.StandardCheckpointer().restore(source, abstract)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
         f"variables: cannot restore {source} as the variables of --model="
-        f"{model_name} with {num_classes} classes (another model, or not a"
+        f"{spec} with {num_classes} classes (another model, or not a"
         f" variables checkpoint; {type(e).__name__})") from None
 
 
+def _normalization(spec, dataset, normalization) -> data_lib.Normalization:
+  if normalization is not None:
+    return normalization
+  dataset = dataset or models.DATASETS.get(spec)
+  if not dataset:
+    raise ValueError("mean: a model outside the zoo needs --mean and --std"
+                     " (or --dataset) for the serving artifact")
+  if dataset not in data_lib.NORMALIZATION:
+    raise ValueError(f"dataset: no normalization constants for {dataset!r}"
+                     f" (known: {', '.join(data_lib.NORMALIZATION)}); give"
+                     " --mean and --std")
+  return data_lib.NORMALIZATION[dataset]
+
+
 def compact_from_checkpoint(
-    variables_dir: str, workdir: str, model_name: str, *,
+    variables_dir: str, workdir: str, spec: str, *,
     rule: rank_selection.RankRule, num_classes: int = 10,
-    input_size: int = 32, overwrite: bool = False,
+    input_size: int = 32, model_flag: str = "train", overwrite: bool = False,
     tune_for: str | None = None, batch: int = 256,
-    compute_dtype: str = "float32",
+    compute_dtype: str = "float32", dataset: str | None = None,
     normalization: data_lib.Normalization | None = None) -> dict:
   """What ``python -m lrpet_jax.export`` does; returns the report written as
   JSON (with a ``tuning`` entry when tuned).
 
-  ``normalization``: the serving artifact's input normalization; default the
-  constants of the data set the zoo model is built for. Bad arguments raise a
-  one-line ValueError naming the argument, before anything is written.
+  ``spec``: a zoo name or ``package.module:factory`` (``models.build``),
+  whose training flag is ``model_flag``. ``normalization``: the serving
+  artifact's input normalization; default the constants of ``dataset``, or
+  of the data set a zoo model is built for. Bad arguments raise a one-line
+  ValueError naming the argument, before anything is written.
   """
-  models.check_name(model_name)
-  if normalization is None:
-    normalization = data_lib.NORMALIZATION[models.DATASETS[model_name]]
+  models.check_name(spec)
+  normalization = _normalization(spec, dataset, normalization)
   _check(tune_for, batch, compute_dtype, normalization)
   out = pathlib.Path(workdir).absolute()
   if (out / "compact").exists() and not overwrite:
     raise ValueError(f"workdir: {out / 'compact'} exists (pass --overwrite to"
                      " replace)")
   shape = (input_size, input_size, 3)
-  dense, variables = restore_dense(pathlib.Path(variables_dir).absolute(),
-                                   model_name, num_classes, input_size)
+  dense = models.with_train_flag(models.build(spec, num_classes), model_flag)
+  variables = restore_dense(pathlib.Path(variables_dir).absolute(), dense,
+                            spec, num_classes, shape)
+  pairs = tracing.bn_pairs(tracing.eval_apply(dense), variables, shape).pairs
   ranks = rank_selection.select(rule, dense, variables, shape)
-  report, _ = compact.write(out, model_name, ranks, num_classes=num_classes,
-                            input_shape=shape, dense_variables=variables,
+  description = {"model": spec, "num_classes": num_classes}
+  report, _ = compact.write(out, dense, ranks, pairs, input_shape=shape,
+                            description=description, dense_variables=variables,
                             overwrite=overwrite, normalization=normalization)
   print((out / "compact_report.txt").read_text(), end="")
   if tune_for is not None:
+    in_dtype = models.with_train_flag(models.build(
+        spec, num_classes, COMPUTE_DTYPES[compute_dtype]), model_flag)
     report["tuning"] = write_tuned(
-        out, model_name, variables, ranks, num_classes=num_classes,
-        input_shape=shape, batch=batch, dtype=COMPUTE_DTYPES[compute_dtype],
-        normalization=normalization)
+        out, in_dtype, variables, ranks, pairs, input_shape=shape,
+        batch=batch, description=description, normalization=normalization)
   return report
 
 
-def write_tuned(out: pathlib.Path, model_name, variables, ranks, *,
-                num_classes, input_shape, batch, dtype, normalization) -> dict:
-  """``tuning.tune`` here, then ``tuned/``, ``tuned_ranks.json``,
-  ``tuning_report.*`` and the tuned model in ``serving/``."""
+def write_tuned(out: pathlib.Path, model, variables, ranks, pairs, *,
+                input_shape, batch, description, normalization) -> dict:
+  """``tuning.tune`` of ``model`` (in the dtype to serve in) here, then
+  ``tuned/``, ``tuned_ranks.json``, ``tuning_report.*`` and the tuned model
+  in ``serving/``."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   tuned_ranks, report = tuning.tune(
-      model_name, variables, ranks, num_classes=num_classes,
-      input_shape=input_shape, batch=batch, dtype=dtype,
+      model, variables, ranks, pairs, input_shape=input_shape, batch=batch,
       log=lambda line: print(f"tuning: {line}", file=sys.stderr, flush=True))
   tuned_vars = compact.factorize(variables, tuned_ranks)
   checkpointer = ocp.StandardCheckpointer()
@@ -117,14 +135,14 @@ def write_tuned(out: pathlib.Path, model_name, variables, ranks, *,
       ranks_lib.ranks_to_dict(tuned_ranks), indent=1))
   (out / "tuning_report.json").write_text(json.dumps(report, indent=1) + "\n")
   (out / "tuning_report.txt").write_text(tuning.format_report(report))
-  model = models.create(model_name, num_classes, ranks=tuned_ranks, dtype=dtype)
-  serving.write(out / "serving", model, folding.fold(
-      tuned_vars, models.bn_pairs(variables["params"])),
-      input_shape=input_shape, mean=normalization[0], std=normalization[1],
-      dtype=dtype, description={
-          "model": model_name, "num_classes": num_classes,
-          "form": f"tuned for {report['backend']} ({report['device']}) at"
-                  f" batch {batch}, {report['dtype']}; BatchNorm folded",
-          "ranks": ranks_lib.ranks_to_dict(tuned_ranks)})
+  dtype = None if report["dtype"] == "float32" else jnp.dtype(report["dtype"])
+  serving.write(out / "serving", factorized.Factorized(model, tuned_ranks),
+                folding.fold(tuned_vars, pairs), input_shape=input_shape,
+                mean=normalization[0], std=normalization[1], dtype=dtype,
+                description={
+                    **description, "ranks": ranks_lib.ranks_to_dict(tuned_ranks),
+                    "form": f"tuned for {report['backend']} ({report['device']})"
+                            f" at batch {batch}, {report['dtype']}; BatchNorm"
+                            " folded"})
   print(tuning.format_report(report), end="")
   return report

@@ -89,7 +89,7 @@ class Phase:
 
 def _final_projection(e: Ending) -> str:
   s = e.method.setting
-  out_scales = (bn.bn_out_scales(e.params, e.batch_stats, s.pairs)
+  out_scales = (bn.bn_out_scales(e.params, e.batch_stats, s.pairing.pairs)
                 if s.bn_rectification else None)
   e.params = projection.project_params(e.params, s.ranks,
                                        out_scales=out_scales,
@@ -132,8 +132,9 @@ def _compact_export(e: Ending) -> str:
   energy = (None if kept is None else
             dict(zip(ranks_lib.ranks_to_dict(s.ranks), kept.tolist())))
   e.report, e.compact_variables = compact.write(
-      e.workdir, e.description["model"], s.ranks,
-      num_classes=e.description["num_classes"], input_shape=e.input_shape,
+      e.workdir, e.model(False), s.ranks, s.pairing.pairs,
+      input_shape=e.input_shape,
+      description={k: e.description[k] for k in ("model", "num_classes")},
       dense_variables=e.dense_variables, compact_variables=e.compact_variables,
       energy_kept=energy, overwrite=True, normalization=e.normalization)
   return (f"compact model exported to {e.workdir / 'compact'}, and BatchNorm"

@@ -5,7 +5,11 @@ standalone inference artifact, optionally tuned for latency.
         --model=resnet56 --ratio=0.54 [--num_classes=10 --input_size=32] \
         [--tune_for=cpu --batch=256]
 
-``DENSE_DIR`` is an Orbax ``StandardCheckpointer`` checkpoint of the dense
+``--model`` is a zoo name or ``package.module:factory``: your own model, a
+function ``(num_classes=, dtype=) -> nn.Module`` (``--model_flag`` names its
+training flag if that is not ``train``; ``--dataset`` or ``--mean``/``--std``
+give its input normalization). ``DENSE_DIR`` is an Orbax
+``StandardCheckpointer`` checkpoint of the dense
 model's ``{"params", "batch_stats"}`` (LRPET-projected: the factorization is
 then exact; otherwise it truncates). Ranks are chosen as in training
 (``lrpet_jax.rank_selection``): from ``--ratio``, ``--macs_reduction`` /
@@ -59,7 +63,14 @@ from lrpet_jax import rank_selection
 
 _VARIABLES = flags.DEFINE_string("variables", None, "Dense Orbax checkpoint.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-_MODEL = flags.DEFINE_string("model", None, f"One of {', '.join(models.NAMES)}.")
+_MODEL = flags.DEFINE_string(
+    "model", None, f"One of {', '.join(models.NAMES)}, or"
+    " package.module:factory (a function (num_classes=, dtype=) -> nn.Module).")
+_MODEL_FLAG = flags.DEFINE_string(
+    "model_flag", "train", "The name of the model's training flag.")
+_DATASET = flags.DEFINE_string(
+    "dataset", None, "The data set whose normalization the serving artifact"
+    " applies (default: the zoo model's); or give --mean and --std.")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 10, "Classes of the head.")
 _INPUT_SIZE = flags.DEFINE_integer("input_size", 32, "Input height = width.")
 _RATIO = flags.DEFINE_float("ratio", None, "Uniform compression ratio.")
@@ -124,8 +135,9 @@ def main(argv):
     deploy.compact_from_checkpoint(
         _VARIABLES.value, _WORKDIR.value, _MODEL.value, rule=_rank_rule(),
         num_classes=_NUM_CLASSES.value, input_size=_INPUT_SIZE.value,
-        overwrite=_OVERWRITE.value, tune_for=_TUNE_FOR.value,
-        batch=_BATCH.value, compute_dtype=_DTYPE.value,
+        model_flag=_MODEL_FLAG.value, overwrite=_OVERWRITE.value,
+        tune_for=_TUNE_FOR.value, batch=_BATCH.value,
+        compute_dtype=_DTYPE.value, dataset=_DATASET.value,
         normalization=_normalization_flags())
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -11,9 +11,10 @@ second kernel, which produces the output channels, is scaled. This applies to
 the dense and the compact models alike, so the two are compared as deployed.
 
 ``fold(variables, pairs)`` returns the folded variables; ``folded_apply``
-runs a model on them: every paired BatchNorm is skipped and its layer adds
-the folded bias (Flax method interception at trace time, so the compiled
-graph is conv → bias → …, with no BatchNorm arithmetic left).
+runs any model on them (dense, or ``factorized.Factorized``): every paired
+BatchNorm is skipped and its layer adds the folded bias (Flax method
+interception at trace time, so the compiled graph is conv → bias → …, with
+no BatchNorm arithmetic left). ``pairs`` come from ``tracing.bn_pairs``.
 """
 
 from collections.abc import Mapping
@@ -25,14 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from lrpet_jax import _trees
-from lrpet_jax.models import layers
 
-_LAYERS = (layers.LowRankConv, layers.LowRankDense)
 BIAS = "folded_bias"  # the collection holding each folded layer's bias
 
 
 def module_pairs(kernel_pairs: Mapping[str, str]) -> dict[tuple, tuple]:
-  """{layer module path: BatchNorm module path} from ``models.bn_pairs``'s
+  """{layer module path: BatchNorm module path} from ``tracing.bn_pairs``'s
   {kernel path: BatchNorm path} (the kernel path without its ``kernel``)."""
   out = {}
   for kernel, bn in kernel_pairs.items():
@@ -66,10 +65,10 @@ def fold(variables: Any, kernel_pairs: Mapping[str, str], *,
   """Folded variables of a dense or compact model.
 
   Args:
-    variables: {"params", "batch_stats"} of a model built from ``layers``.
+    variables: {"params", "batch_stats"} of a dense or compact model.
     kernel_pairs: {kernel path: BatchNorm path} of the *dense* model
-      (``models.bn_pairs(dense_params)``); for a compact model the same
-      layer paths hold ``first_kernel``/``second_kernel`` instead.
+      (``tracing.bn_pairs(...).pairs``); for a compact model the same layer
+      paths hold ``first_kernel``/``second_kernel`` instead.
     eps: the BatchNorm epsilon (1e-5, as ``layers.batch_norm``).
 
   Returns:
@@ -108,13 +107,14 @@ def fold(variables: Any, kernel_pairs: Mapping[str, str], *,
   return out
 
 
-def folded_apply(model: nn.Module, folded: Mapping[str, Any], x: jax.Array,
+def folded_apply(model, folded: Mapping[str, Any], x: jax.Array,
                  **kwargs) -> jax.Array:
-  """``model.apply(..., train=False)`` on ``fold``'s output.
+  """``model.apply(..., **kwargs)`` on ``fold``'s output; ``kwargs`` default
+  to ``train=False`` (pass e.g. ``training=False`` for another flag).
 
-  A layer with a folded bias adds it (in the layer's dtype); a BatchNorm whose
-  statistics ``fold`` removed returns its input unchanged. Other modules run
-  as usual.
+  A layer with a folded bias adds it (in its output's dtype); a BatchNorm
+  whose statistics ``fold`` removed returns its input unchanged. Other
+  modules run as usual.
   """
   biases = _trees.leaves_by_path(folded[BIAS])
   stats = _trees.leaves_by_path(folded.get("batch_stats", {}))
@@ -127,10 +127,10 @@ def folded_apply(model: nn.Module, folded: Mapping[str, Any], x: jax.Array,
         and path + ("mean",) not in stats):
       return args[0]
     out = next_fun(*args, **kw)
-    if isinstance(context.module, _LAYERS) and path + ("bias",) in biases:
+    if path + ("bias",) in biases:
       out = out + jnp.asarray(biases[path + ("bias",)], out.dtype)
     return out
 
   variables = {k: v for k, v in folded.items() if k != BIAS}
   with nn.intercept_methods(intercept):
-    return model.apply(variables, x, train=False, **kwargs)
+    return model.apply(variables, x, **(kwargs or {"train": False}))

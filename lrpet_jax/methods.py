@@ -40,6 +40,7 @@ from lrpet_jax import bn
 from lrpet_jax import compact
 from lrpet_jax import ending
 from lrpet_jax import projection
+from lrpet_jax import tracing
 from lrpet_jax import transform
 
 
@@ -53,7 +54,7 @@ class Setting:
     dtype: the computation dtype training uses.
     dense_abstract: the dense model's variables as ``ShapeDtypeStruct``s.
     ranks: the run's rank tree of the dense params.
-    pairs: {kernel path: BatchNorm path} of the dense model.
+    pairing: which BatchNorm follows which layer (``tracing.bn_pairs``).
     learning_rate: the schedule.
     momentum, weight_decay, nesterov: ``transform.pytorch_sgd``'s.
     project_every: steps between projections.
@@ -65,7 +66,7 @@ class Setting:
   dtype: Any
   dense_abstract: Any
   ranks: Any
-  pairs: Mapping[str, str]
+  pairing: tracing.Pairing
   learning_rate: optax.Schedule
   momentum: float
   weight_decay: float
@@ -154,7 +155,7 @@ class Lrpet(Method):
     extra = {}
     if project is not False and self.setting.bn_rectification:
       extra["out_scales"] = bn.bn_out_scales(params, batch_stats,
-                                             self.setting.pairs)
+                                             self.setting.pairing.pairs)
     if project is not None:  # else the projection's counter decides
       extra["project"] = project
     projected, projection_state = low_rank.update(

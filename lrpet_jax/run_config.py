@@ -91,7 +91,7 @@ FIELDS = {
         "project_dense", "distributed")},
 }
 # Read as they are (names and paths checked by the rules below).
-OTHER_FIELDS = ("method", "model", "dataset", "data_dir")
+OTHER_FIELDS = ("method", "model", "model_flag", "dataset", "data_dir")
 
 
 def check(config) -> None:
@@ -104,7 +104,8 @@ def check(config) -> None:
     if not ok(config[field]):
       raise ConfigError(f"{field}: must be {what}, got {config[field]!r}")
   try:
-    models.check_name(config.model)
+    models.check_flag(models.build(config.model, config.num_classes),
+                      config.model_flag)
     data_lib.check_dataset_name(config.dataset)
     methods.check(config.method, config)
     part(rank_selection.RankRule, config)

@@ -12,6 +12,7 @@ import pathlib
 
 from absl import logging
 
+from lrpet_jax import ranks as ranks_lib
 from lrpet_jax.errors import ConfigError
 
 # Fields that make checkpoints another run's, with the value a config.json
@@ -63,6 +64,23 @@ def record(config, workdir: pathlib.Path, command) -> None:
   if command:
     with open(workdir / "commands.txt", "a", encoding="utf-8") as f:
       f.write(" ".join(command) + "\n")
+
+
+def record_pairs(workdir: pathlib.Path, pairing, ranks) -> None:
+  """``bn_pairs.json`` — which BatchNorm follows each layer (found by
+  tracing), the kernels that feed none, and the projected ones among them
+  (projected without BN rectification) — and a log line."""
+  ranked = set(ranks_lib.ranks_to_dict(ranks))
+  unrectified = [k for k in pairing.unpaired if k in ranked]
+  (workdir / "bn_pairs.json").write_text(json.dumps(
+      {**pairing.to_json(), "unrectified": unrectified}, indent=1) + "\n")
+  if unrectified:
+    logging.warning("%d projected kernel(s) feed no BatchNorm, so BN"
+                    " rectification leaves them alone: %s (bn_pairs.json)",
+                    len(unrectified), ", ".join(unrectified))
+  else:
+    logging.info("BatchNorm found by tracing after each of the %d projected"
+                 " kernels (bn_pairs.json)", len(ranked))
 
 
 def log_contents(workdir: pathlib.Path) -> None:

@@ -30,8 +30,12 @@ PLATFORMS = ("cpu", "cuda")
 FILE = "model.jax_export"
 
 
-def inference_fn(model, folded: Any, mean, std, dtype=None):
-  """images (b, H, W, C) in [0, 255] → float32 logits, BatchNorm folded."""
+def inference_fn(model, folded: Any, mean, std, dtype=None,
+                 model_kwargs=None):
+  """images (b, H, W, C) in [0, 255] → float32 logits, BatchNorm folded.
+
+  ``model_kwargs``: the model's evaluation flags (default ``train=False``).
+  """
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
 
@@ -39,20 +43,25 @@ def inference_fn(model, folded: Any, mean, std, dtype=None):
     x = (images.astype(jnp.float32) / 255.0 - mean) / std
     if dtype is not None:
       x = x.astype(dtype)
-    return folding.folded_apply(model, folded, x).astype(jnp.float32)
+    return folding.folded_apply(model, folded, x,
+                                **(model_kwargs or {})).astype(jnp.float32)
 
   return infer
 
 
 def write(out_dir, model, folded: Any, *, input_shape, mean, std,
-          description: dict, dtype=None) -> pathlib.Path:
-  """Serializes the folded model (see the module docstring); returns the file."""
+          description: dict, dtype=None, model_kwargs=None) -> pathlib.Path:
+  """Serializes the folded model (see the module docstring); returns the file.
+
+  ``model``: any model with ``apply`` (dense, or ``factorized.Factorized``);
+  ``model_kwargs``: its evaluation flags (default ``train=False``).
+  """
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   (batch,) = jax.export.symbolic_shape("b")
   spec = jax.ShapeDtypeStruct((batch,) + tuple(input_shape), jnp.float32)
   exported = jax.export.export(
-      jax.jit(inference_fn(model, folded, mean, std, dtype)),
+      jax.jit(inference_fn(model, folded, mean, std, dtype, model_kwargs)),
       platforms=PLATFORMS)(spec)
   (out / FILE).write_bytes(exported.serialize())
   (out / "spec.json").write_text(json.dumps({

@@ -35,6 +35,7 @@ import optax
 
 from lrpet_jax import checkpointing
 from lrpet_jax import ending
+from lrpet_jax import factorized
 from lrpet_jax import inputs
 from lrpet_jax import methods
 from lrpet_jax import models
@@ -44,6 +45,7 @@ from lrpet_jax import run_config
 from lrpet_jax import run_log
 from lrpet_jax import run_record
 from lrpet_jax import steps as steps_lib
+from lrpet_jax import tracing
 from lrpet_jax.errors import ConfigError, NonFiniteLoss
 from lrpet_jax.steps import TrainState
 
@@ -58,11 +60,22 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
        for e in config.lr_boundaries_epochs})
 
 
-def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
-  """The method's models, ranks (``rank_selection``) and optimizer settings."""
+def model_builder(config):
+  """``build_model(ranks=None, dtype=None)``: the config's model (a zoo name
+  or ``package.module:factory``) called as ``(x, train=...)``, and with
+  ``ranks`` its compact model (``factorized.Factorized``)."""
   def build_model(ranks=None, dtype=None):
-    return models.create(config.model, config.num_classes, ranks, dtype=dtype)
+    dense = models.with_train_flag(
+        models.build(config.model, config.num_classes, dtype),
+        config.model_flag)
+    return dense if ranks is None else factorized.Factorized(dense, ranks)
+  return build_model
 
+
+def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
+  """The method's models, ranks (``rank_selection``), BatchNorm pairs
+  (``tracing.bn_pairs``) and optimizer settings."""
+  build_model = model_builder(config)
   dense = build_model()
   abstract = jax.eval_shape(lambda: dense.init(
       jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), train=False))
@@ -72,7 +85,8 @@ def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
   return methods.Setting(
       build_model=build_model, dtype=COMPUTE_DTYPES[config.compute_dtype],
       dense_abstract=abstract, ranks=ranks,
-      pairs=models.bn_pairs(abstract["params"]),
+      pairing=tracing.bn_pairs(tracing.eval_apply(dense), abstract,
+                               input_shape),
       learning_rate=learning_rate_schedule(config, steps_per_epoch),
       momentum=config.momentum, weight_decay=config.weight_decay,
       nesterov=config.nesterov,
@@ -413,6 +427,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state = restore_or_init(run, checkpoints, config.seed)
   first_step = int(state.step)
   run_record.record(config, workdir, command)  # only once the workdir is accepted
+  run_record.record_pairs(workdir, run.method.setting.pairing,
+                          run.method.setting.ranks)
   logging.info("%s %s: %d steps (%d per epoch), starting at step %d on %d %s"
                " device(s)", run.method.NAME, config.model, run.total_steps,
                run.source.steps_per_epoch, first_step, jax.device_count(),

@@ -98,7 +98,9 @@ def project_updates(ranks: Any, *, energy_transfer: bool = True,
   def update_fn(updates, state, params=None, *, out_scales=None, **extra_args):
     del extra_args  # Meant for other members of the chain.
     if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
+      raise ValueError(
+          "low_rank_projection needs the params: call"
+          " tx.update(updates, state, params) (it projects params + updates)")
     stepped = optax.apply_updates(params, updates)
     projected, energy = projection.project_params(
         stepped, ranks, out_scales=out_scales, energy_transfer=energy_transfer,

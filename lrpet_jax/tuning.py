@@ -19,22 +19,20 @@ tuned model is never slower than the dense one on the machine it was tuned
 on.
 """
 
-import dataclasses
 import math
 import statistics
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lrpet_jax import _trees
 from lrpet_jax import compact
+from lrpet_jax import factorized
 from lrpet_jax import folding
-from lrpet_jax import models
-from lrpet_jax.models import layers
+from lrpet_jax import tracing
 
 MULTIPLES = (8, 16)
 
@@ -67,33 +65,14 @@ def median_seconds(fn, *args, repeats: int = 9) -> float:
   return statistics.median(times)
 
 
-@dataclasses.dataclass(frozen=True)
-class LayerSite:
-  """A projected layer as the model calls it."""
-
-  path: tuple[str, ...]
-  module: Any  # the dense model's LowRankConv / LowRankDense
-  input_shape: tuple[int, ...]  # per example
-
-
-def layer_sites(model: nn.Module, variables: Any, input_shape, ranks
-                ) -> list[LayerSite]:
-  """Every layer of ``model`` whose kernel has a rank, with its input shape."""
+def layer_sites(model, variables: Any, input_shape, ranks, *,
+                apply_fn=None) -> list[tracing.Layer]:
+  """Every layer of ``model`` whose kernel has a rank, as the model calls it
+  (``tracing.layers``: path, module, input shape)."""
   ranked = {p[:-1] for p in _trees.leaves_by_path(ranks)}
-  sites = []
-
-  def record(next_fun, args, kwargs, context):
-    if (isinstance(context.module, (layers.LowRankConv, layers.LowRankDense))
-        and context.method_name == "__call__"
-        and tuple(context.module.path) in ranked):
-      sites.append(LayerSite(tuple(context.module.path), context.module,
-                             tuple(args[0].shape[1:])))
-    return next_fun(*args, **kwargs)
-
-  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
-  with nn.intercept_methods(record):
-    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
-  return sites
+  return [layer for layer in tracing.layers(
+      apply_fn or tracing.eval_apply(model), variables, input_shape)
+          if layer.path in ranked]
 
 
 def candidate_ranks(rank: int, kernel_shape, multiples=MULTIPLES) -> list:
@@ -101,74 +80,77 @@ def candidate_ranks(rank: int, kernel_shape, multiples=MULTIPLES) -> list:
   full = min(math.prod(kernel_shape[:-1]), kernel_shape[-1])
   out = [None]
   for r in [rank] + [-(-rank // m) * m for m in multiples]:
-    if r <= full and r not in out and layers.is_factorized(r, kernel_shape):
+    if r <= full and r not in out and factorized.is_factorized(r, kernel_shape):
       out.append(r)
   return out
 
 
-def _layer_alone(site: LayerSite, rank, dtype):
+def _layer_alone(site: tracing.Layer, rank):
   """The layer at ``rank`` with a bias (BatchNorm folded), on its own."""
-  m = site.module
-  kw = dict(features=m.features, rank=rank, use_bias=True, dtype=dtype)
-  if isinstance(m, layers.LowRankConv):
-    return layers.LowRankConv(kernel_size=m.kernel_size, strides=m.strides,
-                              padding=m.padding, **kw)
-  return layers.LowRankDense(**kw)
+  layer = site.module.clone(parent=None, use_bias=True)
+  return layer if rank is None else factorized.Factorized(layer,
+                                                          {"kernel": rank})
 
 
-def time_layer(site: LayerSite, rank, batch: int, dtype=None,
-               repeats: int = 9) -> float:
-  layer = _layer_alone(site, rank, dtype)
+def time_layer(site: tracing.Layer, rank, batch: int, repeats: int = 9
+               ) -> float:
+  """Median seconds of the layer alone at ``rank`` (None: dense) on a batch."""
+  layer = _layer_alone(site, rank)
+  dtype = getattr(site.module, "dtype", None) or jnp.float32
   x = jnp.asarray(np.random.default_rng(0).normal(
-      size=(batch,) + site.input_shape), dtype or jnp.float32)
+      size=(batch,) + site.input_shape), dtype)
   variables = layer.init(jax.random.key(0), x[:1])
   return median_seconds(jax.jit(layer.apply), variables, x, repeats=repeats)
 
 
-def tune(model_name: str, dense_variables: Any, ranks: Any, *,
-         num_classes: int = 10, input_shape=(32, 32, 3), batch: int = 256,
-         dtype=None, multiples=MULTIPLES, repeats: int = 9,
-         min_speedup: float = 1.03,
-         log=lambda message: None) -> tuple[Any, dict]:
+def tune(model, dense_variables: Any, ranks: Any, pairs, *,
+         input_shape=(32, 32, 3), batch: int = 256, multiples=MULTIPLES,
+         repeats: int = 9, min_speedup: float = 1.03,
+         log=lambda message: None, **model_kwargs) -> tuple[Any, dict]:
   """The fastest exact form of every projected layer, measured here.
 
   Args:
-    model_name, num_classes: the zoo model.
+    model: the dense model, computing in the dtype to tune for (e.g. built
+      with ``dtype=jnp.bfloat16``).
     dense_variables: its projected variables (every ranked kernel of rank ≤
       its rank: LRPET's final projection).
     ranks: the rank tree of the projection.
+    pairs: {kernel path: BatchNorm path} (``tracing.bn_pairs``): the models
+      are timed BatchNorm-folded, as deployed.
     input_shape: (H, W, C) of one example.
     batch: the batch size to tune for.
-    dtype: computation dtype (None: float32; ``jnp.bfloat16``).
     multiples: rank multiples to try beyond the rank itself.
     repeats: timed calls per measurement (median).
     min_speedup: the whole tuned model is kept only if it is at least this
       much faster than the dense one (measured, interleaved); otherwise every
       layer stays dense. Above 1 so that noise cannot make it slower.
     log: called with a line per layer shape measured.
+    **model_kwargs: the model's evaluation flags (default ``train=False``).
 
   Returns:
-    (tuned ranks: a rank tree for ``models.create`` with None where a layer
-    stays dense, report: per-layer rows with every measured form, the whole
-    dense and tuned models' times, and whether the guard kept all dense).
+    (tuned ranks: a rank tree for ``factorized.Factorized`` with None where
+    a layer stays dense, report: per-layer rows with every measured form, the
+    whole dense and tuned models' times, and whether the guard kept all
+    dense).
   """
-  dense = models.create(model_name, num_classes, dtype=dtype)
-  sites = layer_sites(dense, dense_variables, input_shape, ranks)
-  rows, chosen = _fastest_forms(sites, dense_variables, ranks, batch, dtype,
+  flags = model_kwargs or {"train": False}
+  sites = layer_sites(model, dense_variables, input_shape, ranks,
+                      apply_fn=tracing.eval_apply(model, **flags))
+  rows, chosen = _fastest_forms(sites, dense_variables, ranks, batch,
                                 multiples, repeats, log)
   tuned = jax.tree_util.tree_map_with_path(
       lambda p, r: None if r is None else chosen[
           tuple(_trees.key_name(k) for k in p)],
       ranks, is_leaf=lambda r: r is None)
+  dtype = _dtype(sites)
   x = jnp.asarray(np.random.default_rng(1).normal(
-      size=(batch,) + tuple(input_shape)), dtype or jnp.float32)
-  pairs = models.bn_pairs(dense_variables["params"])
+      size=(batch,) + tuple(input_shape)), dtype)
   calls = {}
   for label, r in (("dense", None), ("tuned", tuned)):
-    model = models.create(model_name, num_classes, ranks=r, dtype=dtype)
+    m = model if r is None else factorized.Factorized(model, r)
     v = dense_variables if r is None else compact.factorize(dense_variables, r)
     folded = jax.device_put(folding.fold(v, pairs))
-    fn = jax.jit(lambda f, x, model=model: folding.folded_apply(model, f, x))
+    fn = jax.jit(lambda f, x, m=m: folding.folded_apply(m, f, x, **flags))
     calls[label] = (fn, (folded, x))
   whole = interleaved_seconds(calls, repeats)
   all_dense = whole["dense"] / whole["tuned"] < min_speedup
@@ -176,14 +158,20 @@ def tune(model_name: str, dense_variables: Any, ranks: Any, *,
     tuned = jax.tree.map(lambda r: None, ranks, is_leaf=lambda r: r is None)
   report = {"backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind, "batch": batch,
-            "dtype": jnp.dtype(dtype or jnp.float32).name, "layers": rows,
+            "dtype": jnp.dtype(dtype).name, "layers": rows,
             "dense_ms": whole["dense"] * 1e3, "tuned_ms": whole["tuned"] * 1e3,
             "speedup": whole["dense"] / whole["tuned"],
             "kept_all_dense": bool(all_dense)}
   return tuned, report
 
 
-def _fastest_forms(sites, dense_variables, ranks, batch, dtype, multiples,
+def _dtype(sites):
+  """The computation dtype of the layers (float32 unless they set one)."""
+  dtypes = {getattr(s.module, "dtype", None) for s in sites} - {None}
+  return jnp.dtype(dtypes.pop()) if len(dtypes) == 1 else jnp.float32
+
+
+def _fastest_forms(sites, dense_variables, ranks, batch, multiples,
                    repeats, log) -> tuple[list[dict], dict]:
   """(report rows, {kernel path: chosen rank or None}): every candidate form
   of every site timed alone, once per distinct layer configuration."""
@@ -196,11 +184,10 @@ def _fastest_forms(sites, dense_variables, ranks, batch, dtype, multiples,
     rank, shape = flat_ranks[key], tuple(params[key].shape)
     times = {}
     for r in candidate_ranks(rank, shape, multiples):
-      config = (type(site.module).__name__, shape, site.input_shape,
-                getattr(site.module, "strides", 1),
-                getattr(site.module, "padding", None), r)
+      config = (repr(site.module.clone(parent=None, name=None)),
+                site.input_shape, r)
       if config not in measured:
-        measured[config] = time_layer(site, r, batch, dtype, repeats)
+        measured[config] = time_layer(site, r, batch, repeats)
         log(f"{'/'.join(site.path)} {'x'.join(map(str, shape))}"
             f" {'dense' if r is None else f'rank {r}'}:"
             f" {measured[config] * 1e3:.3f} ms")

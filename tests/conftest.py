@@ -1,5 +1,46 @@
-"""Test configuration: quiet TensorFlow logs."""
+"""Test configuration: quiet TensorFlow logs; a tiny image folder and config
+for in-process runs of the pipeline."""
 
 import os
+import pathlib
+import sys
+
+import numpy as np
+import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))
+
+
+@pytest.fixture(scope="session")
+def png_folder(tmp_path_factory):
+  """4 classes of 16x16 PNGs with a class cue: 6 train and 4 test images each."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("png")
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 6), ("test", 4)):
+    for c in range(4):
+      (root / split / f"c{c}").mkdir(parents=True)
+      for i in range(n):
+        img = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        img[..., c % 3] = 60 * (c // 3)
+        Image.fromarray(img).save(root / split / f"c{c}" / f"{i}.png")
+  return root
+
+
+@pytest.fixture
+def tiny_config(png_folder):
+  """tiny_config(**overrides): the smoke config on ``png_folder``: ResNet-8,
+  3 steps an epoch of 8 images, 6 steps, up to 2 per call."""
+  import smoke  # pylint: disable=g-import-not-at-top
+
+  def make(**overrides):
+    config = smoke.get_config()
+    config.update(dict(
+        model="resnet8", num_classes=4, dataset=f"image_folder:{png_folder}",
+        train_subset=0, test_subset=0, batch_size=8, num_steps=6,
+        project_every_steps=0, checkpoint_every_steps=3, log_every_steps=2,
+        bn_recompute_batches=1, eval_batch_size=16, steps_per_call=2))
+    config.update(overrides)
+    return config
+  return make

@@ -1,5 +1,8 @@
-"""Float64 NumPy references for the LRPET formulas, independent of lrpet_jax."""
+"""Float64 NumPy references for the LRPET formulas, independent of lrpet_jax,
+and test fixtures shared by several test files."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -39,3 +42,17 @@ def matrix_with_spectrum(rng, m, n, singular_values):
   u, _ = np.linalg.qr(rng.standard_normal((m, k)))
   v, _ = np.linalg.qr(rng.standard_normal((n, k)))
   return ((u * singular_values) @ v.T).astype(np.float32)
+
+
+def randomized_bn(variables, seed):
+  """Non-trivial BatchNorm γ, β and running statistics (and layer biases)."""
+  rng = np.random.default_rng(seed)
+
+  def fix(path, x):
+    name = path[-1].key
+    if name in ("scale", "var"):
+      return jnp.asarray(rng.uniform(0.5, 1.5, x.shape), x.dtype)
+    if name in ("bias", "mean") and x.ndim == 1:
+      return jnp.asarray(rng.uniform(-0.2, 0.2, x.shape), x.dtype)
+    return x
+  return jax.tree_util.tree_map_with_path(fix, variables)

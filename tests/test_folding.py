@@ -13,7 +13,7 @@ def test_fold_by_hand():
   class Net(nn.Module):
     @nn.compact
     def __call__(self, x, train):
-      x = models.LowRankConv(2, (1, 1), name="conv")(x)
+      x = nn.Conv(2, (1, 1), use_bias=False, name="conv")(x)
       return models.layers.batch_norm(train, "bn")(x)
 
   w = np.array([[1.0, 2.0], [3.0, -1.0]], np.float32)

@@ -2,9 +2,7 @@
 
 import json
 import logging
-import pathlib
 import signal
-import sys
 
 import numpy as np
 import pytest
@@ -12,37 +10,6 @@ import pytest
 from lrpet_jax import ending
 from lrpet_jax import methods
 from lrpet_jax import train
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))
-import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-@pytest.fixture(scope="module")
-def png_folder(tmp_path_factory):
-  """4 classes of 16x16 PNGs with a class cue: 6 train and 4 test images each."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.mktemp("png")
-  rng = np.random.default_rng(0)
-  for split, n in (("train", 6), ("test", 4)):
-    for c in range(4):
-      (root / split / f"c{c}").mkdir(parents=True)
-      for i in range(n):
-        img = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
-        img[..., c % 3] = 60 * (c // 3)
-        Image.fromarray(img).save(root / split / f"c{c}" / f"{i}.png")
-  return root
-
-
-def tiny_config(folder, **overrides):
-  """ResNet-8, 3 steps an epoch of 8 images, 6 steps, up to 2 per call."""
-  config = smoke.get_config()
-  config.update(dict(
-      model="resnet8", num_classes=4, dataset=f"image_folder:{folder}",
-      train_subset=0, test_subset=0, batch_size=8, num_steps=6,
-      project_every_steps=0, checkpoint_every_steps=3, log_every_steps=2,
-      bn_recompute_batches=1, eval_batch_size=16, steps_per_call=2))
-  config.update(overrides)
-  return config
 
 
 def read_rows(workdir):
@@ -54,11 +21,11 @@ def final_messages(caplog):
   return [m.split(":")[0] for m in caplog.messages if m.startswith("final ")]
 
 
-def test_lrpet_loop_in_process(png_folder, tmp_path, caplog):
+def test_lrpet_loop_in_process(tiny_config, tmp_path, caplog):
   workdir = tmp_path / "w"
   handlers = [signal.getsignal(s) for s in train.StopRequested.SIGNALS]
   with caplog.at_level(logging.INFO):
-    summary = train.train_and_evaluate(tiny_config(png_folder), str(workdir))
+    summary = train.train_and_evaluate(tiny_config(), str(workdir))
   # The caller's signal handlers are back.
   assert [signal.getsignal(s) for s in train.StopRequested.SIGNALS] == handlers
   assert summary["steps"] == 6 and summary["method"] == "lrpet"
@@ -102,13 +69,13 @@ class TruncateAtEnd(methods.Dense):
 
 
 @pytest.mark.slow
-def test_a_new_method_is_a_class_and_a_registry_entry(png_folder, tmp_path,
+def test_a_new_method_is_a_class_and_a_registry_entry(tiny_config, tmp_path,
                                                       caplog, monkeypatch):
   monkeypatch.setitem(methods.REGISTRY, TruncateAtEnd.NAME, TruncateAtEnd)
   workdir = tmp_path / "w"
   with caplog.at_level(logging.INFO):
     summary = train.train_and_evaluate(
-        tiny_config(png_folder, method=TruncateAtEnd.NAME), str(workdir))
+        tiny_config(method=TruncateAtEnd.NAME), str(workdir))
   assert summary["method"] == "truncate_at_end"
   # Never projected while training; its own five final phases.
   assert not any("projection_energy_kept_mean" in r for r in read_rows(workdir))

@@ -10,6 +10,7 @@ from experiments import bn_rectification
 from experiments import energy_transfer
 from lrpet_jax import data as data_lib
 from lrpet_jax import models
+from lrpet_jax import tracing
 
 
 def _truncate(kernel, rank):
@@ -34,7 +35,8 @@ def test_bn_output_error_matches_a_direct_reference():
                                                  variables["params"]),
       "batch_stats": jax.tree_util.tree_map_with_path(
           randomize, variables["batch_stats"])}
-  pairs = models.bn_pairs(variables["params"])
+  pairs = tracing.bn_pairs(tracing.eval_apply(model), variables,
+                           (32, 32, 3)).pairs
   inputs = bn_rectification.conv_inputs(model, variables, x)
   np.testing.assert_array_equal(inputs[("conv",)][0], x)  # the stem sees x
   params = variables["params"]

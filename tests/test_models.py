@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 import lrpet_jax
+from lrpet_jax import factorized
 from lrpet_jax import folding
 from lrpet_jax import models
 from lrpet_jax import ranks as ranks_lib
 from lrpet_jax import rank_selection
 from lrpet_jax import run_config
-from lrpet_jax.models import layers
+from lrpet_jax import tracing
+from reference import randomized_bn
 from reference import rel_err
 
 CIFAR = ("resnet20", "resnet32", "resnet56", "resnet110", "vgg16")
@@ -56,7 +58,7 @@ def test_elementwise_flops_hand_counted():
   # Plus the per-channel arithmetic of each BatchNorm's factor (rsqrt etc.).
   assert unfolded <= got["elementwise_flops"] <= 1.01 * unfolded
   # Folded, each BatchNorm is one bias add: 2 fewer per element, exactly.
-  folded = folding.fold(variables, models.bn_pairs(variables["params"]))
+  folded = folding.fold(variables, traced_pairs(model, variables, 32))
   got = lrpet_jax.cost(model, variables, (32, 32, 3),
                        apply_fn=lambda v, x: folding.folded_apply(model,
                                                                   folded, x))
@@ -136,36 +138,45 @@ def test_vgg16_config_has_the_authors_rank_floors():
   assert "head/kernel" not in ranks
 
 
-def test_bn_pairs_cover_every_conv():
-  params = abstract_variables(models.create("resnet50"), 64)["params"]
-  pairs = models.bn_pairs(params)
-  kernels = [p for p, _ in jax.tree_util.tree_leaves_with_path(params)
-             if p[-1].key == "kernel"]
-  assert len(pairs) == len(kernels) - 1  # all but the Dense head
-  assert pairs["stage2_block0/downsample/conv/kernel"] == (
-      "stage2_block0/downsample/bn")
-  assert pairs["stage1_block0/conv3/kernel"] == "stage1_block0/bn3"
+def traced_pairs(model, variables, size):
+  return tracing.bn_pairs(tracing.eval_apply(model), variables,
+                          (size, size, 3)).pairs
+
+
+def naming_rule_pairs(params):
+  """The zoo's pairs by its naming rule (the sibling of ``.../<x>conv<y>`` is
+  ``.../<x>bn<y>``): the reference that tracing must reproduce."""
+  leaves = {tuple(k.key for k in p) for p, _ in
+            jax.tree_util.tree_leaves_with_path(params)}
+  pairs = {}
+  for path in leaves:
+    if path[-1] == "kernel" and "conv" in path[-2]:
+      bn = path[:-2] + (path[-2].replace("conv", "bn", 1),)
+      if bn + ("scale",) in leaves:
+        pairs["/".join(path)] = "/".join(bn)
+  return pairs
+
+
+@pytest.mark.parametrize("name", CIFAR + IMAGENET)
+def test_traced_pairs_are_the_zoo_pairs(name):
+  size = 64 if name in IMAGENET else 32
+  model = models.create(name)
+  variables = abstract_variables(model, size)
+  pairing = tracing.bn_pairs(tracing.eval_apply(model), variables,
+                             (size, size, 3))
+  assert pairing.pairs == naming_rule_pairs(variables["params"])
+  assert pairing.unpaired == ("head/kernel",)  # the Dense head
+  if name == "resnet50":
+    assert pairing.pairs["stage2_block0/downsample/conv/kernel"] == (
+        "stage2_block0/downsample/bn")
+    assert pairing.pairs["stage1_block0/conv3/kernel"] == "stage1_block0/bn3"
 
 
 def test_break_even_guard():
-  assert layers.is_factorized(7, (3, 3, 3, 16))      # 7·(27+16)=301 < 432
-  assert not layers.is_factorized(11, (3, 3, 3, 16))  # 11·43=473 ≥ 432
-  assert not layers.is_factorized(None, (3, 3, 3, 16))
-  assert not layers.is_factorized(5, (10, 10))         # 5·20 = 100 ≥ 100
-
-
-def randomized_bn(variables, seed):
-  """Non-trivial BatchNorm γ, β and running statistics."""
-  rng = np.random.default_rng(seed)
-
-  def fix(path, x):
-    name = path[-1].key
-    if name in ("scale", "var"):
-      return jnp.asarray(rng.uniform(0.5, 1.5, x.shape), x.dtype)
-    if name in ("bias", "mean") and x.ndim == 1:
-      return jnp.asarray(rng.uniform(-0.2, 0.2, x.shape), x.dtype)
-    return x
-  return jax.tree_util.tree_map_with_path(fix, variables)
+  assert factorized.is_factorized(7, (3, 3, 3, 16))      # 7·(27+16)=301 < 432
+  assert not factorized.is_factorized(11, (3, 3, 3, 16))  # 11·43=473 ≥ 432
+  assert not factorized.is_factorized(None, (3, 3, 3, 16))
+  assert not factorized.is_factorized(5, (10, 10))         # 5·20 = 100 ≥ 100
 
 
 # The two largest models (13-23 s each on 2 cores) run in the slow tier.
@@ -178,9 +189,9 @@ def test_compact_model_matches_projected_dense(name):
   x = jax.random.normal(jax.random.key(1), (2, size, size, 3))
   variables = randomized_bn(dense.init(jax.random.key(0), x, train=False), 2)
   ranks = lrpet_jax.uniform_ranks(variables["params"], 0.54)
+  pairs = traced_pairs(dense, variables, size)
   scales = lrpet_jax.bn_out_scales(variables["params"],
-                                   variables["batch_stats"],
-                                   models.bn_pairs(variables["params"]))
+                                   variables["batch_stats"], pairs)
   variables = {**variables, "params": lrpet_jax.project_params(
       variables["params"], ranks, out_scales=scales)}
   compact = models.create(name, ranks=ranks)
@@ -189,7 +200,6 @@ def test_compact_model_matches_projected_dense(name):
   got = compact.apply(compact_vars, x, train=False)
   assert rel_err(got, want) <= 1e-4
   # BatchNorm folded into each layer: the same logits, dense and compact.
-  pairs = models.bn_pairs(variables["params"])
   for model, v, logits in ((dense, variables, want),
                            (compact, compact_vars, got)):
     folded = folding.fold(v, pairs)

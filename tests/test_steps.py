@@ -12,6 +12,7 @@ from lrpet_jax import inputs
 from lrpet_jax import methods
 from lrpet_jax import ranks as ranks_lib
 from lrpet_jax import steps
+from lrpet_jax import tracing
 
 
 def test_call_lengths_hand_computed():
@@ -70,7 +71,8 @@ def test_k_steps_per_call_equal_single_steps_in_float64():
         build_model=lambda ranks=None, dtype=None: model, dtype=None,
         dense_abstract=None,
         ranks=ranks_lib.uniform_ranks(variables["params"], 0.5),
-        pairs={"conv0/kernel": "bn0", "conv1/kernel": "bn1"},
+        pairing=tracing.Pairing({"conv0/kernel": "bn0", "conv1/kernel": "bn1"},
+                                ("head/kernel",)),
         learning_rate=0.05, momentum=0.9, weight_decay=1e-4, nesterov=False,
         project_every=6, energy_transfer=True, residual_scale=0.0,
         bn_rectification=True))

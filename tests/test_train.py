@@ -270,6 +270,10 @@ def test_validation_split_selects_checkpoints(image_folder, tmp_path):
 
 @pytest.mark.parametrize("overrides, field", [
     (["--config.model=resnet57"], "model"),
+    (["--config.model=no_such_package.models:make"],
+     "model: cannot import 'no_such_package.models'"),
+    (["--config.model_flag=training"],
+     "model_flag: 'training' is not an argument of CifarResNet.__call__"),
     (["--config.ratio=1.5"], "ratio"),
     (["--config.dataset=image_folder:/nonexistent/cifar"], "dataset"),
     (["--config.dataset=mnist"], "dataset"),

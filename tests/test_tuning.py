@@ -21,7 +21,9 @@ def projected():
   ranks = lrpet_jax.uniform_ranks(variables["params"], 0.54)
   variables = {**variables, "params": lrpet_jax.project_params(
       variables["params"], ranks)}
-  return dense, variables, ranks
+  pairs = lrpet_jax.tracing.bn_pairs(lrpet_jax.tracing.eval_apply(dense),
+                                     variables, (32, 32, 3)).pairs
+  return dense, variables, ranks, pairs
 
 
 def test_candidate_ranks_hand_computed():
@@ -35,10 +37,9 @@ def test_candidate_ranks_hand_computed():
 
 
 def test_every_mix_of_forms_gives_the_projected_logits(projected):
-  dense, variables, ranks = projected
+  dense, variables, ranks, pairs = projected
   x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
   want = dense.apply(variables, x, train=False)
-  pairs = models.bn_pairs(variables["params"])
   rng = np.random.default_rng(1)
   params = jax.tree_util.tree_leaves_with_path(variables["params"])
   kernel_shape = {jax.tree_util.keystr(p): np.shape(v) for p, v in params}
@@ -58,14 +59,14 @@ def test_every_mix_of_forms_gives_the_projected_logits(projected):
 
 def test_tune_chooses_the_fastest_and_guards_the_whole_model(projected,
                                                              monkeypatch):
-  _, variables, ranks = projected
+  dense, variables, ranks, pairs = projected
   # Fake clocks: every factorized form beats the dense one per layer...
   monkeypatch.setattr(tuning, "time_layer",
                       lambda site, r, *a, **k: 1.0 if r is None else 1.0 / r)
   whole = {"dense": 1.0, "tuned": 2.0}  # ... but the whole model is slower.
   monkeypatch.setattr(tuning, "interleaved_seconds",
                       lambda calls, repeats: dict(whole))
-  tuned, report = tuning.tune("resnet8", variables, ranks, batch=2)
+  tuned, report = tuning.tune(dense, variables, ranks, pairs, batch=2)
   assert report["kept_all_dense"] and report["speedup"] == 0.5
   assert all(r is None for r in jax.tree.leaves(
       tuned, is_leaf=lambda r: r is None))
@@ -74,25 +75,24 @@ def test_tune_chooses_the_fastest_and_guards_the_whole_model(projected,
   assert "every layer kept dense" in tuning.format_report(report)
 
   whole.update(tuned=0.99)  # 1 % faster: within noise, still all dense
-  _, report = tuning.tune("resnet8", variables, ranks, batch=2)
+  _, report = tuning.tune(dense, variables, ranks, pairs, batch=2)
   assert report["kept_all_dense"]
   whole.update(tuned=0.5)  # now the tuned model is faster: kept
-  tuned, report = tuning.tune("resnet8", variables, ranks, batch=2)
+  tuned, report = tuning.tune(dense, variables, ranks, pairs, batch=2)
   assert not report["kept_all_dense"]
   kept = lrpet_jax.ranks.ranks_to_dict(tuned)
   assert kept and all(r % 8 == 0 for r in kept.values())
 
 
 def test_tune_on_this_machine_is_exact(projected):
-  dense, variables, ranks = projected
-  tuned, report = tuning.tune("resnet8", variables, ranks, batch=2,
+  dense, variables, ranks, pairs = projected
+  tuned, report = tuning.tune(dense, variables, ranks, pairs, batch=2,
                               repeats=1)
   assert report["backend"] == jax.default_backend()
   assert len(report["layers"]) == 7 and all(
       set(row["ms"]) >= {"dense"} for row in report["layers"])
   x = np.random.default_rng(2).normal(size=(2, 32, 32, 3)).astype(np.float32)
   model = models.create("resnet8", ranks=tuned)
-  folded = folding.fold(lrpet_jax.factorize(variables, tuned),
-                        models.bn_pairs(variables["params"]))
+  folded = folding.fold(lrpet_jax.factorize(variables, tuned), pairs)
   assert rel_err(folding.folded_apply(model, folded, x),
                  dense.apply(variables, x, train=False)) <= 1e-4

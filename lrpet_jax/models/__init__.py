@@ -1,23 +1,27 @@
-"""Model zoo: ``create(name, num_classes, ranks)`` and ``bn_pairs(params)``.
+"""Models: the zoo, and any Flax model a user names by its import path.
 
-``ranks=None`` builds the dense model; a rank pytree for the dense model's
-params (``uniform_ranks``, ``ranks_for_budget``) builds the compact model, whose
-variables ``factorize`` produces from the dense ones.
+``build(spec, num_classes, dtype)`` makes the dense model: ``spec`` is a zoo
+name (``NAMES``) or ``package.module:factory``, a function
+``factory(num_classes=..., dtype=...) -> nn.Module`` whose ``__call__(x,
+<flag>)`` takes a training flag (``train``, or another name: ``check_flag``,
+``with_train_flag``). ``create(name, num_classes, ranks)`` is the zoo model,
+and with ``ranks`` its compact model: ``factorized.Factorized``, the one
+compact form of every model. Which BatchNorm follows which layer is found by
+tracing (``tracing.bn_pairs``), whatever the names.
 """
 
 import functools
-import re
+import importlib
+import inspect
 from typing import Any
 
 import flax.linen as nn
-import jax
 
-from lrpet_jax import _trees
+from lrpet_jax import factorized
 from lrpet_jax.models import cifar_resnet
 from lrpet_jax.models import imagenet_resnet
 from lrpet_jax.models import layers
 from lrpet_jax.models import vgg
-from lrpet_jax.models.layers import LowRankConv, LowRankDense, is_factorized
 
 _ZOO = {
     # ResNet-8: the smallest of the family, for quick benchmark modes.
@@ -43,57 +47,94 @@ DATASETS = {name: "imagenet2012" if name in ("resnet18", "resnet34", "resnet50")
             else "cifar10" for name in NAMES}
 
 
-def _freeze(ranks: Any) -> Any:
-  """Nested dicts of ranks with their ``None`` leaves kept (module attributes)."""
-  if ranks is None:
-    return None
-  return jax.tree.map(lambda r: r, ranks, is_leaf=lambda r: r is None)
+def _factory(spec: str):
+  """The function ``spec`` names, or a one-line ValueError naming ``model``."""
+  if spec in _ZOO:
+    return _ZOO[spec]
+  module_name, sep, attr = spec.partition(":")
+  if not sep or not module_name or not attr:
+    raise ValueError(f"model: unknown {spec!r}; valid: {', '.join(NAMES)}, or"
+                     " package.module:factory for a model of your own")
+  try:
+    found = importlib.import_module(module_name)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"model: cannot import {module_name!r} for {spec!r}"
+                     f" ({type(e).__name__}: {e})") from None
+  factory = getattr(found, attr, None)
+  if not callable(factory):
+    raise ValueError(f"model: {module_name} has no function {attr!r}")
+  return factory
 
 
-def check_name(name: str) -> None:
-  if name not in _ZOO:
-    raise ValueError(
-        f"model: unknown {name!r}; valid: {', '.join(NAMES)}")
+def check_name(spec: str) -> None:
+  """``spec`` names a zoo model or an importable factory."""
+  _factory(spec)
 
 
-def create(name: str, num_classes: int = 10, ranks: Any = None,
-           dtype: Any = None) -> nn.Module:
-  """A zoo model; ``__call__(x, train: bool)`` on NHWC input.
+def build(spec: str, num_classes: int = 10, dtype: Any = None) -> nn.Module:
+  """The dense model ``spec`` names (see the module docstring).
 
   Args:
-    name: one of ``NAMES``.
-    num_classes: size of the Dense head.
-    ranks: None for the dense model, or a rank pytree of the dense model's
-      params for the compact model.
-    dtype: computation dtype of convolutions, dense layers and BatchNorm
-      outputs (e.g. ``jnp.bfloat16``); None: the params' float32. Params and
-      BatchNorm statistics are float32 either way.
+    spec: a zoo name or ``package.module:factory``.
+    num_classes: size of the classifier.
+    dtype: computation dtype of its layers (e.g. ``jnp.bfloat16``); None:
+      the params' float32. Params and BatchNorm statistics stay float32.
   """
-  check_name(name)
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or (
       num_classes < 1):
     raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-  return _ZOO[name](num_classes=num_classes, ranks=_freeze(ranks), dtype=dtype)
+  factory = _factory(spec)
+  try:
+    module = factory(num_classes=num_classes, dtype=dtype)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"model: {spec}(num_classes={num_classes}, dtype={dtype})"
+                     f" failed ({type(e).__name__}: {e})") from None
+  if not isinstance(module, nn.Module):
+    raise ValueError(f"model: {spec} returned a {type(module).__name__}, not a"
+                     " flax.linen Module")
+  return module
 
 
-def bn_pairs(params: Any) -> dict[str, str]:
-  """{kernel path: BatchNorm path} for a model built from ``layers``.
-
-  Convention: the BatchNorm fed by layer ``.../<name>`` (``name`` containing
-  ``conv``) is its sibling ``.../<name with conv → bn>``: conv1 → bn1,
-  conv → bn, downsample/conv → downsample/bn. Kernels with no such sibling
-  (the Dense head) are not paired.
-  """
-  leaves = _trees.leaves_by_path(params)
-  pairs = {}
-  for path in leaves:
-    if len(path) < 2 or path[-1] != "kernel" or "conv" not in path[-2]:
-      continue
-    bn = path[:-2] + (re.sub("conv", "bn", path[-2], count=1),)
-    if bn + ("scale",) in leaves:
-      pairs["/".join(path)] = "/".join(bn)
-  return pairs
+def create(name: str, num_classes: int = 10, ranks: Any = None,
+           dtype: Any = None):
+  """A model (``build``); with a rank tree of its params, its compact model
+  (``factorized.Factorized``). ``__call__(x, train: bool)`` on NHWC input for
+  the zoo."""
+  module = build(name, num_classes, dtype)
+  return module if ranks is None else factorized.Factorized(module, ranks)
 
 
-__all__ = ["DATASETS", "NAMES", "LowRankConv", "LowRankDense", "bn_pairs", "check_name",
-           "create", "is_factorized", "layers"]
+def check_flag(module: nn.Module, flag: str) -> None:
+  """``module.__call__`` takes the training flag ``flag``, or a one-line
+  ValueError naming ``model_flag``."""
+  params = inspect.signature(type(module).__call__).parameters
+  if flag not in params:
+    names = ", ".join(p for p in params if p != "self")
+    raise ValueError(
+        f"model_flag: {flag!r} is not an argument of"
+        f" {type(module).__name__}.__call__({names}); set --config.model_flag"
+        " to the name of its training flag")
+
+
+class TrainFlag(nn.Module):
+  """``inner`` called as ``(x, train=...)`` whatever its own flag's name;
+  the same variables (shared scope: no extra level in the params)."""
+
+  inner: nn.Module
+  flag: str
+
+  def setup(self):
+    nn.share_scope(self, self.inner)
+
+  def __call__(self, x, train: bool):
+    return self.inner(x, **{self.flag: train})
+
+
+def with_train_flag(module: nn.Module, flag: str) -> nn.Module:
+  """``module`` as a model with a ``train`` flag (itself if it has one)."""
+  check_flag(module, flag)
+  return module if flag == "train" else TrainFlag(module, flag)
+
+
+__all__ = ["DATASETS", "NAMES", "TrainFlag", "build", "check_flag",
+           "check_name", "create", "layers", "with_train_flag"]

@@ -18,14 +18,12 @@ from lrpet_jax.models import layers
 class BasicBlock(nn.Module):
   features: int
   strides: int = 1
-  ranks: Any = None
   dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = lambda name, s: layers.LowRankConv(
-        self.features, (3, 3), strides=s, rank=layers.rank_of(self.ranks, name),
-        dtype=self.dtype, name=name)
+    conv = lambda name, s: layers.conv(self.features, (3, 3), strides=s,
+                                       dtype=self.dtype, name=name)
     y = conv("conv1", self.strides)(x)
     y = nn.relu(layers.batch_norm(train, "bn1", self.dtype)(y))
     y = conv("conv2", 1)(y)
@@ -41,7 +39,6 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
   depth: int = 56
   num_classes: int = 10
-  ranks: Any = None
   dtype: Any = None  # computation dtype; params and BN statistics stay float32
 
   @nn.compact
@@ -49,17 +46,14 @@ class CifarResNet(nn.Module):
     if (self.depth - 2) % 6:
       raise ValueError(f"depth must be 6n + 2, got {self.depth}")
     n = (self.depth - 2) // 6
-    x = layers.LowRankConv(16, (3, 3), rank=layers.rank_of(self.ranks, "conv"),
-                           dtype=self.dtype, name="conv")(x)
+    x = layers.conv(16, (3, 3), dtype=self.dtype, name="conv")(x)
     x = nn.relu(layers.batch_norm(train, "bn", self.dtype)(x))
     for stage, width in enumerate((16, 32, 64)):
       for block in range(n):
         name = f"stage{stage + 1}_block{block}"
         x = BasicBlock(width, 2 if stage and not block else 1,
-                       ranks=layers.subtree(self.ranks, name),
                        dtype=self.dtype, name=name)(x, train)
     x = jnp.mean(x, axis=(1, 2))
-    return layers.LowRankDense(
-        self.num_classes, rank=layers.rank_of(self.ranks, "head"),
-        kernel_init=layers.kaiming_normal_fan_in, dtype=self.dtype,
-        name="head")(x)
+    return layers.dense(self.num_classes,
+                        kernel_init=layers.kaiming_normal_fan_in,
+                        dtype=self.dtype, name="head")(x)

@@ -14,11 +14,10 @@ import jax.numpy as jnp
 from lrpet_jax.models import layers
 
 
-def _conv(ranks, features, k, s, name, dtype):
-  return layers.LowRankConv(features, (k, k), strides=s,
-                            rank=layers.rank_of(ranks, name),
-                            kernel_init=layers.kaiming_normal_fan_out,
-                            dtype=dtype, name=name)
+def _conv(features, k, s, name, dtype):
+  return layers.conv(features, (k, k), strides=s,
+                     kernel_init=layers.kaiming_normal_fan_out, dtype=dtype,
+                     name=name)
 
 
 class Downsample(nn.Module):
@@ -26,16 +25,15 @@ class Downsample(nn.Module):
 
   features: int
   strides: int
-  ranks: Any = None
   dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = _conv(self.ranks, self.features, 1, self.strides, "conv", self.dtype)(x)
+    x = _conv(self.features, 1, self.strides, "conv", self.dtype)(x)
     return layers.batch_norm(train, "bn", self.dtype)(x)
 
 
-def _shortcut(x, features, strides, ranks, train, dtype):
+def _shortcut(x, features, strides, train, dtype):
   """Identity, or the Downsample projection when the shape changes.
 
   Called inside a block's compact ``__call__``, so the Downsample module is
@@ -43,32 +41,29 @@ def _shortcut(x, features, strides, ranks, train, dtype):
   """
   if strides == 1 and x.shape[-1] == features:
     return x
-  return Downsample(features, strides, layers.subtree(ranks, "downsample"),
-                    dtype, name="downsample")(x, train)
+  return Downsample(features, strides, dtype, name="downsample")(x, train)
 
 
 class BasicBlock(nn.Module):
   features: int
   strides: int = 1
-  ranks: Any = None
   dtype: Any = None
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
     bn = lambda name: layers.batch_norm(train, name, self.dtype)
-    y = _conv(self.ranks, self.features, 3, self.strides, "conv1", self.dtype)(x)
+    y = _conv(self.features, 3, self.strides, "conv1", self.dtype)(x)
     y = nn.relu(bn("bn1")(y))
-    y = _conv(self.ranks, self.features, 3, 1, "conv2", self.dtype)(y)
+    y = _conv(self.features, 3, 1, "conv2", self.dtype)(y)
     y = bn("bn2")(y)
-    return nn.relu(y + _shortcut(x, self.features, self.strides, self.ranks,
-                                 train, self.dtype))
+    return nn.relu(y + _shortcut(x, self.features, self.strides, train,
+                                 self.dtype))
 
 
 class Bottleneck(nn.Module):
   features: int
   strides: int = 1
-  ranks: Any = None
   dtype: Any = None
   expansion = 4
 
@@ -76,36 +71,30 @@ class Bottleneck(nn.Module):
   def __call__(self, x, train: bool):
     out = self.features * 4
     bn = lambda name: layers.batch_norm(train, name, self.dtype)
-    y = _conv(self.ranks, self.features, 1, 1, "conv1", self.dtype)(x)
+    y = _conv(self.features, 1, 1, "conv1", self.dtype)(x)
     y = nn.relu(bn("bn1")(y))
-    y = _conv(self.ranks, self.features, 3, self.strides, "conv2",
-              self.dtype)(y)
+    y = _conv(self.features, 3, self.strides, "conv2", self.dtype)(y)
     y = nn.relu(bn("bn2")(y))
-    y = _conv(self.ranks, out, 1, 1, "conv3", self.dtype)(y)
+    y = _conv(out, 1, 1, "conv3", self.dtype)(y)
     y = bn("bn3")(y)
-    return nn.relu(y + _shortcut(x, out, self.strides, self.ranks, train,
-                                 self.dtype))
+    return nn.relu(y + _shortcut(x, out, self.strides, train, self.dtype))
 
 
 class ImageNetResNet(nn.Module):
   stage_sizes: tuple[int, ...]
   block: Any
   num_classes: int = 1000
-  ranks: Any = None
   dtype: Any = None  # computation dtype; params and BN statistics stay float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = _conv(self.ranks, 64, 7, 2, "conv", self.dtype)(x)
+    x = _conv(64, 7, 2, "conv", self.dtype)(x)
     x = nn.relu(layers.batch_norm(train, "bn", self.dtype)(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, blocks in enumerate(self.stage_sizes):
       for block in range(blocks):
         name = f"stage{stage + 1}_block{block}"
         x = self.block(64 * 2**stage, 2 if stage and not block else 1,
-                       layers.subtree(self.ranks, name), self.dtype,
-                       name=name)(x, train)
+                       self.dtype, name=name)(x, train)
     x = jnp.mean(x, axis=(1, 2))
-    return layers.LowRankDense(self.num_classes,
-                               rank=layers.rank_of(self.ranks, "head"),
-                               dtype=self.dtype, name="head")(x)
+    return layers.dense(self.num_classes, dtype=self.dtype, name="head")(x)

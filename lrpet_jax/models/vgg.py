@@ -18,7 +18,6 @@ CONFIG_D = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
 class VGG(nn.Module):
   num_classes: int = 10
   config: tuple[Any, ...] = CONFIG_D
-  ranks: Any = None
   dtype: Any = None  # computation dtype; params and BN statistics stay float32
 
   @nn.compact
@@ -28,14 +27,10 @@ class VGG(nn.Module):
       if width == "M":
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         continue
-      x = layers.LowRankConv(
-          width, (3, 3), use_bias=True,
-          rank=layers.rank_of(self.ranks, f"conv{i}"),
-          kernel_init=layers.kaiming_normal_fan_out, dtype=self.dtype,
-          name=f"conv{i}")(x)
+      x = layers.conv(width, (3, 3), use_bias=True,
+                      kernel_init=layers.kaiming_normal_fan_out,
+                      dtype=self.dtype, name=f"conv{i}")(x)
       x = nn.relu(layers.batch_norm(train, f"bn{i}", self.dtype)(x))
       i += 1
     x = x.reshape(x.shape[0], -1)
-    return layers.LowRankDense(
-        self.num_classes, rank=layers.rank_of(self.ranks, "head"),
-        dtype=self.dtype, name="head")(x)
+    return layers.dense(self.num_classes, dtype=self.dtype, name="head")(x)
