@@ -132,27 +132,31 @@ def main(argv=None):
       seed=config.seed, normalization=data_lib.NORMALIZATION["cifar10"],
       replicated=replicated, batch_sharding=NamedSharding(mesh, P("data")))
   k, spe = args.steps_per_call, args.epoch_steps
+  device = jax.devices()[0]
+  print(f"device: {jax.device_count()}x {device.device_kind}"
+        f" ({device.platform}); jax {jax.__version__}; {args.model}, batch"
+        f" {args.batch}; median of {args.repeats} timed call(s); each row as"
+        " it is measured", flush=True)
+  print(f"{'':44} {'ms/step':>9} {'img/s':>9}", flush=True)
 
   rows, epochs = [], {}
+
+  def row(label, seconds):
+    rows.append((label, seconds))
+    print(f"{label:44} {1e3 * seconds:9.2f} {args.batch / seconds:9.0f}",
+          flush=True)
+
   for dtype in ("float32", "bfloat16"):
     for method in ("dense", "lrpet"):
       pipeline = Pipeline(config, source, method, dtype, replicated)
       lengths = (1, k) if dtype == "float32" else (k,)
       for length in lengths:
-        rows.append((f"{method} {dtype}, plain step, {length}/call",
-                     per_step(pipeline, length, args.repeats)))
+        row(f"{method} {dtype}, plain step, {length}/call",
+            per_step(pipeline, length, args.repeats))
       if method == "lrpet" and dtype == "float32":
-        rows.append(("lrpet float32, projecting step",
-                     per_step(pipeline, 1, args.repeats, project=True)))
+        row("lrpet float32, projecting step",
+            per_step(pipeline, 1, args.repeats, project=True))
       epochs[method, dtype] = epoch_time(pipeline, spe, k, method == "lrpet")
-
-  device = jax.devices()[0]
-  print(f"device: {jax.device_count()}x {device.device_kind}"
-        f" ({device.platform}); jax {jax.__version__}; {args.model}, batch"
-        f" {args.batch}; median of {args.repeats} timed call(s)")
-  print(f"{'':44} {'ms/step':>9} {'img/s':>9}")
-  for label, t in rows:
-    print(f"{label:44} {1e3 * t:9.2f} {args.batch / t:9.0f}")
   print(f"one epoch of {spe} steps at {k} steps/call (LRPET: one"
         " projection), steps only:")
   for dtype in ("float32", "bfloat16"):

@@ -19,13 +19,13 @@ def get_config():
   # such as WORKDIR/dense_final, truncated by SVD: decompose-and-retrain).
   c.method = "lrpet"
   c.init_from = ml_collections.config_dict.placeholder(str)
-  # Model and compression. A zoo name (lrpet_jax/models) or your own model:
-  # "package.module:factory", a function (num_classes=, dtype=) -> nn.Module
-  # whose __call__(x, <model_flag>) takes a training flag.
+  # --- Model ---
+  # A zoo name (lrpet_jax/models) or your own model: "package.module:factory",
+  # a function (num_classes=, dtype=) -> nn.Module.
   c.model = "resnet56"
-  c.model_flag = "train"
+  c.model_flag = "train"       # the name of the model's training flag
   c.num_classes = 10
-  # Ranks (lrpet_jax/rank_selection.py; the export command takes the same):
+  # --- Ranks (lrpet_jax/rank_selection.py; the export command takes the same) ---
   c.ratio = 0.54               # r = max(1, int(n − n·ratio)) for every conv
   c.macs_reduction = 0.0       # > 0: the ratio that best meets this MACs cut
   c.params_reduction = 0.0     # > 0: the same for a params cut
@@ -36,13 +36,14 @@ def get_config():
   c.project_dense = False
   c.rank_floor = 0             # > 0: every rank at least this (configs/vgg16.py)
   c.first_rank_floor = 0       # > 0: the first conv's rank at least this
+  # --- Projection ---
   c.project_every_steps = 0    # 0: once per epoch
   c.energy_transfer = True
   c.residual_scale = 0.0       # ρ, factor on the discarded singular values
   c.bn_rectification = True
   c.bn_recompute_batches = 100  # precise-BN batches after the final projection
   c.log_spectra = False        # singular values at each projection → spectra.json
-  # Data.
+  # --- Data ---
   c.dataset = "cifar10"
   c.data_dir = ml_collections.config_dict.placeholder(str)
   c.train_subset = 0           # 0: all examples
@@ -54,7 +55,7 @@ def get_config():
   # set's constants.
   c.mean, c.std = data.NORMALIZATION["cifar10"]
   c.image_size = 32            # streamed data sets (ImageNet): the crop size
-  # Optimization (torch.optim.SGD semantics).
+  # --- Optimization (torch.optim.SGD semantics) ---
   c.num_epochs = 400
   c.num_steps = 0              # > 0 overrides num_epochs
   c.batch_size = 128
@@ -64,15 +65,16 @@ def get_config():
   c.momentum = 0.9
   c.nesterov = False
   c.weight_decay = 1e-4
-  # Speed. Steps per compiled call (a fixed-length lax.scan; results do not
-  # depend on it): calls also end at projections, evaluations and epoch ends.
+  # --- Speed ---
+  # Steps per compiled call (a fixed-length lax.scan; results do not depend
+  # on it): calls also end at projections, evaluations and epoch ends.
   # 8: fastest in benchmarks/train_throughput.py on CPU (ResNet-20, batch
   # 128: 302-306 ms/step vs 374-376 at 1); costs one more compilation.
   c.steps_per_call = 8
   # "float32" (the paper) or "bfloat16": activations and convolutions in
   # bf16; params, optimizer state, BN statistics and the projection float32.
   c.compute_dtype = "float32"
-  # Bookkeeping.
+  # --- Bookkeeping ---
   c.seed = 0
   c.eval_batch_size = 1000
   c.log_every_steps = 50
@@ -81,4 +83,7 @@ def get_config():
   # validation accuracy.
   c.keep_checkpoints = 3
   c.distributed = False         # jax.distributed.initialize() for multi-host
+  # A workdir whose run finished under another config is refused; True goes
+  # on from its last checkpoint under this one (e.g. more steps).
+  c.extend = False
   return c

@@ -17,7 +17,9 @@ energy transfer, and compared with the dense model:
 Each workdir's ``config.json`` gives the model, data, subsets, seed and
 normalization it was trained with. Writes
 ``experiments/results/mechanisms/bn_rectification.json``; the report turns it
-into a verdict (paired differences over seeds).
+into a verdict (paired differences over seeds). With ``--quick``
+(a smoke check) the record goes to ``runs/quick/`` (git-ignored), never
+over the results.
 """
 
 import argparse
@@ -44,6 +46,7 @@ import ml_collections  # pylint: disable=g-bad-import-order
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results" / "mechanisms" / "bn_rectification.json"
+QUICK_OUT = ROOT / "runs" / "quick" / "bn_rectification.json"
 RATIOS = (0.3, 0.54, 0.7, 0.8)
 VARIANTS = {  # name: (bn_rectification, energy_transfer)
     "rect_et": (True, True), "rect": (True, False),
@@ -123,17 +126,25 @@ def main(argv=None):
   parser.add_argument("--dense", required=True,
                       help="comma-separated workdirs of finished dense runs")
   parser.add_argument("--ratios", default=",".join(map(str, RATIOS)))
-  parser.add_argument("--images", type=int, default=512,
-                      help="training images for the per-layer errors")
-  parser.add_argument("--bn_batches", type=int, default=20,
-                      help="batches of 128 for precise BN")
-  parser.add_argument("--out", default=str(OUT))
+  parser.add_argument("--images", type=int, default=None,
+                      help="training images for the per-layer errors (512;"
+                      " --quick: 64)")
+  parser.add_argument("--bn_batches", type=int, default=None,
+                      help="batches of 128 for precise BN (20; --quick: 2)")
+  parser.add_argument("--out", default=None,
+                      help=f"default {OUT.relative_to(ROOT)}; with --quick"
+                      f" {QUICK_OUT.relative_to(ROOT)} (git-ignored: a quick"
+                      " check never replaces results)")
   parser.add_argument("--quick", action="store_true",
                       help="one ratio, 64 images, 2 BN batches")
   args = parser.parse_args(argv)
   ratios = [float(r) for r in args.ratios.split(",")]
   if args.quick:
-    ratios, args.images, args.bn_batches = ratios[1:2], 64, 2
+    ratios = ratios[1:2]
+  if args.images is None:
+    args.images = 64 if args.quick else 512
+  if args.bn_batches is None:
+    args.bn_batches = 2 if args.quick else 20
 
   record = {"ratios": ratios, "variants": {k: dict(
       bn_rectification=v[0], energy_transfer=v[1]) for k, v in VARIANTS.items()},
@@ -182,7 +193,7 @@ def main(argv=None):
               flush=True)
     run["wall_time_s"] = time.time() - started
     record["runs"].append(run)
-  out = pathlib.Path(args.out)
+  out = pathlib.Path(args.out or (QUICK_OUT if args.quick else OUT))
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(record, indent=1) + "\n")
   print(f"wrote {out}")

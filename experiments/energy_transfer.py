@@ -18,7 +18,9 @@ every projection (once per epoch) and for every projected layer:
     python -m experiments.energy_transfer [--seeds 0,1,2] [--quick]
 
 Writes ``experiments/results/mechanisms/energy_transfer.json``; the report
-compares the two arms by paired differences over seeds.
+compares the two arms by paired differences over seeds. With ``--quick``
+(a smoke check) the record goes to ``runs/quick/`` (git-ignored), never
+over the results.
 """
 
 import argparse
@@ -55,6 +57,7 @@ def _cifar_config():
   return module.get_config()
 
 OUT = ROOT / "experiments" / "results" / "mechanisms" / "energy_transfer.json"
+QUICK_OUT = ROOT / "runs" / "quick" / "energy_transfer.json"
 # CPU scale: ResNet-20 on 10,000 training images, 4 epochs of 78 steps. The
 # learning rate drops mid-epoch, away from the projections (at epoch ends),
 # so that no before/after window straddles a drop.
@@ -138,7 +141,10 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--window", type=int, default=5)
-  parser.add_argument("--out", default=str(OUT))
+  parser.add_argument("--out", default=None,
+                      help=f"default {OUT.relative_to(ROOT)}; with --quick"
+                      f" {QUICK_OUT.relative_to(ROOT)} (git-ignored: a quick"
+                      " check never replaces results)")
   parser.add_argument("--quick", action="store_true",
                       help="2 epochs of 4 steps on 512 images, one seed")
   args = parser.parse_args(argv)
@@ -170,7 +176,7 @@ def main(argv=None):
               f" post/pre {ratio}, median removed norm"
               f" {np.median(p['removed_norm']):.3f}, loss jump"
               f" {p['loss_jump']:+.4f}", flush=True)
-  out = pathlib.Path(args.out)
+  out = pathlib.Path(args.out or (QUICK_OUT if args.quick else OUT))
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(record) + "\n")
   print(f"wrote {out}")

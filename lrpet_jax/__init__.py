@@ -21,12 +21,21 @@ from lrpet_jax.transform import lrpet
 
 __version__ = "0.1.0"
 
+
+def load_run(workdir):
+  """A run's workdir loaded back (``lrpet_jax.runs``): ``.evaluate("compact")``,
+  ``.training_state()``, the models, the test data as the run saw it."""
+  from lrpet_jax import runs  # pylint: disable=g-import-not-at-top
+  return runs.load_run(workdir)
+
+
 __all__ = [
     "Factorized",
     "bn_out_scales",
     "cost",
     "energy_kept",
     "factorize",
+    "load_run",
     "low_rank_projection",
     "lrpet",
     "models",

@@ -9,6 +9,13 @@ exactly the batches an uninterrupted one would.
 ``data_dir``), or ``image_folder:PATH`` through
 ``tfds.folder_dataset.ImageFolder`` (``train|test/<class>/*.jpg``). TensorFlow
 is imported only here, lazily.
+
+An image folder's rule (``index_image_folder``): .jpg/.jpeg/.png files are
+images, other files are skipped with one warning; every image is decoded to
+RGB (grayscale replicated, a palette expanded, alpha dropped); all images
+must have one size; every class needs images in train/ and test/. A folder
+that breaks the rule, an image that cannot be decoded, or a subset larger
+than the data is refused in one line naming the file, folder or field.
 """
 
 import contextlib
@@ -27,6 +34,16 @@ import urllib.parse
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+def tfds_module():
+  """``tensorflow_datasets``, imported quietly: TensorFlow only decodes images
+  here, and without its oneDNN kernels it prints no notice about them (a
+  user's own environment settings win)."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+  import tensorflow_datasets  # pylint: disable=g-import-not-at-top
+  return tensorflow_datasets
+
 
 TFDS_NAMES = ("cifar10", "cifar100")
 STREAMED = ("imagenet2012",)  # through tf.data: lrpet_jax.imagenet_input
@@ -61,19 +78,114 @@ class InMemoryData:
 
 
 def check_dataset_name(dataset: str) -> None:
+  """A known name, or an ``image_folder:PATH`` that ``index_image_folder``
+  accepts; else a one-line ValueError naming ``dataset``."""
   if dataset in TFDS_NAMES + STREAMED:
     return
   if dataset.startswith("image_folder:"):
-    path = pathlib.Path(dataset.split(":", 1)[1])
-    if not (path / "train").is_dir() or not (path / "test").is_dir():
-      raise ValueError(
-          f"dataset: {dataset!r} has no train/ and test/ folders at"
-          f" {path.absolute()}")
+    index_image_folder(dataset.split(":", 1)[1])
     return
   raise ValueError(
       f"dataset: unknown {dataset!r}; use one of"
       f" {', '.join(TFDS_NAMES + STREAMED)} or"
       " image_folder:PATH")
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderIndex:
+  """What an image folder holds, from listing it (nothing is decoded)."""
+
+  root: pathlib.Path
+  classes: tuple[str, ...]  # the class folder names of every split: labels
+  counts: dict[str, int]    # images in train/ and test/
+  skipped: tuple[str, ...]  # files that are not images, ignored
+
+
+def index_image_folder(root) -> FolderIndex:
+  """Lists ``root/<split>/<class>/<image>`` and checks its shape.
+
+  The rule (what tfds' ImageFolder reads): images are the files ending in
+  .jpg, .jpeg or .png (any case); other files are skipped (``skipped``;
+  ``load`` warns once). Every class (a folder in any split) needs a folder
+  with at least one image in both train/ and test/.
+
+  Raises:
+    ValueError: one line naming ``dataset`` and the folder at fault.
+  """
+  root = pathlib.Path(root)
+  if not (root / "train").is_dir() or not (root / "test").is_dir():
+    raise ValueError(f"dataset: 'image_folder:{root}' has no train/ and test/"
+                     f" folders at {root.absolute()}")
+  splits = {d.name: {c.name for c in d.iterdir() if c.is_dir()}
+            for d in root.iterdir() if d.is_dir()}
+  classes = sorted(set().union(*splits.values()))
+  counts, skipped = {}, []
+  for split in ("train", "test"):
+    for name in classes:
+      if name not in splits[split]:
+        raise ValueError(f"dataset: class {name!r} has no folder in"
+                         f" {root / split} (every class needs images in train/"
+                         " and test/)")
+      files = [f for f in os.scandir(root / split / name) if f.is_file()]
+      images = [f for f in files if f.name.lower().endswith(_IMAGE_SUFFIXES)]
+      if not images:
+        raise ValueError(f"dataset: {root / split / name} holds no images"
+                         " (.jpg, .jpeg or .png files)")
+      skipped += sorted(f.path for f in files if f not in images)
+      counts[split] = counts.get(split, 0) + len(images)
+  return FolderIndex(root, tuple(classes), counts, tuple(skipped))
+
+
+def check_sizes(*, n_train: int, n_test: int, train_subset: int,
+                test_subset: int, val_examples: int, batch_size: int,
+                where: str) -> None:
+  """Subsets within the data and a batch within the training set; a one-line
+  ValueError names the field (``where``: the data set, for the message)."""
+  if train_subset > n_train:
+    raise ValueError(f"train_subset: {train_subset} exceeds the {n_train}"
+                     f" training images of {where}")
+  if test_subset > n_test:
+    raise ValueError(f"test_subset: {test_subset} exceeds the {n_test} test"
+                     f" images of {where}")
+  available = train_subset or n_train
+  of = f" (train_subset={train_subset})" if train_subset else f" of {where}"
+  if val_examples >= available:
+    raise ValueError(f"val_examples: {val_examples} leaves none of the"
+                     f" {available} training images{of} to train on")
+  if batch_size > available - val_examples:
+    held = f", {val_examples} held out" if val_examples else ""
+    raise ValueError(f"batch_size: {batch_size} exceeds the"
+                     f" {available - val_examples} training images{of}{held}")
+
+
+def check_images(index: FolderIndex, decode: bool = False) -> None:
+  """Every image opens and all have one size (tfds would zero-pad smaller
+  ones to the largest), or a one-line ValueError names the first that does
+  not. Reads headers only (about 2 s for CIFAR-10's 60,000 files), or with
+  ``decode`` every pixel (after a failed read, to name the file)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  first = None
+  for split in ("train", "test"):
+    for name in index.classes:
+      for f in sorted(os.scandir(index.root / split / name),
+                      key=lambda f: f.name):
+        if not f.name.lower().endswith(_IMAGE_SUFFIXES):
+          continue
+        try:
+          with Image.open(f.path) as im:
+            if decode:
+              im.load()
+            size = im.size
+        except Exception as e:  # pylint: disable=broad-except
+          raise ValueError(f"dataset: cannot decode {f.path} ({_cause(e)})"
+                           ) from None
+        if first is None:
+          first = (f.path, size)
+        elif size != first[1]:
+          raise ValueError(
+              f"dataset: {f.path} is {size[0]}x{size[1]} but {first[0]} is"
+              f" {first[1][0]}x{first[1][1]}: every image must have one size"
+              " (resize them first)")
 
 
 def _subset(images, labels, n, seed):
@@ -137,7 +249,7 @@ def prepared_builder(dataset: str, data_dir: str | None, hint: str):
   (the builder's homepage) cannot be reached, instead of tfds' minutes of
   retries; whatever a failed download created under ``data_dir`` is removed.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = tfds_module()
   try:
     # "Variant folder ... has no dataset_info.json": a data set not there yet.
     with _without_notice("Variant folder"), _no_tfds_tempdirs():
@@ -208,7 +320,7 @@ def read_image_folder(root: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray
 
 
 def _read_with_tfds(dataset: str, data_dir: str | None):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = tfds_module()
   if dataset.startswith("image_folder:"):
     with _no_tfds_tempdirs():
       builder = tfds.folder_dataset.ImageFolder(dataset.split(":", 1)[1])
@@ -234,18 +346,43 @@ def load(dataset: str, data_dir: str | None = None, train_subset: int = 0,
   (``read_image_folder``) where tensorflow-datasets is not installed.
   """
   check_dataset_name(dataset)
-  try:
-    import tensorflow_datasets  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    if not dataset.startswith("image_folder:"):
+  if dataset.startswith("image_folder:"):
+    arrays, num_classes = _read_folder(
+        index_image_folder(dataset.split(":", 1)[1]))
+  else:
+    try:
+      tfds_module()
+    except ImportError:
       raise ValueError(f"dataset: {dataset!r} needs tensorflow-datasets, which"
                        " is not installed") from None
-    arrays, num_classes = read_image_folder(dataset.split(":", 1)[1])
-  else:
     arrays, num_classes = _read_with_tfds(dataset, data_dir)
+  check_sizes(n_train=len(arrays["train"][1]), n_test=len(arrays["test"][1]),
+              train_subset=train_subset, test_subset=test_subset,
+              val_examples=0, batch_size=0, where=dataset)
   train = _subset(*arrays["train"], train_subset, seed)
   test = _subset(*arrays["test"], test_subset, seed + 1)
   return InMemoryData(*train, *test, num_classes=num_classes)
+
+
+def _read_folder(index: FolderIndex):
+  """An image folder's arrays: through tfds, or Pillow without it; its
+  images checked first, and a read that fails diagnosed by name
+  (``check_images``)."""
+  if index.skipped:
+    logging.getLogger("absl").warning(
+        "%d file(s) in %s are not .jpg/.jpeg/.png images and are skipped, e.g."
+        " %s", len(index.skipped), index.root, index.skipped[0])
+  check_images(index)
+  try:
+    try:
+      tfds_module()
+    except ImportError:
+      return read_image_folder(index.root)
+    return _read_with_tfds(f"image_folder:{index.root}", None)
+  except Exception as e:  # pylint: disable=broad-except
+    check_images(index, decode=True)  # names the file, if Pillow agrees
+    raise ValueError(f"dataset: cannot read {index.root} ({_cause(e)})"
+                     ) from None
 
 
 def hold_out(data: InMemoryData, n: int, seed: int) -> InMemoryData:

@@ -176,7 +176,8 @@ def summary(e: Ending) -> dict:
       e.model(False),
       e.dense_variables or e.method.setting.dense_abstract, e.input_shape)
   out = {"model": e.description["model"], "method": e.method.NAME,
-         "dataset": e.description["dataset"], "steps": int(e.state.step),
+         "dataset": e.description["dataset"],
+         "input_shape": list(e.input_shape), "steps": int(e.state.step),
          "dense_macs": dense_cost["macs"], "dense_params": dense_cost["params"]}
   final_cost, final_accuracy = dense_cost, e.dense_accuracy
   final = (False, e.dense_variables)

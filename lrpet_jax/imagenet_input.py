@@ -14,14 +14,16 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from lrpet_jax import data
+
 def _tf():
+  data.tfds_module()  # quietly, before TensorFlow itself
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")  # keep TF off the accelerator
   return tf
 
 
 def builder(dataset: str, data_dir: str | None):
-  from lrpet_jax import data  # pylint: disable=g-import-not-at-top
   return data.prepared_builder(
       dataset, data_dir, "ImageNet needs a manual download: put the tars in"
       " <data_dir>/downloads/manual and pass --config.data_dir")
@@ -29,7 +31,7 @@ def builder(dataset: str, data_dir: str | None):
 
 def process_split(b, split: str, drop_remainder: bool = False):
   """This process's part of ``split`` and its size."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = data.tfds_module()
   if not b.info.splits:  # no metadata, e.g. under tfds.testing.mock_data
     count = sum(1 for _ in b.as_dataset(split=split))
     return split, count
@@ -65,7 +67,7 @@ def train_batches(b, *, batch_size: int, seed: int, start_step: int = 0,
                   image_size: int = 224, split: str = "train"
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """(images uint8 (B, S, S, 3), labels int32 (B,)) from ``start_step`` on."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = data.tfds_module()
   tf = _tf()
   part, n = process_split(b, split, drop_remainder=True)
   steps_per_epoch = n // batch_size
@@ -94,7 +96,7 @@ def eval_batches(b, *, batch_size: int, image_size: int = 224,
                  split: str = "validation"
                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Resize-256/center-crop batches of this process's part of ``split``."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = data.tfds_module()
   tf = _tf()
   ds = b.as_dataset(split=process_split(b, split)[0], shuffle_files=False)
   ds = ds.map(lambda ex: (_to_uint8(tf, center_crop(tf, ex["image"],

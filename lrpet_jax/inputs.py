@@ -211,10 +211,14 @@ def load(config: InputConfig, replicated, batch_sharding) -> TrainInput:
   """The adapter for ``config.dataset``, its data loaded (in-memory sets)."""
   if config.dataset in data_lib.STREAMED:
     return StreamInput(config, batch_sharding)
-  data = data_lib.hold_out(
-      data_lib.load(config.dataset, config.data_dir, config.train_subset,
-                    config.test_subset, config.seed),
-      config.val_examples, config.seed)
+  data = data_lib.load(config.dataset, config.data_dir, config.train_subset,
+                       config.test_subset, config.seed)
+  data_lib.check_sizes(
+      n_train=len(data.train_labels), n_test=len(data.test_labels),
+      train_subset=config.train_subset, test_subset=0,
+      val_examples=config.val_examples, batch_size=config.batch_size,
+      where=config.dataset)
+  data = data_lib.hold_out(data, config.val_examples, config.seed)
   return InMemoryInput(
       data, batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size, seed=config.seed,

@@ -8,6 +8,8 @@ library's INFO lines.
 
 import logging as logging_std
 import os
+import pathlib
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,8 +49,7 @@ def _set_up_logging():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # parse_flags refuses stray arguments
   if _WORKDIR.value is None:
     print("error: --workdir is required", file=sys.stderr)
     sys.exit(2)
@@ -57,41 +58,120 @@ def main(argv):
     jax.distributed.initialize()
   _set_up_logging()
   try:
-    train.train_and_evaluate(config, _WORKDIR.value,
-                             command=["python", "-m", "lrpet_jax.main",
-                                      *sys.argv[1:]])
+    result = train.train_and_evaluate(config, _WORKDIR.value,
+                                      command=["python", "-m",
+                                               "lrpet_jax.main", *sys.argv[1:]])
   except train.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except train.NonFiniteLoss as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  if "signal" in result:  # saved and stopped: exit as the signal would have
+    print(f"stopped by signal {result['signal']} at step"
+          f" {result['stopped_at_step']} (saved); rerun the same command to"
+          " resume", file=sys.stderr)
+    sys.exit(128 + result["signal"])
+
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+HELP = """usage: python -m lrpet_jax.main --config=FILE[:ARG] --workdir=DIR \
+    [--config.FIELD=VALUE ...] [--verbosity=0]
+
+Trains under the config FILE (configs/cifar.py: the paper's CIFAR-10
+setting; configs/smoke.py: the whole pipeline in about a minute), writing
+checkpoints, metrics, the compact model and summary.json to DIR; rerunning
+the command resumes. Exit status: 0 done, 1 training diverged, 2 bad
+configuration, 128 + N stopped by signal N (saved).
+"""
+
+
+def field_comments(path: pathlib.Path) -> dict[str, str]:
+  """{field: its comment} from a config file's ``c.FIELD = ...  # comment``
+  lines (or the comment lines just above)."""
+  comments, above = {}, []
+  for line in path.read_text().splitlines():
+    stripped = line.strip()
+    match = re.match(r"c\.(\w+)(?:, c\.\w+)* = [^#]*(?:#\s*(.*))?$", stripped)
+    if stripped.startswith("# ---"):  # a section header
+      above = []
+    elif stripped.startswith("#"):
+      above.append(stripped.lstrip("# "))
+    elif match:
+      for field in re.findall(r"c\.(\w+)", stripped.split("=")[0]):
+        comments[field] = match.group(2) or " ".join(above)
+      above = []
+    else:
+      above = []
+  return comments
+
+
+def print_help(argv: list[str]) -> None:
+  """The usage, and every config field with its value under --config (default
+  configs/cifar.py) and its comment (from configs/cifar.py)."""
+  from ml_collections import config_flags as cf  # pylint: disable=g-import-not-at-top,reimported
+  given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+  source = given[0] if given else str(CONFIGS / "cifar.py")
+  print(HELP)
+  try:
+    config = cf.config_flags._LoadConfigModule(  # pylint: disable=protected-access
+        "config", source.split(":")[0]).get_config(
+            *source.split(":")[1:2])
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"(cannot load {source}: {type(e).__name__}: {e})")
+    return
+  comments = (field_comments(CONFIGS / "cifar.py")
+              if (CONFIGS / "cifar.py").is_file() else {})
+  print(f"config fields ({source}), each settable as --config.FIELD=VALUE:")
+  for field, value in config.items():
+    print(f"  {field} = {value!r}" + (f"  # {comments[field]}"
+                                       if comments.get(field) else ""))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with every failure reported in one line, exit 2.
+  """absl's flag parsing, with every failure reported in one line, exit 2;
+  ``--help`` prints the usage and the config fields, exit 0.
 
-  ml_collections raises a bare ``AttributeError("'foo'")`` for an override of
-  a field the config does not have; absl prints a FATAL line with exit 1 for
-  a value that does not parse.
+  ml_collections raises a ``KeyError`` naming a field the config does not
+  have (with a suggestion); absl prints a FATAL line with exit 1 for a value
+  that does not parse.
   """
+  if any(a in ("--help", "-h", "-?", "--helpshort", "--helpfull")
+         for a in argv[1:]):
+    print_help(argv[1:])
+    sys.exit(0)
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
-    lines = [l for l in str(e).splitlines() if l.strip()]
-    text = lines[0] if lines else type(e).__name__
-    if "Error whilst parsing config file" in text and len(lines) > 1:
-      text = f"--config: {lines[-1]}"  # the config file's own error
-    if isinstance(e, (AttributeError, KeyError)):
-      field = text.strip("'\"")
-      given = [a for a in argv if a.startswith(f"--config.{field}")]
-      text = (f"config.{field}: the config has no such field"
-              + (f" ({given[0]})" if given else ""))
-    elif "--config." not in text and any(
-        a.startswith("--config.") for a in argv):
-      text = f"a --config.* value does not parse: {text}"
-    print(f"error: {text}", file=sys.stderr)
+    print(f"error: {_flag_error(e, argv)}", file=sys.stderr)
     sys.exit(2)
+  if len(rest) > 1:
+    print(f"error: unexpected argument(s): {' '.join(rest[1:])} (flags are"
+          " --config=FILE, --workdir=DIR and --config.FIELD=VALUE; --help"
+          " lists the fields)", file=sys.stderr)
+    sys.exit(2)
+  return rest
+
+
+def _flag_error(e: Exception, argv: list[str]) -> str:
+  """One line for a flag that did not parse."""
+  raw = e
+  while isinstance(raw, (KeyError, AttributeError)) and raw.args:
+    raw = raw.args[0]  # ml_collections: AttributeError(KeyError("'x'\n..."))
+  lines = [l for l in str(raw).splitlines() if l.strip()]
+  text = lines[0] if lines else type(e).__name__
+  if "Error whilst parsing config file" in text and len(lines) > 1:
+    return f"--config: {lines[-1]}"  # the config file's own error
+  if isinstance(e, (AttributeError, KeyError)):
+    field = text.strip("'\" ")
+    given = [a for a in argv if a.startswith(f"--config.{field}")]
+    hint = re.search(r'Did you mean "([^"]+)"', str(raw))
+    return (f"config.{field}: the config has no such field"
+            + (f" ({given[0]})" if given else "")
+            + (f"; did you mean {hint.group(1)}?" if hint else ""))
+  if "--config." not in text and any(a.startswith("--config.") for a in argv):
+    return f"a --config.* value does not parse: {text}"
+  return text
 
 
 if __name__ == "__main__":

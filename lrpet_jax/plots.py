@@ -1,10 +1,12 @@
 """Plots a finished run writes into ``WORKDIR/plots/``.
 
 - ``training.png``: training loss; training and test top-1 (with the test
-  top-1 just before each projection, where logged); energy kept by each
-  projection's truncation (mean and min over layers).
+  top-1 just before each projection, where logged, and the final model's as
+  a star); energy kept by each projection's truncation (mean and min over
+  layers), for a run that projected.
 - ``layers.png``: per projected layer, the kept rank as a fraction of the
-  full rank and the energy its last truncation kept (``compact_report.json``).
+  full rank and the energy its last truncation kept (``compact_report.json``;
+  not for a compact model trained directly, which has no per-layer rows).
 
 matplotlib is imported lazily (Agg backend); without it ``write`` returns [].
 """
@@ -15,11 +17,15 @@ import pathlib
 
 def read_metrics(path: pathlib.Path) -> dict[str, tuple[list, list]]:
   """``metrics.jsonl`` as {name: (steps, values)}."""
+  return read_metrics_rows(
+      json.loads(line) for line in path.read_text().splitlines() if line)
+
+
+def read_metrics_rows(rows) -> dict[str, tuple[list, list]]:
+  """Rows {"step": s, name: value, ...} as {name: (steps, values)}."""
   series = {}
-  for line in path.read_text().splitlines():
-    if not line:
-      continue
-    row = json.loads(line)
+  for row in rows:
+    row = dict(row)
     step = row.pop("step")
     for k, v in row.items():
       if isinstance(v, (int, float)) and v is not None:
@@ -29,23 +35,37 @@ def read_metrics(path: pathlib.Path) -> dict[str, tuple[list, list]]:
   return series
 
 
-def _training_figure(plt, series):
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-  loss, acc, energy = axes
+# Every series drawn, with its label; each point has a marker, so a series of
+# one point shows.
+ACCURACY = (("train_accuracy", "train top-1"), ("test_top1", "test top-1"),
+            ("test_top1_pre_projection", "test top-1 before projection"),
+            ("val_top1", "val top-1"))
+ENERGY = (("projection_energy_kept_mean", "energy kept, mean"),
+          ("projection_energy_kept_min", "energy kept, min"))
+
+
+def _training_figure(plt, series, summary=None):
+  """Loss; top-1 (with the final model's, after the final projection and
+  precise BN, as a star); the energy each projection kept, if it projected."""
+  energy = [(k, label) for k, label in ENERGY if k in series]
+  fig, axes = plt.subplots(1, 2 + bool(energy),
+                           figsize=(5 * (2 + bool(energy)), 4))
   if "train_loss" in series:
-    loss.plot(*series["train_loss"], label="train loss")
-  loss.set(xlabel="step", ylabel="loss", title="training loss")
-  for name, style in (("train_accuracy", "-"), ("test_top1", "o-"),
-                      ("test_top1_pre_projection", "x--"),
-                      ("val_top1", "s-")):
-    if name in series:
-      acc.plot(*series[name], style, label=name)
-  acc.set(xlabel="step", ylabel="top-1", title="accuracy")
-  for name in ("projection_energy_kept_mean", "projection_energy_kept_min"):
-    if name in series:
-      energy.plot(*series[name], ".-", label=name.rsplit("_", 1)[-1])
-  energy.set(xlabel="step", ylabel="energy kept",
-             title="energy kept by each projection")
+    axes[0].plot(*series["train_loss"], ".-", label="train loss")
+  axes[0].set(xlabel="step", ylabel="loss", title="training loss")
+  for k, label in ACCURACY:
+    if k in series:
+      axes[1].plot(*series[k], "o-" if k != "train_accuracy" else ".-",
+                   markersize=4, label=label)
+  if summary and summary.get("final_accuracy") is not None:
+    axes[1].plot([summary["steps"]], [summary["final_accuracy"]], "*",
+                 markersize=14, label="final top-1 (deployed model)")
+  axes[1].set(xlabel="step", ylabel="top-1", title="accuracy")
+  for k, label in energy:
+    axes[2].plot(*series[k], "o-", markersize=4, label=label)
+  if energy:
+    axes[2].set(xlabel="step", ylabel="energy kept",
+                title="energy kept by each projection")
   for ax in axes:
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=8)
@@ -84,12 +104,15 @@ def write(workdir: pathlib.Path) -> list[pathlib.Path]:
   out = workdir / "plots"
   written = []
   figures = []
+  summary = (json.loads((workdir / "summary.json").read_text())
+             if (workdir / "summary.json").is_file() else None)
   if (workdir / "metrics.jsonl").is_file():
     figures.append(("training.png", lambda: _training_figure(
-        plt, read_metrics(workdir / "metrics.jsonl"))))
-  if (workdir / "compact_report.json").is_file():
-    figures.append(("layers.png", lambda: _layers_figure(
-        plt, json.loads((workdir / "compact_report.json").read_text()))))
+        plt, read_metrics(workdir / "metrics.jsonl"), summary)))
+  report = (json.loads((workdir / "compact_report.json").read_text())
+            if (workdir / "compact_report.json").is_file() else None)
+  if report and report["layers"]:  # a compact model trained directly has none
+    figures.append(("layers.png", lambda: _layers_figure(plt, report)))
   for name, make in figures:
     out.mkdir(exist_ok=True)
     fig = make()

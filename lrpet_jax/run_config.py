@@ -88,7 +88,7 @@ FIELDS = {
                       f"one of {', '.join(COMPUTE_DTYPES)}"),
     **{name: (lambda v: isinstance(v, bool), "True or False") for name in (
         "energy_transfer", "bn_rectification", "log_spectra", "nesterov",
-        "project_dense", "distributed")},
+        "project_dense", "distributed", "extend")},
 }
 # Read as they are (names and paths checked by the rules below).
 OTHER_FIELDS = ("method", "model", "model_flag", "dataset", "data_dir")
@@ -107,6 +107,14 @@ def check(config) -> None:
     models.check_flag(models.build(config.model, config.num_classes),
                       config.model_flag)
     data_lib.check_dataset_name(config.dataset)
+    if config.dataset.startswith("image_folder:"):  # counted without loading
+      counts = data_lib.index_image_folder(
+          config.dataset.split(":", 1)[1]).counts
+      data_lib.check_sizes(
+          n_train=counts["train"], n_test=counts["test"],
+          train_subset=config.train_subset, test_subset=config.test_subset,
+          val_examples=config.val_examples, batch_size=config.batch_size,
+          where=config.dataset)
     methods.check(config.method, config)
     part(rank_selection.RankRule, config)
   except ValueError as e:

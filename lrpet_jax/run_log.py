@@ -4,6 +4,7 @@
   its ``step``) and TensorBoard event files under ``WORKDIR/tensorboard``.
 - ``Progress``: images/s and the time left, from the wall clock between log
   boundaries (where the loop reads the device anyway).
+- ``Segments``: the run's wall time over all its starts (``segments.json``).
 - ``SpectraLog``: singular values of the ranked kernels at each projection.
 """
 
@@ -99,6 +100,35 @@ class Progress:
     left = ((self._total - step + self._final_steps / 3) * step_s
             + (evaluations_left + self._final_evals) * self.evaluation_s)
     return rate, left
+
+
+class Segments:
+  """The wall time of a run over all its starts (segments).
+
+  ``WORKDIR/segments.json`` lists, per start, ``start_step``, ``end_step``
+  and ``wall_time_s`` (from the process start: data loading and compilation
+  included); this start's entry is rewritten at every log and checkpoint
+  boundary, so a killed start keeps the time up to its last one. ``total``
+  is the run's wall time: the sum.
+  """
+
+  def __init__(self, workdir: pathlib.Path, first_step: int, started: float):
+    self._path = workdir / "segments.json"
+    self._started = started
+    self.entries = (json.loads(self._path.read_text())
+                    if self._path.is_file() else [])
+    self.entries.append({"start_step": first_step, "end_step": first_step,
+                         "wall_time_s": 0.0})
+
+  def update(self, step: int) -> None:
+    self.entries[-1].update(end_step=step,
+                            wall_time_s=time.time() - self._started)
+    tmp = self._path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(self.entries, indent=1) + "\n")
+    tmp.replace(self._path)
+
+  def total(self) -> float:
+    return sum(e["wall_time_s"] for e in self.entries)
 
 
 class PhaseLog:

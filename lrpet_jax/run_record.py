@@ -8,7 +8,10 @@ checkpoints (refused), or to be resumed.
 """
 
 import json
+import os
 import pathlib
+import shlex
+import tempfile
 
 from absl import logging
 
@@ -21,12 +24,39 @@ RUN_FIELDS = {"model": None, "num_classes": None, "method": "lrpet"}
 
 
 def prepare(workdir: str) -> pathlib.Path:
-  """The workdir as an absolute path (Orbax refuses relative ones); a path
-  that exists and is not a directory is refused."""
+  """The workdir as an absolute path (Orbax refuses relative ones), refused
+  in one line if it is a file, or if it could not be created or written
+  (probed with an empty temporary folder, removed at once: nothing is left
+  behind)."""
   path = pathlib.Path(workdir).absolute()
   if path.exists() and not path.is_dir():
     raise ConfigError(f"workdir: {path} exists and is not a directory")
+  existing = next(p for p in (path, *path.parents) if p.exists())
+  verb = "written" if existing == path else "created"
+  if not existing.is_dir():
+    raise ConfigError(f"workdir: {path} cannot be created: {existing} is a"
+                      " file")
+  try:
+    os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".lrpet_probe_"))
+  except OSError as e:
+    raise ConfigError(f"workdir: {path} cannot be {verb} ({type(e).__name__}:"
+                      f" {e.strerror or e})") from None
   return path
+
+
+# Fields that say how to run, not what: they may differ between the starts of
+# one run.
+NOT_COMPARED = ("extend",)
+
+
+def changed_fields(config, workdir: pathlib.Path) -> list[str]:
+  """The fields whose values differ from the workdir's ``config.json``, as
+  ``"name old → new"``."""
+  saved = json.loads((workdir / "config.json").read_text())
+  now = json.loads(config.to_json())
+  return [f"{k} {saved.get(k)!r} → {now.get(k)!r}"
+          for k in sorted(set(saved) | set(now))
+          if k not in NOT_COMPARED and saved.get(k) != now.get(k)]
 
 
 def finished_summary(config, workdir: pathlib.Path) -> dict | None:
@@ -35,9 +65,23 @@ def finished_summary(config, workdir: pathlib.Path) -> dict | None:
   summary, saved = workdir / "summary.json", workdir / "config.json"
   if not (summary.is_file() and saved.is_file()):
     return None
-  if json.loads(saved.read_text()) != json.loads(config.to_json()):
-    return None  # another config: resume, extend or refuse as usual
+  if changed_fields(config, workdir):
+    return None  # another config: see check_not_finished_otherwise
   return json.loads(summary.read_text())
+
+
+def check_not_finished_otherwise(config, workdir: pathlib.Path) -> None:
+  """A workdir whose run finished under another config is refused, naming
+  the changed fields, unless ``config.extend`` (then it is resumed from its
+  newest checkpoint, e.g. to train it for more steps)."""
+  if not (workdir / "summary.json").is_file() or config.extend:
+    return
+  changed = changed_fields(config, workdir)
+  if changed:
+    raise ConfigError(
+        f"workdir: holds a run that finished under another config (changed:"
+        f" {'; '.join(changed)}); use a new workdir, or --config.extend=True"
+        " to go on from its last checkpoint")
 
 
 def check_same_run(config, workdir: pathlib.Path) -> None:
@@ -59,11 +103,21 @@ def check_same_run(config, workdir: pathlib.Path) -> None:
 
 def record(config, workdir: pathlib.Path, command) -> None:
   """``config.json`` (the resolved config of the latest start) and, appended,
-  the command line of every start in ``commands.txt``."""
+  every start's command line in ``commands.txt``, as ``cd DIR && COMMAND``
+  (relative paths in the config are relative to DIR: ``launch_dir``)."""
   (workdir / "config.json").write_text(config.to_json(indent=1) + "\n")
   if command:
     with open(workdir / "commands.txt", "a", encoding="utf-8") as f:
-      f.write(" ".join(command) + "\n")
+      f.write(f"cd {shlex.quote(os.getcwd())} && {shlex.join(command)}\n")
+
+
+def launch_dir(workdir: pathlib.Path) -> pathlib.Path:
+  """The directory the latest start ran in (``commands.txt``), else here."""
+  path = workdir / "commands.txt"
+  lines = path.read_text().splitlines() if path.is_file() else []
+  if lines and lines[-1].startswith("cd "):
+    return pathlib.Path(shlex.split(lines[-1].split(" && ", 1)[0])[1])
+  return pathlib.Path.cwd()
 
 
 def record_pairs(workdir: pathlib.Path, pairing, ranks) -> None:

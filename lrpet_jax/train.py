@@ -209,6 +209,7 @@ class Tools:
   learning_rate: optax.Schedule
   stop: StopRequested
   spectra: run_log.SpectraLog | None
+  segments: run_log.Segments
 
 
 def _next_multiple(step, every):
@@ -260,6 +261,7 @@ def train_loop(run: Run, tools: Tools, state: TrainState,
                                             every.checkpoint))
       next_log = _next_multiple(step, every.log)
       ensure_finite_params(state, step, tools.checkpoints)
+      tools.segments.update(step)
     if at_checkpoint:
       evaluate_and_save(run, tools, step, state, aux)
     if stopping:
@@ -364,7 +366,7 @@ def evaluate_and_save(run: Run, tools: Tools, step, state, aux) -> None:
 
 
 def make_tools(config, run: Run, workdir: pathlib.Path, checkpoints,
-               first_step: int, stop: StopRequested) -> Tools:
+               first_step: int, stop: StopRequested, started: float) -> Tools:
   normalization = run.input_config.normalization
   method, setting = run.method, run.method.setting
   return Tools(
@@ -380,7 +382,8 @@ def make_tools(config, run: Run, workdir: pathlib.Path, checkpoints,
       learning_rate=setting.learning_rate,
       stop=stop,
       spectra=(run_log.SpectraLog(workdir, setting.ranks)
-               if config.log_spectra else None))
+               if config.log_spectra else None),
+      segments=run_log.Segments(workdir, first_step, started))
 
 
 def finish(config, run: Run, tools: Tools, workdir, state) -> dict:
@@ -408,9 +411,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains, projects, recomputes BN, exports the compact model; returns the summary.
 
   A workdir whose run finished with the same config is left as it is: its
-  summary is printed and returned. A run stopped by SIGTERM/SIGINT saves and
-  returns ``{"stopped_at_step": step}``. ``command``: the command line to
-  record.
+  summary is printed and returned. A run stopped by SIGTERM/SIGINT saves at
+  the end of the compiled call under way and returns
+  ``{"stopped_at_step": step, "signal": signum}``. ``command``: the command
+  line to record.
   """
   start = time.time()
   run_config.check(config)
@@ -420,6 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info("%s: finished already (summary.json); nothing to do", workdir)
     return report_summary(workdir, done)
   run_record.check_same_run(config, workdir)
+  run_record.check_not_finished_otherwise(config, workdir)
   run = make_run(config)
   workdir.mkdir(parents=True, exist_ok=True)
   checkpoints = checkpointing.manager(workdir, config.keep_checkpoints,
@@ -438,13 +443,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             or run.source.steps_per_epoch),
                 steps_per_call=config.steps_per_call)
   with StopRequested() as stop:
-    tools = make_tools(config, run, workdir, checkpoints, first_step, stop)
+    tools = make_tools(config, run, workdir, checkpoints, first_step, stop,
+                       start)
     state, stopped = train_loop(run, tools, state, every)
     if stopped:
       tools.writer.close()
-      return {"stopped_at_step": int(state.step)}
+      return {"stopped_at_step": int(state.step), "signal": stop.signal}
     summary = finish(config, run, tools, workdir, state)
-  summary["wall_time_s"] = time.time() - start
+  tools.segments.update(run.total_steps)
+  summary["wall_time_s"] = tools.segments.total()
+  summary["segments"] = tools.segments.entries
   tools.writer.write(run.total_steps, {k: v for k, v in summary.items()
                                        if isinstance(v, float)})
   tools.writer.close()

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -24,3 +25,24 @@ def test_benchmark_quick_mode(script, expected):
   assert result.returncode == 0, result.stderr[-3000:]
   assert expected in result.stdout
   assert "device:" in result.stdout
+
+
+def test_train_throughput_prints_each_row_as_it_is_measured(monkeypatch,
+                                                            capsys):
+  sys.path.insert(0, str(ROOT))
+  from benchmarks import train_throughput  # pylint: disable=g-import-not-at-top
+  measure = train_throughput.per_step
+  printed_before = []  # what stdout held when each measurement began
+
+  def spy(*args, **kwargs):
+    printed_before.append(capsys.readouterr().out)
+    return measure(*args, **kwargs)
+
+  monkeypatch.setattr(train_throughput, "per_step", spy)
+  train_throughput.main(["--quick"])
+  # The header before the first measurement, then the previous row before
+  # each next one (not every row at the end).
+  assert "device:" in printed_before[0]
+  assert len(printed_before) == 7
+  for out in printed_before[1:]:
+    assert re.search(r"(/call|projecting step) +[0-9.]+ +[0-9]+\n", out), out

@@ -1,5 +1,7 @@
 """Data loading (tfds path under mock_data, image folders) and augmentation."""
 
+import re
+import shutil
 import sys
 
 import jax
@@ -97,10 +99,10 @@ def test_pillow_reader_matches_tfds_image_folder(tmp_path):
   """The loader used without tensorflow-datasets: same images, labels, order."""
   tf = pytest.importorskip("tensorflow")
   rng = np.random.default_rng(0)
-  # Class names whose sorted order differs from creation order; a class that
-  # only one split has; a non-image file that both readers must skip.
+  # Class names whose sorted order differs from creation order; a non-image
+  # file that both readers must skip.
   for split, classes in (("train", ("zebra", "ant", "moth")),
-                         ("test", ("zebra", "ant"))):
+                         ("test", ("moth", "zebra", "ant"))):
     for c in classes:
       d = tmp_path / split / c
       d.mkdir(parents=True)
@@ -120,9 +122,9 @@ def test_pillow_reader_matches_tfds_image_folder(tmp_path):
     # differ by ~85 on average).
     diff = np.abs(arrays[split][0].astype(int) - images.astype(int))
     assert diff.max() <= 8 and diff.mean() < 2, (split, diff.max())
-  # ant=0, moth=1, zebra=2, three files each (test has no moth).
+  # ant=0, moth=1, zebra=2, three files each.
   assert sorted(arrays["train"][1]) == [0] * 3 + [1] * 3 + [2] * 3
-  assert sorted(arrays["test"][1]) == [0] * 3 + [2] * 3
+  assert sorted(arrays["test"][1]) == [0] * 3 + [1] * 3 + [2] * 3
 
 
 def test_without_tfds_image_folders_load_and_tfds_names_fail(tmp_path,
@@ -216,3 +218,97 @@ def test_image_folder_leaves_no_temporary_folders(tmp_path, monkeypatch):
   d = data.load(f"image_folder:{tmp_path / 'data'}")
   assert d.num_classes == 2 and len(d.train_labels) == 2
   assert list(scratch.iterdir()) == []  # tfds' empty /tmp/tmp*tfds is gone
+
+
+def png_folder_at(root, size=(8, 8), classes=("a", "b"), n=2, mode="RGB"):
+  """root/{train,test}/<class>/<i>.png, lossless, of one size and mode."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+  for split in ("train", "test"):
+    for c in classes:
+      (root / split / c).mkdir(parents=True, exist_ok=True)
+      for i in range(n):
+        pixels = rng.integers(0, 255, size[::-1] + (channels,), np.uint8)
+        Image.fromarray(pixels.squeeze(-1) if mode == "L" else pixels,
+                        mode).save(root / split / c / f"{i}.png")
+  return root
+
+
+@pytest.mark.parametrize("break_it, message", [
+    # A class the test split has and train/ lacks (and the reverse).
+    (lambda r: shutil.rmtree(r / "train" / "b"),
+     "dataset: class 'b' has no folder in {r}/train"),
+    (lambda r: shutil.rmtree(r / "test" / "a"),
+     "dataset: class 'a' has no folder in {r}/test"),
+    # An empty class folder (or one of non-images only).
+    (lambda r: [f.unlink() for f in (r / "test" / "b").iterdir()],
+     "dataset: {r}/test/b holds no images"),
+    # An image that cannot be decoded.
+    (lambda r: (r / "train" / "a" / "1.png").write_bytes(b"\x89PNG garbage"),
+     "dataset: cannot decode {r}/train/a/1.png"),
+    # An image of another size.
+    (lambda r: png_folder_at(r, size=(10, 8), classes=("b",), n=1),
+     "dataset: {r}/train/b/0.png is 10x8 but {r}/train/a/0.png is 8x8: every"
+     " image must have one size"),
+])
+def test_a_broken_folder_is_refused_by_name(tmp_path, break_it, message):
+  root = png_folder_at(tmp_path / "data")
+  break_it(root)
+  with pytest.raises(ValueError) as e:
+    data.load(f"image_folder:{root}")
+  assert str(e.value).startswith(message.format(r=root)), str(e.value)
+  assert "\n" not in str(e.value)
+
+
+def test_grayscale_and_alpha_become_rgb_and_other_files_are_skipped(
+    tmp_path, caplog):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  root = png_folder_at(tmp_path / "data")
+  gray = png_folder_at(tmp_path / "gray", mode="L")
+  rgba = png_folder_at(tmp_path / "rgba", mode="RGBA")
+  (root / "train" / "a" / "notes.txt").write_text("not an image")
+  with caplog.at_level("WARNING"):
+    loaded = data.load(f"image_folder:{root}")
+  assert any("1 file(s) in" in m and "notes.txt" in m
+             for m in caplog.messages)
+  assert len(loaded.train_labels) == 4
+  for folder in (gray, rgba):
+    got = data.load(f"image_folder:{folder}")
+    assert got.train_images.shape == (4, 8, 8, 3)
+    want = sorted(np.asarray(Image.open(f).convert("RGB")).tobytes()
+                  for f in (folder / "train").rglob("*.png"))
+    assert sorted(im.tobytes() for im in got.train_images) == want
+
+
+def test_sizes_are_checked_naming_the_field():
+  kw = dict(n_train=40, n_test=10, train_subset=0, test_subset=0,
+            val_examples=0, batch_size=32, where="image_folder:X")
+  data.check_sizes(**kw)
+  for change, message in (
+      (dict(train_subset=1024), "train_subset: 1024 exceeds the 40 training"),
+      (dict(test_subset=11), "test_subset: 11 exceeds the 10 test images"),
+      (dict(train_subset=5), "batch_size: 32 exceeds the 5 training images"
+       " (train_subset=5)"),
+      (dict(val_examples=40), "val_examples: 40 leaves none of the 40"),
+      (dict(val_examples=20), "batch_size: 32 exceeds the 20 training images"
+       " of image_folder:X, 20 held out")):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+      data.check_sizes(**{**kw, **change})
+
+
+def test_a_corrupt_jpeg_is_named(tmp_path):
+  # Its header is fine (sizes pass), its data is cut short: TensorFlow's
+  # decoder fails mid-read, and the file is found and named.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    for c in ("a", "b"):
+      (tmp_path / split / c).mkdir(parents=True)
+      for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(
+            tmp_path / split / c / f"{i}.jpg", quality=90)
+  bad = tmp_path / "test" / "b" / "1.jpg"
+  bad.write_bytes(bad.read_bytes()[:400])
+  with pytest.raises(ValueError, match=f"^dataset: cannot decode {bad} "):
+    data.load(f"image_folder:{tmp_path}")

@@ -5,8 +5,10 @@ import logging
 import signal
 
 import numpy as np
+import optax
 import pytest
 
+import lrpet_jax
 from lrpet_jax import ending
 from lrpet_jax import methods
 from lrpet_jax import train
@@ -56,6 +58,20 @@ def test_lrpet_loop_in_process(tiny_config, tmp_path, caplog):
                       compute_uv=False)
     assert s[rank:].max(initial=0.0) <= 1e-5 * s[0], path
   assert summary["dense_accuracy"] == summary["compact_accuracy"]
+
+  # The finished run, loaded back in three lines: the same accuracies from
+  # its saved models on its test data; the served model predicts as the
+  # compact one (BatchNorm folded: equal up to rounding, so at most one of
+  # the 16 test images may flip).
+  run = lrpet_jax.load_run(workdir)
+  assert run.evaluate("compact")["top1"] == summary["compact_accuracy"]
+  assert run.evaluate("dense")["top1"] == summary["dense_accuracy"]
+  assert abs(run.evaluate("serving")["top1"]
+             - summary["compact_accuracy"]) <= 1 / 16
+  state = run.training_state()
+  assert isinstance(state, train.TrainState) and int(state.step) == 6
+  assert isinstance(state.opt_state[1], optax.ConditionallyTransformState)
+  assert int(state.opt_state[1].step) == 6
 
 
 class TruncateAtEnd(methods.Dense):

@@ -1,6 +1,9 @@
 """The measurements of experiments/bn_rectification.py and energy_transfer.py,
 against float64 NumPy references and the geometry of a truncated SVD."""
 
+import pathlib
+import subprocess
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +14,9 @@ from experiments import energy_transfer
 from lrpet_jax import data as data_lib
 from lrpet_jax import models
 from lrpet_jax import tracing
+from lrpet_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _truncate(kernel, rank):
@@ -102,3 +108,24 @@ def test_energy_transfer_measurements_follow_the_svd_geometry():
     np.testing.assert_allclose(kept ** 2 + np.asarray(p["change"]) ** 2, 1.0,
                                atol=1e-4)
   assert min(runs[False]["projections"][0]["removed_norm"]) > 0.01
+
+
+def git_status():
+  done = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT,
+                        capture_output=True, text=True, check=False)
+  return done.stdout if done.returncode == 0 else None
+
+
+@pytest.mark.slow
+def test_quick_modes_leave_tracked_results_alone(tiny_config, tmp_path):
+  before = git_status()
+  if before is None:
+    pytest.skip("not a git checkout")
+  dense = tmp_path / "dense"
+  train.train_and_evaluate(tiny_config(method="dense"), str(dense))
+  bn_rectification.main([f"--dense={dense}", "--quick", "--images=16",
+                         "--bn_batches=1"])
+  energy_transfer.main(["--quick"])
+  assert git_status() == before  # experiments/results/ untouched
+  for name in ("bn_rectification", "energy_transfer"):
+    assert (ROOT / "runs" / "quick" / f"{name}.json").is_file()

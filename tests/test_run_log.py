@@ -83,3 +83,26 @@ def test_plots_from_workdir_files(tmp_path):
   assert [p.name for p in written] == ["training.png", "layers.png"]
   for p in written:
     assert p.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_training_figure_of_a_dense_run(tmp_path):
+  # A dense run: no projections; a single evaluation; the final accuracy.
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  rows = [{"step": 10, "train_loss": 2.3, "train_accuracy": 0.1},
+          {"step": 20, "train_loss": 2.0, "train_accuracy": 0.2,
+           "test_top1": 0.25}]
+  series = plots.read_metrics_rows(rows)
+  fig = plots._training_figure(plt, series, {"steps": 20,  # pylint: disable=protected-access
+                                             "final_accuracy": 0.3})
+  assert len(fig.axes) == 2  # no empty energy panel
+  lines = [l for ax in fig.axes for l in ax.get_lines()]
+  # Every series shows its points (a one-point series too).
+  assert all(l.get_marker() not in (None, "None", "", " ") for l in lines)
+  labels = [l.get_label() for l in lines]
+  assert labels == ["train loss", "train top-1", "test top-1",
+                    "final top-1 (deployed model)"]
+  final = lines[-1]
+  assert list(final.get_xdata()) == [20] and list(final.get_ydata()) == [0.3]
+  plt.close(fig)

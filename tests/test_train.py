@@ -163,6 +163,14 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
   assert result.returncode == 0, result.stderr[-3000:]
   assert "starting at step" in result.stderr and "at step 0 " not in result.stderr
 
+  # Its wall time is the sum over both starts; each start's is kept.
+  resumed = json.loads((killed / "summary.json").read_text())
+  assert [(e["start_step"], e["end_step"]) for e in resumed["segments"]] == [
+      (0, 8), (8, 12)]
+  assert all(e["wall_time_s"] > 0 for e in resumed["segments"])
+  assert resumed["wall_time_s"] == pytest.approx(
+      sum(e["wall_time_s"] for e in resumed["segments"]))
+
   # The resumed run's metrics have one row per step and kind.
   killed_rows = [json.loads(l) for l in
                  (killed / "metrics.jsonl").read_text().splitlines()]
@@ -174,7 +182,7 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
   assert json.loads((straight / "config.json").read_text())["model"] == (
       "resnet20")
   assert (straight / "commands.txt").read_text().startswith(
-      "python -m lrpet_jax.main --config=")
+      f"cd {ROOT} && python -m lrpet_jax.main --config=")
   before = {p: p.stat().st_mtime_ns for p in straight.rglob("*")}
   again = run(command(image_folder, straight, *FINISHED))
   assert again.returncode == 0, again.stderr[-3000:]
@@ -373,10 +381,34 @@ def test_sigterm_saves_and_nan_keeps_last_good_checkpoint(image_folder,
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=120)
-  assert proc.returncode == 0, stderr[-2000:]
+  # Saved, said so, and exited as a shell expects of SIGTERM (128 + 15), so
+  # that `train && export` does not go on.
+  assert proc.returncode == 143, stderr[-2000:]
   saved = max(int(p.name) for p in (workdir / "checkpoints").iterdir()
               if p.name.isdigit())
   assert saved > 4 and f"saved step {saved}" in stderr
+  assert stderr.strip().splitlines()[-1] == (
+      f"stopped by signal 15 at step {saved} (saved); rerun the same command"
+      " to resume")
+  # Ctrl-C (SIGINT) of the resumed run, between boundaries (no log or
+  # checkpoint for 1000 steps): it stops at the end of the call under way.
+  proc = subprocess.Popen(
+      command(image_folder, workdir, "--config.num_steps=4000",
+              "--config.log_every_steps=1000",
+              "--config.checkpoint_every_steps=1000"), cwd=ROOT, env=env,
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  for line in proc.stderr:
+    if "starting at step" in line:
+      break
+  time.sleep(3)
+  sent = time.time()
+  proc.send_signal(signal.SIGINT)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 130, stderr[-2000:]
+  assert time.time() - sent < 30
+  resumed = max(int(p.name) for p in (workdir / "checkpoints").iterdir()
+                if p.name.isdigit())
+  assert saved < resumed < 1000 and f"saved step {resumed}" in stderr
 
   # Divergence: the run stops at the step the loss went non-finite and keeps
   # the checkpoints it had.
@@ -511,3 +543,63 @@ def test_dense_baseline_then_decompose_and_retrain(image_folder, tmp_path):
   assert from_scratch["final_macs"] == summary["final_macs"]
   assert json.loads((scratch / "ranks.json").read_text()) == json.loads(
       (tuned / "ranks.json").read_text())
+
+
+def test_a_finished_run_with_another_config_is_refused_or_extended(
+    image_folder, finished, tmp_path):
+  workdir = copy_of(finished[0], tmp_path / "w")
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+  longer = command(image_folder, workdir, *FINISHED, "--config.num_steps=14")
+  result = run(longer)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: workdir: holds a run that finished under another config"
+      " (changed: num_steps 12 → 14); use a new workdir, or"
+      " --config.extend=True to go on from its last checkpoint")
+  assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+  result = run([*longer, "--config.extend=True"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["steps"] == 14
+  assert [e["start_step"] for e in summary["segments"]] == [0, 12]
+
+
+def test_command_line_help_and_flag_errors(image_folder, tmp_path):
+  result = run([sys.executable, "-m", "lrpet_jax.main",
+                f"--config={ROOT / 'configs' / 'smoke.py'}", "--help"])
+  assert result.returncode == 0
+  assert "usage: python -m lrpet_jax.main --config=FILE" in result.stdout
+  # Every field, with its value under this config and its comment.
+  assert "  steps_per_call = 1  # Steps per compiled call" in result.stdout
+  assert "  model_flag = 'train'  # the name of the model's training flag" in (
+      result.stdout)
+  workdir = tmp_path / "w"
+  for extra, line in (
+      (["--config.batchsize=32"],
+       "error: config.batchsize: the config has no such field"
+       " (--config.batchsize=32); did you mean batch_size?"),
+      (["stray"],
+       "error: unexpected argument(s): stray (flags are --config=FILE,"
+       " --workdir=DIR and --config.FIELD=VALUE; --help lists the fields)")):
+    result = run(command(image_folder, workdir, *extra))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [line]
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("where, message", [
+    ("/sys/lrpet_workdir", "error: workdir: /sys/lrpet_workdir cannot be"
+     " created (PermissionError"),
+    ("{tmp}/file/w", "error: workdir: {tmp}/file/w cannot be created:"
+     " {tmp}/file is a file"),
+])
+def test_a_workdir_that_cannot_be_written_is_refused_before_loading(
+    image_folder, tmp_path, where, message):
+  (tmp_path / "file").write_text("keep me")
+  where, message = (x.replace("{tmp}", str(tmp_path)) for x in (where,
+                                                               message))
+  result = run(command(image_folder, where))
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(message)
+  assert "starting at step" not in result.stderr  # never got to the data
+  assert (tmp_path / "file").read_text() == "keep me"
