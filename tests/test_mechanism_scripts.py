@@ -78,6 +78,7 @@ def test_bn_output_error_matches_a_direct_reference():
       want, rel=1e-4)
 
 
+@pytest.mark.slow  # two short training runs
 def test_energy_transfer_measurements_follow_the_svd_geometry():
   rng = np.random.default_rng(0)
   images = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)

@@ -84,6 +84,7 @@ def test_tune_chooses_the_fastest_and_guards_the_whole_model(projected,
   assert kept and all(r % 8 == 0 for r in kept.values())
 
 
+@pytest.mark.slow  # real timings of every form
 def test_tune_on_this_machine_is_exact(projected):
   dense, variables, ranks, pairs = projected
   tuned, report = tuning.tune(dense, variables, ranks, pairs, batch=2,
