@@ -130,7 +130,7 @@ def main(argv=None):
   source = inputs.InMemoryInput(
       data, batch_size=config.batch_size, eval_batch_size=1,
       seed=config.seed, normalization=data_lib.NORMALIZATION["cifar10"],
-      replicated=replicated, batch_sharding=NamedSharding(mesh, P("data")))
+      batch_sharding=NamedSharding(mesh, P("data")))
   k, spe = args.steps_per_call, args.epoch_steps
   device = jax.devices()[0]
   print(f"device: {jax.device_count()}x {device.device_kind}"

@@ -82,7 +82,14 @@ def get_config():
   # Kept: the latest keep_checkpoints, and with val_examples the best by
   # validation accuracy.
   c.keep_checkpoints = 3
-  c.distributed = False         # jax.distributed.initialize() for multi-host
+  # --- More than one process (README, "More than one machine") ---
+  # jax.distributed.initialize(): under SLURM, Open MPI, on TPU pods and
+  # Kubernetes the cluster is detected; otherwise give the three below (the
+  # address may also come from JAX_COORDINATOR_ADDRESS).
+  c.distributed = False
+  c.coordinator_address = ml_collections.config_dict.placeholder(str)  # HOST:PORT
+  c.num_processes = 0          # 0: detected
+  c.process_id = -1            # -1: detected
   # A workdir whose run finished under another config is refused; True goes
   # on from its last checkpoint under this one (e.g. more steps).
   c.extend = False

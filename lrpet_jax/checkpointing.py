@@ -13,8 +13,10 @@ import pathlib
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 
 from lrpet_jax import errors
+from lrpet_jax import hosts
 from lrpet_jax import ranks as ranks_lib
 from lrpet_jax import run_record
 
@@ -66,8 +68,10 @@ def _set_aside(checkpoints, step, error):
   target = source.parent.parent / "checkpoints_unreadable" / str(step)
   logging.warning("checkpoint %d is unreadable (%s); moved to %s, trying an"
                   " older one", step, type(error).__name__, target)
-  target.parent.mkdir(exist_ok=True)
-  source.rename(target)
+  if hosts.is_writer():
+    target.parent.mkdir(exist_ok=True)
+    source.rename(target)
+  multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
   checkpoints.reload()
 
 

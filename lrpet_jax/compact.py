@@ -26,6 +26,7 @@ from lrpet_jax import _trees
 from lrpet_jax import accounting
 from lrpet_jax import factorized
 from lrpet_jax import folding
+from lrpet_jax import hosts
 from lrpet_jax import projection
 from lrpet_jax import ranks as ranks_lib
 from lrpet_jax import serving
@@ -255,9 +256,11 @@ def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
       dense_variables=dense_variables, compact_variables=compact_variables,
       energy_kept=energy_kept, description=description)
   out.mkdir(parents=True, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()
+  checkpointer = ocp.StandardCheckpointer()  # every process takes part
   checkpointer.save(out / "compact", compact_variables, force=overwrite)
   checkpointer.wait_until_finished()
+  if not hosts.is_writer():
+    return report, compact_variables
   (out / "ranks.json").write_text(
       json.dumps(ranks_lib.ranks_to_dict(ranks), indent=1))
   (out / "compact_report.json").write_text(json.dumps(report, indent=1))

@@ -1,17 +1,18 @@
 """Input adapters of the training loop: where each step's batch comes from.
 
-An adapter (``TrainInput``) hands the compiled training call everything its
-steps need for ``length`` steps from ``start`` (``chunk_data``, on the host)
-and picks one step's batch out of it inside the compiled call (``select``,
-traced):
+An adapter (``TrainInput``) hands the compiled training call the batches of
+``length`` steps from ``start``, stacked (``chunk_data``); the call takes
+step k's batch as the k-th of the stack:
 
-- ``InMemoryInput`` (CIFAR): the whole training set lives on the device as
-  uint8; a call receives the epoch's example order, and step s reads batch
-  ``s mod steps_per_epoch`` of it, so a chunk must not cross an epoch (the
-  loop ends every call at an epoch end). Augmentation happens in the step,
-  keyed by (seed, step).
-- ``StreamInput`` (ImageNet): tf.data batches, augmented on the host, stacked
-  ``length`` at a time.
+- ``InMemoryInput`` (CIFAR): the training set in host memory as uint8; a
+  call receives its steps' global batches, stacked (each process filling its
+  own devices' rows). Augmentation happens in the step, keyed by (seed,
+  step).
+- ``StreamInput`` (ImageNet): tf.data batches, augmented on the host, each
+  process reading its own part of the files, stacked ``length`` at a time.
+
+Evaluation batches are global arrays too, padded with label −1, so the
+counts of a compiled evaluation are the global ones.
 
 Either way a step's batch is a function of (seed, step) alone, so results do
 not depend on how many steps a call runs, and a resumed run sees the batches
@@ -23,10 +24,11 @@ import dataclasses
 from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 
 from lrpet_jax import data as data_lib
+from lrpet_jax import hosts
 
 Batch = tuple[Any, Any]  # (images uint8 (B, H, W, 3), labels int32 (B,))
 
@@ -61,12 +63,9 @@ class TrainInput(Protocol):
   steps_per_epoch: int
   device_augment: bool  # the step augments (True) or the host did
 
-  def chunk_data(self, start: int, length: int) -> Any:
-    """Host side: what steps ``start .. start + length − 1`` need."""
-
-  def select(self, chunk_data: Any, step: jax.Array, index: jax.Array
-             ) -> Batch:
-    """Traced: the batch of global ``step``, ``index``-th in the chunk."""
+  def chunk_data(self, start: int, length: int) -> Batch:
+    """The global batches of steps ``start .. start + length − 1``, stacked:
+    images (length, B, H, W, C), labels (length, B)."""
 
   def eval_batches(self) -> Iterable[Batch]:
     """The test set, unaugmented."""
@@ -83,15 +82,31 @@ def array_batches(images, labels, batch_size):
     yield images[i:i + batch_size], labels[i:i + batch_size]
 
 
+def _rows(array, padding):
+  """``rows(index)`` of ``array``, with ``padding`` where the index is −1."""
+  def rows(index):
+    out = array[np.maximum(index, 0)]
+    return np.where((index >= 0).reshape(index.shape + (1,) * (out.ndim
+                                                              - index.ndim)),
+                    out, padding)
+  return rows
+
+
 class InMemoryInput:
-  """Small data sets (CIFAR): uint8 arrays on the device, augmented in the step."""
+  """Small data sets (CIFAR): uint8 arrays in host memory, augmented in the step.
+
+  Every process holds the data set and computes each step's global batch
+  indices (a function of (seed, step)); each fills only its own devices'
+  rows (``hosts.global_rows``), so the global batch is the same at any
+  process and device count. Evaluation batches are padded to a multiple of
+  the device count with label −1 (not counted).
+  """
 
   device_augment = True
 
   def __init__(self, data: data_lib.InMemoryData, *, batch_size: int,
                eval_batch_size: int, seed: int,
-               normalization: data_lib.Normalization, replicated,
-               batch_sharding):
+               normalization: data_lib.Normalization, batch_sharding):
     self.data = data
     self.num_classes = data.num_classes
     self.num_train = len(data.train_labels)
@@ -99,39 +114,43 @@ class InMemoryInput:
     self.steps_per_epoch = self.num_train // batch_size
     self._batch, self._eval_batch = batch_size, eval_batch_size
     self._seed, self._normalization = seed, normalization
-    self._images = jax.device_put(data.train_images, replicated)
-    self._labels = jax.device_put(data.train_labels, replicated)
-    self._replicated = replicated
     self._sharding = batch_sharding
-    self._order = (None, None)  # (epoch, its example order on the device)
+    # Chunks of several steps stack batches on a leading axis.
+    self._stacked = jax.sharding.NamedSharding(
+        batch_sharding.mesh, jax.sharding.PartitionSpec(None, "data"))
+    self._images = _rows(data.train_images, 0)
+    self._labels = _rows(data.train_labels, -1)
+    self._order = (None, None)  # (epoch, its example order)
+
+  def _batch_index(self, step: int) -> np.ndarray:
+    epoch, i = divmod(step, self.steps_per_epoch)
+    if self._order[0] != epoch:
+      self._order = (epoch, data_lib.epoch_permutation(self._seed, epoch,
+                                                       self.num_train))
+    return self._order[1][i * self._batch:(i + 1) * self._batch]
 
   def chunk_data(self, start: int, length: int) -> Any:
-    del length  # the loop ends every call at an epoch end
-    epoch = start // self.steps_per_epoch
-    if self._order[0] != epoch:
-      order = data_lib.epoch_permutation(self._seed, epoch,
-                                         self.num_train).astype(np.int32)
-      self._order = (epoch, jax.device_put(order, self._replicated))
-    return self._images, self._labels, self._order[1]
+    index = np.stack([self._batch_index(s)
+                      for s in range(start, start + length)])
+    return (hosts.global_rows(self._images, index, self._stacked),
+            hosts.global_rows(self._labels, index, self._stacked))
 
-  def select(self, chunk_data, step, index):
-    del index
-    images, labels, order = chunk_data
-    b = self._batch
-    idx = jax.lax.dynamic_slice(order, ((step % self.steps_per_epoch) * b,),
-                                (b,))
-    return (jax.lax.with_sharding_constraint(images[idx], self._sharding),
-            jax.lax.with_sharding_constraint(labels[idx], self._sharding))
+  def _global_batches(self, images, labels):
+    devices = self._sharding.mesh.size
+    for i in range(0, len(labels), self._eval_batch):
+      index = np.arange(i, min(i + self._eval_batch, len(labels)))
+      index = np.pad(index, (0, hosts.pad_to(len(index), devices) - len(index)),
+                     constant_values=-1)
+      yield (hosts.global_rows(_rows(images, 0), index, self._sharding),
+             hosts.global_rows(_rows(labels, -1), index, self._sharding))
 
   def eval_batches(self):
-    return array_batches(self.data.test_images, self.data.test_labels,
-                         self._eval_batch)
+    return self._global_batches(self.data.test_images, self.data.test_labels)
 
   def val_batches(self):
     if self.data.val_labels is None:
       return None
-    return array_batches(self.data.val_images, self.data.val_labels,
-                         self._eval_batch)
+    return self._global_batches(self.data.val_images, self.data.val_labels)
 
   def bn_batches(self, count):
     """Augmented training batches for the BN recomputation.
@@ -144,9 +163,11 @@ class InMemoryInput:
     """
     key = jax.random.split(jax.random.key(self._seed))[1]
     for i in range(count):
-      idx = data_lib.batch_indices(self._seed, i, self.num_train, self._batch)
-      images = data_lib.augment(jnp.asarray(self.data.train_images[idx]),
-                                jax.random.fold_in(key, i))
+      index = data_lib.batch_indices(self._seed, i, self.num_train,
+                                     self._batch)
+      images = data_lib.augment(
+          hosts.global_rows(self._images, index, self._sharding),
+          jax.random.fold_in(key, i))
       yield data_lib.normalize(images, self._normalization)
 
 
@@ -185,15 +206,26 @@ class StreamInput:
     return tuple(jax.make_array_from_process_local_data(
         self._stacked, np.stack(parts)) for parts in zip(*got))
 
-  def select(self, chunk_data, step, index):
-    del step
-    images, labels = chunk_data
-    return images[index], labels[index]
-
   def eval_batches(self):
-    return self._lib.eval_batches(self.builder,
-                                  batch_size=self._config.eval_batch_size,
-                                  image_size=self._config.image_size)
+    """This process's part of the validation split, as global batches: each
+    process's batches padded to eval_batch_size / processes rows (label −1),
+    and as many batches on every process (all take part in each)."""
+    processes = jax.process_count()
+    local = hosts.pad_to(self._config.eval_batch_size, processes) // processes
+    n_local = self._lib.process_split(self.builder, "validation")[1]
+    counts = multihost_utils.process_allgather(
+        np.asarray(hosts.pad_to(n_local, local) // local))
+    batches = self._lib.eval_batches(self.builder, batch_size=local,
+                                     image_size=self._config.image_size)
+    shape = (local,) + self.input_shape
+    for _ in range(int(np.max(counts))):
+      images, labels = next(batches, (np.zeros((0,) + shape[1:], np.uint8),
+                                      np.zeros((0,), np.int32)))
+      pad = local - len(labels)
+      images = np.pad(images, ((0, pad),) + ((0, 0),) * 3)
+      labels = np.pad(labels, (0, pad), constant_values=-1)
+      yield (jax.make_array_from_process_local_data(self._sharding, images),
+             jax.make_array_from_process_local_data(self._sharding, labels))
 
   def val_batches(self):
     return None  # the config check refuses val_examples for streamed data
@@ -207,7 +239,7 @@ class StreamInput:
           self._config.normalization)
 
 
-def load(config: InputConfig, replicated, batch_sharding) -> TrainInput:
+def load(config: InputConfig, batch_sharding) -> TrainInput:
   """The adapter for ``config.dataset``, its data loaded (in-memory sets)."""
   if config.dataset in data_lib.STREAMED:
     return StreamInput(config, batch_sharding)
@@ -222,5 +254,4 @@ def load(config: InputConfig, replicated, batch_sharding) -> TrainInput:
   return InMemoryInput(
       data, batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size, seed=config.seed,
-      normalization=config.normalization, replicated=replicated,
-      batch_sharding=batch_sharding)
+      normalization=config.normalization, batch_sharding=batch_sharding)

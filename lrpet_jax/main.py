@@ -48,15 +48,37 @@ def _set_up_logging():
   logging.get_absl_handler().addFilter(_OwnLinesOnly())
 
 
+def start_distributed(config) -> None:
+  """``jax.distributed.initialize`` with the config's coordinator, process
+  count and id, each detected (SLURM, Open MPI, TPU, Kubernetes, or
+  JAX_COORDINATOR_ADDRESS) where not given; one line, exit 2, if it cannot."""
+  try:
+    jax.distributed.initialize(
+        coordinator_address=config.coordinator_address,
+        num_processes=config.num_processes or None,
+        process_id=None if config.process_id < 0 else config.process_id)
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    print(f"error: distributed: cannot start ({type(e).__name__}: {first});"
+          " outside a cluster that JAX detects, give"
+          " --config.coordinator_address=HOST:PORT --config.num_processes=N"
+          " --config.process_id=I (or use python -m lrpet_jax.launch)",
+          file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   del argv  # parse_flags refuses stray arguments
   if _WORKDIR.value is None:
     print("error: --workdir is required", file=sys.stderr)
     sys.exit(2)
   config = flags.FLAGS.config
-  if config.distributed:
-    jax.distributed.initialize()
   _set_up_logging()
+  if config.distributed:
+    start_distributed(config)
+  if jax.process_index() != 0 and not flags.FLAGS["verbosity"].present:
+    # One process tells the story; the others say only what went wrong.
+    logging.set_verbosity(logging.WARNING)
   try:
     result = train.train_and_evaluate(config, _WORKDIR.value,
                                       command=["python", "-m",

@@ -84,6 +84,11 @@ FIELDS = {
     "checkpoint_every_steps": (_int_at_least(0),
                                "an int >= 0 (0: once per epoch)"),
     "keep_checkpoints": (_int_at_least(1), "an int >= 1"),
+    "num_processes": (_int_at_least(0), "an int >= 0 (0: detected)"),
+    "process_id": (_int_at_least(-1), "an int >= -1 (-1: detected)"),
+    "coordinator_address": (
+        lambda v: v is None or (isinstance(v, str) and v.rpartition(":")[2]
+                                .isdigit()), "None or HOST:PORT"),
     "compute_dtype": (lambda v: v in COMPUTE_DTYPES,
                       f"one of {', '.join(COMPUTE_DTYPES)}"),
     **{name: (lambda v: isinstance(v, bool), "True or False") for name in (

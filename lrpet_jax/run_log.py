@@ -28,7 +28,11 @@ class MetricWriter:
   per kind.
   """
 
-  def __init__(self, workdir: pathlib.Path, resume_step: int = 0):
+  def __init__(self, workdir: pathlib.Path, resume_step: int = 0,
+               enabled: bool = True):
+    self._enabled = enabled  # False: another process writes
+    if not enabled:
+      return
     import tensorboardX  # pylint: disable=g-import-not-at-top
     path = workdir / "metrics.jsonl"
     if path.exists():
@@ -41,14 +45,17 @@ class MetricWriter:
     self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self._enabled:
+      return
     self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self._jsonl.flush()
     for k, v in scalars.items():
       self._tb.add_scalar(k, v, step)
 
   def close(self):
-    self._jsonl.close()
-    self._tb.close()
+    if self._enabled:
+      self._jsonl.close()
+      self._tb.close()
 
 
 def duration(seconds: float) -> str:
@@ -112,9 +119,10 @@ class Segments:
   is the run's wall time: the sum.
   """
 
-  def __init__(self, workdir: pathlib.Path, first_step: int, started: float):
+  def __init__(self, workdir: pathlib.Path, first_step: int, started: float,
+               enabled: bool = True):
     self._path = workdir / "segments.json"
-    self._started = started
+    self._started, self._enabled = started, enabled
     self.entries = (json.loads(self._path.read_text())
                     if self._path.is_file() else [])
     self.entries.append({"start_step": first_step, "end_step": first_step,
@@ -123,6 +131,8 @@ class Segments:
   def update(self, step: int) -> None:
     self.entries[-1].update(end_step=step,
                             wall_time_s=time.time() - self._started)
+    if not self._enabled:
+      return
     tmp = self._path.with_suffix(".tmp")
     tmp.write_text(json.dumps(self.entries, indent=1) + "\n")
     tmp.replace(self._path)

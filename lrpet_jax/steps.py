@@ -118,19 +118,19 @@ class Stepper:
   def _compile(self, project, length):
     body = make_step_body(self._method, self._seed, self._normalization,
                           self._source.device_augment, project)
-    select = self._source.select
 
     if project or length == 1:
       def call(state, window, data):
-        state, window, aux = body(state, window,
-                                  *select(data, state.step, 0))
+        images, labels = data
+        state, window, aux = body(state, window, images[0], labels[0])
         return state, window, aux if project else {}
     else:
       def call(state, window, data):
+        images, labels = data
+
         def one(carry, index):
           state, window = carry
-          state, window, _ = body(state, window,
-                                  *select(data, state.step, index))
+          state, window, _ = body(state, window, images[index], labels[index])
           return (state, window), None
         (state, window), _ = lax.scan(one, (state, window),
                                       jnp.arange(length), unroll=_unroll())
@@ -185,21 +185,24 @@ def all_finite(tree) -> jax.Array:
 
 
 def make_eval_fn(model, normalization):
-  """evaluate(variables, batches) -> {"top1", "top5"} over (images, labels) batches."""
+  """evaluate(variables, batches) -> {"top1", "top5"} over (images, labels)
+  batches; rows labelled −1 are padding and not counted."""
 
   @jax.jit
   def counts(variables, images, labels):
     logits = model.apply(variables, data_lib.normalize(images, normalization),
                          train=False)
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-    return (jnp.sum(top5[:, 0] == labels),
-            jnp.sum(jnp.any(top5 == labels[:, None], axis=-1)))
+    real = labels >= 0
+    return (jnp.sum((top5[:, 0] == labels) & real),
+            jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) & real),
+            jnp.sum(real))
 
   def evaluate(variables, batches):
     top1 = top5 = n = 0
     for images, labels in batches:
-      c1, c5 = counts(variables, images, labels)
-      top1, top5, n = top1 + int(c1), top5 + int(c5), n + len(labels)
+      c1, c5, k = counts(variables, images, labels)
+      top1, top5, n = top1 + int(c1), top5 + int(c5), n + int(k)
     return {"top1": top1 / n, "top5": top5 / n}
 
   return evaluate

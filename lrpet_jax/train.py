@@ -36,6 +36,7 @@ import optax
 from lrpet_jax import checkpointing
 from lrpet_jax import ending
 from lrpet_jax import factorized
+from lrpet_jax import hosts
 from lrpet_jax import inputs
 from lrpet_jax import methods
 from lrpet_jax import models
@@ -126,7 +127,7 @@ def make_run(config) -> Run:
   replicated = NamedSharding(mesh, P())
   input_config = run_config.part(inputs.InputConfig, config)
   try:
-    source = inputs.load(input_config, replicated, NamedSharding(mesh, P("data")))
+    source = inputs.load(input_config, NamedSharding(mesh, P("data")))
   except ValueError as e:  # data sets that cannot be found or prepared
     raise ConfigError(str(e)) from None
   if source.num_classes != config.num_classes:
@@ -374,7 +375,8 @@ def make_tools(config, run: Run, workdir: pathlib.Path, checkpoints,
                                 normalization),
       evaluate=steps_lib.make_eval_fn(method.model, normalization),
       checkpoints=checkpoints,
-      writer=run_log.MetricWriter(workdir, resume_step=first_step),
+      writer=run_log.MetricWriter(workdir, resume_step=first_step,
+                                  enabled=hosts.is_writer()),
       progress=run_log.Progress(
           first_step, run.total_steps, config.batch_size,
           final_steps=config.bn_recompute_batches,
@@ -382,8 +384,9 @@ def make_tools(config, run: Run, workdir: pathlib.Path, checkpoints,
       learning_rate=setting.learning_rate,
       stop=stop,
       spectra=(run_log.SpectraLog(workdir, setting.ranks)
-               if config.log_spectra else None),
-      segments=run_log.Segments(workdir, first_step, started))
+               if config.log_spectra and hosts.is_writer() else None),
+      segments=run_log.Segments(workdir, first_step, started,
+                                enabled=hosts.is_writer()))
 
 
 def finish(config, run: Run, tools: Tools, workdir, state) -> dict:
@@ -431,9 +434,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                       best_by_validation=config.val_examples > 0)
   state = restore_or_init(run, checkpoints, config.seed)
   first_step = int(state.step)
-  run_record.record(config, workdir, command)  # only once the workdir is accepted
-  run_record.record_pairs(workdir, run.method.setting.pairing,
-                          run.method.setting.ranks)
+  if hosts.is_writer():  # only once the workdir is accepted
+    run_record.record(config, workdir, command)
+    run_record.record_pairs(workdir, run.method.setting.pairing,
+                            run.method.setting.ranks)
   logging.info("%s %s: %d steps (%d per epoch), starting at step %d on %d %s"
                " device(s)", run.method.NAME, config.model, run.total_steps,
                run.source.steps_per_epoch, first_step, jax.device_count(),
@@ -456,8 +460,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tools.writer.write(run.total_steps, {k: v for k, v in summary.items()
                                        if isinstance(v, float)})
   tools.writer.close()
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
-  plots.write(workdir)
+  if hosts.is_writer():
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    plots.write(workdir)
   logging.info("done in %s: top-1 %.4f, %.1f%% fewer MACs",
                run_log.duration(summary["wall_time_s"]),
                summary["final_accuracy"], 100 * summary["macs_reduction"])
@@ -465,7 +470,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def report_summary(workdir: pathlib.Path, summary: dict) -> dict:
-  """Prints the summary and where everything is; returns the summary."""
-  print(json.dumps(summary, indent=1), flush=True)
-  run_record.log_contents(workdir)
+  """Prints the summary and where everything is (one process); returns the
+  summary."""
+  if hosts.is_writer():
+    print(json.dumps(summary, indent=1), flush=True)
+    run_record.log_contents(workdir)
   return summary

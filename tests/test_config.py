@@ -23,7 +23,8 @@ BAD = {
     "eval_batch_size": 0, "log_every_steps": 0, "checkpoint_every_steps": -1,
     "keep_checkpoints": 0, "energy_transfer": "yes", "bn_rectification": 1,
     "log_spectra": "no", "nesterov": None, "project_dense": "False",
-    "distributed": 0, "extend": "yes", "compute_dtype": "float16", "image_size": 0,
+    "distributed": 0, "extend": "yes", "num_processes": -1, "process_id": -2,
+    "coordinator_address": "localhost", "compute_dtype": "float16", "image_size": 0,
     "params_reduction": 1.0, "ranks_file": "/nonexistent.json",
     "init_from": "/nonexistent",
     # Fields checked by the rules between fields.

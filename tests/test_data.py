@@ -165,8 +165,7 @@ def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
       test_subset=0, val_examples=0, seed=0, batch_size=8, eval_batch_size=8,
       mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), image_size=8)
   mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  source = inputs.load(config, NamedSharding(mesh, P()),
-                       NamedSharding(mesh, P("data")))
+  source = inputs.load(config, NamedSharding(mesh, P("data")))
   (batch,) = list(source.bn_batches(1))
   idx = data.batch_indices(0, 0, 8, 8)
   clean = source.data.train_images[idx].astype(np.float32) / 255.0
@@ -181,7 +180,7 @@ def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
 
 
 def test_device_batch_selection_matches_host_indices():
-  """Inside the compiled call, step s reads the examples batch_indices names."""
+  """Step s's batch holds the examples batch_indices names."""
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from lrpet_jax import inputs  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(3)
@@ -193,15 +192,18 @@ def test_device_batch_selection_matches_host_indices():
       data.InMemoryData(images, labels, images[:1], labels[:1], 10),
       batch_size=b, eval_batch_size=b, seed=5,
       normalization=data.NORMALIZATION["cifar10"],
-      replicated=NamedSharding(mesh, P()),
       batch_sharding=NamedSharding(mesh, P("data")))
   assert source.steps_per_epoch == 6
-  select = jax.jit(source.select)
   for step in (0, 5, 6, 13):
-    got_images, got_labels = select(source.chunk_data(step, 1), step, 0)
+    got_images, got_labels = source.chunk_data(step, 1)
     idx = data.batch_indices(5, step, n, b)
-    np.testing.assert_array_equal(got_labels, labels[idx])
-    np.testing.assert_array_equal(got_images, images[idx])
+    np.testing.assert_array_equal(got_labels[0], labels[idx])
+    np.testing.assert_array_equal(got_images[0], images[idx])
+  # A chunk across an epoch end: steps 4..7, each its own step's batch.
+  got_images, got_labels = source.chunk_data(4, 4)
+  for k, step in enumerate(range(4, 8)):
+    np.testing.assert_array_equal(got_labels[k],
+                                  labels[data.batch_indices(5, step, n, b)])
 
 
 def test_image_folder_leaves_no_temporary_folders(tmp_path, monkeypatch):

@@ -63,7 +63,7 @@ def test_k_steps_per_call_equal_single_steps_in_float64():
   def train(lengths):
     source = inputs.InMemoryInput(
         data, batch_size=8, eval_batch_size=8, seed=0,
-        normalization=normalization, replicated=replicated,
+        normalization=normalization,
         batch_sharding=NamedSharding(mesh, P("data")))
     variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
                            train=False)
