@@ -179,10 +179,11 @@ def test_break_even_guard():
   assert not factorized.is_factorized(5, (10, 10))         # 5·20 = 100 ≥ 100
 
 
-# VGG-16 and the ImageNet ResNets (7-24 s each on 2 cores) run in the slow
-# tier.
+# ResNet-110, VGG-16 and the ImageNet ResNets (5-24 s each on 2 cores) run
+# in the slow tier.
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.slow) if n in ("vgg16", *IMAGENET)
+    pytest.param(n, marks=pytest.mark.slow)
+    if n in ("resnet110", "vgg16", *IMAGENET)
     else n for n in CIFAR + IMAGENET])
 def test_compact_model_matches_projected_dense(name):
   size = 64 if name in IMAGENET else 32
