@@ -36,6 +36,14 @@ def get_config():
   c.project_dense = False
   c.rank_floor = 0             # > 0: every rank at least this (configs/vgg16.py)
   c.first_rank_floor = 0       # > 0: the first conv's rank at least this
+  # "uniform": the ratio above (the paper). Or decided from each layer's
+  # (BN-rectified) spectrum at the first projection after epoch
+  # rank_decision_epoch, the run dense until then (lrpet_jax/rank_policies.py):
+  # "energy": each layer's smallest rank keeping rank_energy of its energy;
+  # "budget": the most energy within macs_reduction.
+  c.rank_policy = "uniform"
+  c.rank_energy = 0.9
+  c.rank_decision_epoch = 1
   # --- Projection ---
   c.project_every_steps = 0    # 0: once per epoch
   c.energy_transfer = True

@@ -26,6 +26,8 @@ the fields named):
                      rest of the schedule; needs
                      --config.init_from=PHASE1_WORKDIR/dense_final
   lrpet_ratio<r>     LRPET at ratio r (the compression sweep)
+  lrpet_budget       rank_policy=budget at the uniform ratio's MACs cut
+  lrpet_energy<t>    rank_policy=energy, rank_energy=t
 """
 
 import pathlib
@@ -60,6 +62,10 @@ ARMS = {
     "lrpet_no_et": dict(energy_transfer=False),
     "lrpet_no_bn": dict(bn_rectification=False),
     "compact_scratch": dict(method="compact"),
+    # Ranks from the spectrum at the end of epoch 1 (lrpet_jax/rank_policies.py)
+    # at the MACs cut of the uniform ratio 0.54 (50.3% for ResNet-20).
+    "lrpet_budget": dict(log_spectra=True, rank_policy="budget",
+                         macs_reduction=0.503),
 }
 PHASED = ("decompose_dense", "decompose_retrain")
 
@@ -78,6 +84,12 @@ def arm_overrides(scale: str, arm: str) -> dict:
       return {"ratio": float(arm[len("lrpet_ratio"):])}
     except ValueError:
       pass
+  if arm.startswith("lrpet_energy"):
+    try:
+      return dict(log_spectra=True, rank_policy="energy",
+                  rank_energy=float(arm[len("lrpet_energy"):]))
+    except ValueError:
+      pass
   if arm in PHASED:
     # The same learning-rate schedule as the other arms, split at the cut.
     defaults = cifar.get_config()
@@ -92,7 +104,7 @@ def arm_overrides(scale: str, arm: str) -> dict:
                                     * defaults.lr_decay ** len(before), 12))
   raise ValueError(
       f"configs/claims.py: unknown arm {arm!r}; one of"
-      f" {', '.join([*ARMS, *PHASED])} or lrpet_ratio<r>")
+      f" {', '.join([*ARMS, *PHASED])}, lrpet_ratio<r> or lrpet_energy<t>")
 
 
 def get_config(arg: str = "cpu,lrpet"):

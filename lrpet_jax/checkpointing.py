@@ -43,9 +43,19 @@ def manager(workdir: pathlib.Path, keep: int, best_by_validation: bool):
 
 
 def run_identity(model: str, num_classes: int, method: str, ranks) -> dict:
-  """What a resumed run must match: the checkpoint's ``identity`` item."""
+  """What a resumed run must match: the checkpoint's ``identity`` item.
+  ``ranks`` None: a rank policy has not decided them yet."""
   return {"model": model, "num_classes": num_classes, "method": method,
-          "ranks": ranks_lib.ranks_to_dict(ranks)}
+          "ranks": None if ranks is None else ranks_lib.ranks_to_dict(ranks)}
+
+
+def _same_run(saved: dict, identity: dict) -> bool:
+  """Equal identities; a run whose ranks are still to be decided matches
+  checkpoints from before and after its decision (they carry the ranks)."""
+  if identity["ranks"] is None:
+    return ({k: v for k, v in saved.items() if k != "ranks"}
+            == {k: v for k, v in identity.items() if k != "ranks"})
+  return saved == identity
 
 
 def save(checkpoints, state, identity, metrics=None):
@@ -76,7 +86,8 @@ def _set_aside(checkpoints, step, error):
 
 
 def restore_latest(checkpoints, abstract_state, identity):
-  """The newest readable checkpoint (falling back past corrupt ones), or None."""
+  """(state, its identity) of the newest readable checkpoint (falling back
+  past corrupt ones), or (None, None)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   for step in sorted(checkpoints.all_steps(), reverse=True):
     try:
@@ -86,14 +97,15 @@ def restore_latest(checkpoints, abstract_state, identity):
       _set_aside(checkpoints, step, e)
       continue
     saved_identity.setdefault("method", run_record.RUN_FIELDS["method"])
-    if saved_identity != identity:
+    if not _same_run(saved_identity, identity):
       raise errors.ConfigError(
           f"workdir: holds a checkpoint of model {saved_identity.get('model')!r}"
           " with another method, ranks or classes than this config; use a new"
           " workdir")
     try:
       return checkpoints.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))["state"]
+          state=ocp.args.StandardRestore(abstract_state)))["state"], (
+              saved_identity)
     except Exception as e:  # pylint: disable=broad-except
       if "Structure mismatch" in str(e):  # readable, but another state layout
         raise errors.ConfigError(
@@ -102,4 +114,4 @@ def restore_latest(checkpoints, abstract_state, identity):
             " lrpet_jax version); resume with the setting that wrote it or use"
             " a new workdir") from None
       _set_aside(checkpoints, step, e)
-  return None
+  return None, None

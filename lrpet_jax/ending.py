@@ -194,6 +194,7 @@ def summary(e: Ending) -> dict:
   val_batches = e.source.val_batches()
   out.update(
       project_dense=e.description["project_dense"],
+      rank_policy=e.description["rank_policy"],
       val_examples=e.description["val_examples"],
       final_val_accuracy=None if val_batches is None else e.evaluator(
           final[0])(final[1], val_batches)["top1"],

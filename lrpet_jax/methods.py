@@ -40,6 +40,7 @@ from lrpet_jax import bn
 from lrpet_jax import compact
 from lrpet_jax import ending
 from lrpet_jax import projection
+from lrpet_jax import rank_selection
 from lrpet_jax import tracing
 from lrpet_jax import transform
 
@@ -60,6 +61,8 @@ class Setting:
     project_every: steps between projections.
     energy_transfer, residual_scale, bn_rectification: the projection's.
     init_from: a dense variables checkpoint to start the compact model from.
+    deferred: a rank policy still to apply (``rank_selection.Deferred``):
+      ``ranks`` are full until its step, and nothing projects before it.
   """
 
   build_model: Callable[..., nn.Module]
@@ -76,6 +79,7 @@ class Setting:
   residual_scale: float
   bn_rectification: bool
   init_from: str | None = None
+  deferred: rank_selection.Deferred | None = None
 
   def projection_kwargs(self) -> dict:
     return dict(energy_transfer=self.energy_transfer,
@@ -164,9 +168,15 @@ class Lrpet(Method):
     return projected, (sgd_state, projection_state), pre_projection
 
   def projects(self, step):
+    deferred = self.setting.deferred
+    if deferred is not None and step < deferred.step:
+      return False  # dense until the ranks are decided
     return bool(self.schedule.projects(step))
 
   def next_projection(self, step):
+    deferred = self.setting.deferred
+    if deferred is not None and step < deferred.step:
+      return deferred.step
     return self.schedule.next_projection(step)
 
   def energy_kept(self, opt_state):

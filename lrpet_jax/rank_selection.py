@@ -11,8 +11,14 @@ import json
 import pathlib
 from typing import Any
 
+import numpy as np
+
 from lrpet_jax import accounting
+from lrpet_jax import projection
+from lrpet_jax import rank_policies
 from lrpet_jax import ranks as ranks_lib
+
+POLICIES = ("uniform", "energy", "budget")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +36,11 @@ class RankRule:
       convolutions (ratio and budgets).
     rank_floor: > 0: every rank at least this (at most the full rank).
     first_rank_floor: > 0: the first layer's rank at least this.
+    rank_policy: "uniform" (all of the above; the paper), or a choice from
+      the spectrum during training (``rank_policies``): "energy" (each
+      layer's smallest rank keeping ``rank_energy`` of its energy) or
+      "budget" (the most energy within ``macs_reduction``).
+    rank_energy: the energy policy's threshold, in (0, 1].
   """
 
   ratio: float
@@ -39,13 +50,28 @@ class RankRule:
   project_dense: bool = False
   rank_floor: int = 0
   first_rank_floor: int = 0
+  rank_policy: str = "uniform"
+  rank_energy: float = 0.9
 
   def __post_init__(self):
+    if self.rank_policy not in POLICIES:
+      raise ValueError(f"rank_policy: unknown {self.rank_policy!r}; valid:"
+                       f" {', '.join(POLICIES)}")
     given = [name for name in ("macs_reduction", "params_reduction",
                                "ranks_file") if getattr(self, name)]
+    if self.rank_policy != "uniform" and set(given) - {"macs_reduction"}:
+      raise ValueError(f"{given[0]}: not with rank_policy"
+                       f" {self.rank_policy!r}")
+    if self.rank_policy == "budget" and not self.macs_reduction:
+      raise ValueError("macs_reduction: rank_policy 'budget' needs a MACs cut"
+                       " in (0, 1)")
     if len(given) > 1:
       raise ValueError(f"{given[1]}: give at most one of macs_reduction,"
                        f" params_reduction and ranks_file (also {given[0]})")
+
+  @property
+  def decided_in_training(self) -> bool:
+    return self.rank_policy != "uniform"
 
 
 def _from_file(params: Any, path: str) -> Any:
@@ -63,7 +89,9 @@ def _from_file(params: Any, path: str) -> Any:
 
 
 def select(rule: RankRule, model, variables: Any, input_shape) -> Any:
-  """The rank pytree of ``model``'s params under ``rule``.
+  """The rank pytree of ``model``'s params under ``rule``; for a policy
+  decided in training, the full rank at every selected kernel until then
+  (``Deferred``).
 
   Args:
     rule: the ``RankRule``.
@@ -77,6 +105,8 @@ def select(rule: RankRule, model, variables: Any, input_shape) -> Any:
   params = variables["params"]
   include = (ranks_lib.is_kernel if rule.project_dense
              else ranks_lib.is_conv_kernel)
+  if rule.decided_in_training:
+    return ranks_lib.uniform_ranks(params, 0.0, include=include)
   if rule.ranks_file:
     ranks = _from_file(params, rule.ranks_file)
   elif rule.macs_reduction or rule.params_reduction:
@@ -94,3 +124,83 @@ def select(rule: RankRule, model, variables: Any, input_shape) -> Any:
                    first_floor=rule.first_rank_floor)
     ranks = ranks_lib.floor_ranks(ranks, params, rule.rank_floor, **first)
   return ranks
+
+
+@dataclasses.dataclass(frozen=True)
+class Deferred:
+  """A rank policy to apply in training: at update ``step`` (a projecting
+  one), from the params as they are then.
+
+  Attributes:
+    rule: the ``RankRule`` (its policy, threshold or MACs cut).
+    step: the update at whose start the ranks are decided.
+    shapes: {"layer/kernel": its ``rank_policies.LayerShape``}.
+    dense_macs: the dense model's MACs per example.
+    uniform: {"layer/kernel": rank} at the config's ratio, to compare.
+  """
+
+  rule: RankRule
+  step: int
+  shapes: dict
+  dense_macs: int
+  uniform: dict
+
+
+def deferred(rule: RankRule, model, variables: Any, input_shape,
+             step: int) -> Deferred:
+  """What deciding at ``step`` needs; a budget that cannot be met raises
+  (naming ``macs_reduction``) now, before any training."""
+  full = select(rule, model, variables, input_shape)
+  costs = accounting.layer_costs(model, variables, input_shape)
+  ranked = set(ranks_lib.ranks_to_dict(full))
+  shapes = {}
+  for c in costs:
+    name = "/".join(c.path + ("kernel",))
+    if name in ranked:
+      m, n = projection.matrix_shape(c.kernel_shapes[0])
+      shapes[name] = rank_policies.LayerShape(m, n, c.positions)
+  dense_macs = sum(c.macs for c in costs)
+  if rule.rank_policy == "budget":  # rank 1 everywhere must fit
+    rank_policies.budget_ranks(
+        {k: np.ones(min(s.m, s.n)) for k, s in shapes.items()}, shapes,
+        rank_policies.macs_budget(shapes, dense_macs, rule.macs_reduction))
+  uniform = ranks_lib.ranks_to_dict(ranks_lib.uniform_ranks(
+      variables["params"], rule.ratio, include=(
+          ranks_lib.is_kernel if rule.project_dense
+          else ranks_lib.is_conv_kernel)))
+  return Deferred(rule, step, shapes, dense_macs, uniform)
+
+
+def decide(plan: Deferred, params: Any, ranks: Any, out_scales: Any = None
+           ) -> tuple[Any, dict]:
+  """(the rank tree ``plan``'s policy chooses for ``params``, the record of
+  the decision: each layer's rank, full rank, energy kept and MACs share).
+
+  ``ranks``: the placeholder tree (which kernels are ranked); ``out_scales``:
+  the BatchNorm factors, so the spectra are those the projection sees.
+  """
+  spectra = rank_policies.layer_spectra(params, ranks, out_scales)
+  rule = plan.rule
+  if rule.rank_policy == "energy":
+    chosen = rank_policies.energy_ranks(spectra, rule.rank_energy)
+  else:
+    chosen = rank_policies.budget_ranks(
+        spectra, plan.shapes, rank_policies.macs_budget(
+            plan.shapes, plan.dense_macs, rule.macs_reduction))
+  macs = {k: plan.shapes[k].macs(r) for k, r in chosen.items()}
+  compact = plan.dense_macs - sum(s.macs(None) for s in plan.shapes.values())
+  compact += sum(macs.values())
+  record = {
+      "policy": rule.rank_policy, "step": plan.step,
+      **({"rank_energy": rule.rank_energy} if rule.rank_policy == "energy"
+         else {"macs_reduction_target": rule.macs_reduction}),
+      "macs_reduction": 1 - compact / plan.dense_macs,
+      "layers": {k: {"rank": r, "full_rank": len(spectra[k]),
+                     "uniform_rank": plan.uniform.get(k),
+                     "energy_kept": float(rank_policies.kept_energy(
+                         spectra[k])[r]),
+                     "macs_share": macs[k] / compact}
+                 for k, r in chosen.items()},
+  }
+  tree = ranks_lib.ranks_from_dict(params, chosen)
+  return tree, record

@@ -64,6 +64,9 @@ FIELDS = {
     "test_subset": (_int_at_least(0), "an int >= 0 (0: all)"),
     "val_examples": (_int_at_least(0), "an int >= 0"),
     "rank_floor": (_int_at_least(0), "an int >= 0"),
+    "rank_energy": (lambda v: _is_real(v) and 0 < v <= 1,
+                    "a number in (0, 1]"),
+    "rank_decision_epoch": (_int_at_least(1), "an int >= 1"),
     "first_rank_floor": (_int_at_least(0), "an int >= 0"),
     "mean": (_reals(3), "three numbers"),
     "std": (_reals(3, low=0), "three numbers > 0"),
@@ -96,7 +99,8 @@ FIELDS = {
         "project_dense", "distributed", "extend")},
 }
 # Read as they are (names and paths checked by the rules below).
-OTHER_FIELDS = ("method", "model", "model_flag", "dataset", "data_dir")
+OTHER_FIELDS = ("method", "model", "model_flag", "dataset", "data_dir",
+                "rank_policy")
 
 
 def check(config) -> None:

@@ -112,11 +112,11 @@ class Stepper:
 
   def __init__(self, method, source, seed: int, normalization):
     self._method, self._source = method, source
-    self._seed, self._normalization = seed, normalization
+    self.seed, self.normalization = seed, normalization
     self._calls = {}
 
   def _compile(self, project, length):
-    body = make_step_body(self._method, self._seed, self._normalization,
+    body = make_step_body(self._method, self.seed, self.normalization,
                           self._source.device_augment, project)
 
     if project or length == 1:

@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from lrpet_jax import bn
 from lrpet_jax import checkpointing
 from lrpet_jax import ending
 from lrpet_jax import factorized
@@ -42,11 +43,13 @@ from lrpet_jax import methods
 from lrpet_jax import models
 from lrpet_jax import plots
 from lrpet_jax import rank_selection
+from lrpet_jax import ranks as ranks_lib
 from lrpet_jax import run_config
 from lrpet_jax import run_log
 from lrpet_jax import run_record
 from lrpet_jax import steps as steps_lib
 from lrpet_jax import tracing
+from lrpet_jax import transform
 from lrpet_jax.errors import ConfigError, NonFiniteLoss
 from lrpet_jax.steps import TrainState
 
@@ -73,16 +76,29 @@ def model_builder(config):
   return build_model
 
 
+def decision_step(config, steps_per_epoch: int) -> int:
+  """The update at whose start a rank policy decides: the first projecting
+  one at or after the end of epoch ``rank_decision_epoch``."""
+  every = config.project_every_steps or steps_per_epoch
+  return transform.ProjectionSchedule(every).next_projection(
+      config.rank_decision_epoch * steps_per_epoch - 1)
+
+
 def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
-  """The method's models, ranks (``rank_selection``), BatchNorm pairs
-  (``tracing.bn_pairs``) and optimizer settings."""
+  """The method's models, ranks (``rank_selection``; a policy decided in
+  training: ``Deferred``), BatchNorm pairs (``tracing.bn_pairs``) and
+  optimizer settings."""
   build_model = model_builder(config)
   dense = build_model()
   abstract = jax.eval_shape(lambda: dense.init(
       jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), train=False))
-  ranks = rank_selection.select(
-      run_config.part(rank_selection.RankRule, config), dense, abstract,
-      input_shape)
+  rule = run_config.part(rank_selection.RankRule, config)
+  ranks = rank_selection.select(rule, dense, abstract, input_shape)
+  deferred = None
+  if rule.decided_in_training and config.method == "lrpet":
+    deferred = rank_selection.deferred(
+        rule, dense, abstract, input_shape,
+        decision_step(config, steps_per_epoch))
   return methods.Setting(
       build_model=build_model, dtype=COMPUTE_DTYPES[config.compute_dtype],
       dense_abstract=abstract, ranks=ranks,
@@ -94,7 +110,8 @@ def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
       project_every=config.project_every_steps or steps_per_epoch,
       energy_transfer=config.energy_transfer,
       residual_scale=config.residual_scale,
-      bn_rectification=config.bn_rectification, init_from=config.init_from)
+      bn_rectification=config.bn_rectification, init_from=config.init_from,
+      deferred=deferred)
 
 
 def initial_state(model, tx, seed, input_shape, variables=None) -> TrainState:
@@ -141,28 +158,72 @@ def make_run(config) -> Run:
     method = methods.create(config.method, setting)
   except ValueError as e:  # e.g. an unreachable macs_reduction
     raise ConfigError(str(e)) from None
+  total_steps = config.num_steps or config.num_epochs * source.steps_per_epoch
+  if setting.deferred is not None and setting.deferred.step >= total_steps:
+    raise ConfigError(
+        f"rank_decision_epoch: {config.rank_decision_epoch} decides at step"
+        f" {setting.deferred.step + 1}, after the run's {total_steps} steps")
   return Run(
       method=method, source=source, input_config=input_config,
-      identity=checkpointing.run_identity(config.model, config.num_classes,
-                                          method.NAME, setting.ranks),
-      total_steps=(config.num_steps
-                   or config.num_epochs * source.steps_per_epoch),
-      replicated=replicated)
+      identity=checkpointing.run_identity(
+          config.model, config.num_classes, method.NAME,
+          None if setting.deferred else setting.ranks),
+      total_steps=total_steps, replicated=replicated)
 
 
-def restore_or_init(run: Run, checkpoints, seed: int) -> TrainState:
-  """The newest readable checkpoint, else the method's starting point."""
+def with_ranks(run: Run, ranks) -> Run:
+  """``run`` once its rank policy has decided: these ranks from now on."""
+  setting = dataclasses.replace(run.method.setting, ranks=ranks,
+                                deferred=None)
+  return dataclasses.replace(
+      run, method=methods.create(run.method.NAME, setting),
+      identity={**run.identity, "ranks": ranks_lib.ranks_to_dict(ranks)})
+
+
+def restore_or_init(run: Run, checkpoints, seed: int
+                    ) -> tuple[Run, TrainState]:
+  """The newest readable checkpoint, else the method's starting point; a
+  checkpoint taken after a rank policy decided brings its ranks."""
   method, shape = run.method, run.source.input_shape
   abstract = jax.eval_shape(
       lambda: initial_state(method.model, method.tx, seed, shape))
-  state = checkpointing.restore_latest(checkpoints, abstract, run.identity)
+  state, saved = checkpointing.restore_latest(checkpoints, abstract,
+                                              run.identity)
   if state is None:
     try:
       variables = method.initial_variables()
     except ValueError as e:  # an init_from that cannot be read
       raise ConfigError(str(e)) from None
     state = initial_state(method.model, method.tx, seed, shape, variables)
-  return jax.device_put(state, run.replicated)
+  elif run.identity["ranks"] is None and saved["ranks"] is not None:
+    run = with_ranks(run, ranks_lib.ranks_from_dict(
+        method.setting.dense_abstract["params"], saved["ranks"]))
+  return run, jax.device_put(state, run.replicated)
+
+
+def decide_ranks(run: Run, tools, state, writer_dir: pathlib.Path) -> Run:
+  """The rank policy's decision from the params now (BN-rectified as the
+  projection sees them), logged in one line and recorded in
+  ``rank_decision.json``; ``tools.stepper`` compiles for the new ranks."""
+  setting = run.method.setting
+  out_scales = (bn.bn_out_scales(state.params, state.batch_stats,
+                                 setting.pairing.pairs)
+                if setting.bn_rectification else None)
+  ranks, record = rank_selection.decide(setting.deferred, state.params,
+                                        setting.ranks, out_scales)
+  run = with_ranks(run, ranks)
+  tools.stepper = make_stepper(run, tools.stepper)
+  chosen = [l["rank"] for l in record["layers"].values()]
+  logging.info("after step %d: ranks decided by the %s policy: %d layers, ranks"
+               " %d-%d, %.1f%% fewer MACs (rank_decision.json)",
+               setting.deferred.step, record["policy"], len(chosen),
+               min(chosen), max(chosen), 100 * record["macs_reduction"])
+  if hosts.is_writer():
+    (writer_dir / "rank_decision.json").write_text(
+        json.dumps(record, indent=1) + "\n")
+  if tools.spectra is not None:
+    tools.spectra = run_log.SpectraLog(writer_dir, ranks)
+  return run
 
 
 class StopRequested:
@@ -240,13 +301,17 @@ def next_call(run: Run, step: int, every: Every) -> tuple[int, bool | None]:
   return steps_lib.next_call_length(end - step, every.steps_per_call), project
 
 
-def train_loop(run: Run, tools: Tools, state: TrainState,
-               every: Every) -> tuple[TrainState, bool]:
-  """Trains to ``run.total_steps``; (state, whether a signal stopped it)."""
+def train_loop(run: Run, tools: Tools, state: TrainState, every: Every,
+               workdir: pathlib.Path) -> tuple[Run, TrainState, bool]:
+  """Trains to ``run.total_steps``; (the run, with the ranks a policy
+  decided, the state, whether a signal stopped it)."""
   window = jax.device_put(steps_lib.empty_window(), run.replicated)
   step = int(state.step)
   next_log = _next_multiple(step, every.log)
   while step < run.total_steps:
+    deferred = run.method.setting.deferred
+    if deferred is not None and step == deferred.step:
+      run = decide_ranks(run, tools, state, workdir)
     length, project = next_call(run, step, every)
     state, window, aux = tools.stepper(state, window, step, length, project)
     step += length
@@ -271,9 +336,9 @@ def train_loop(run: Run, tools: Tools, state: TrainState,
       tools.checkpoints.wait_until_finished()
       logging.warning("signal %d: saved step %d and stopped",
                       tools.stop.signal, step)
-      return state, True
+      return run, state, True
   tools.checkpoints.wait_until_finished()
-  return state, False
+  return run, state, False
 
 
 def log_projection(method, tools: Tools, step, state, aux) -> None:
@@ -366,6 +431,12 @@ def evaluate_and_save(run: Run, tools: Tools, step, state, aux) -> None:
        if k in ("test_top1", "val_top1")})
 
 
+def make_stepper(run: Run, like: steps_lib.Stepper) -> steps_lib.Stepper:
+  """A ``Stepper`` for ``run``'s method, with ``like``'s seed and inputs."""
+  return steps_lib.Stepper(run.method, run.source, like.seed,
+                           like.normalization)
+
+
 def make_tools(config, run: Run, workdir: pathlib.Path, checkpoints,
                first_step: int, stop: StopRequested, started: float) -> Tools:
   normalization = run.input_config.normalization
@@ -401,6 +472,7 @@ def finish(config, run: Run, tools: Tools, workdir, state) -> dict:
       description={"model": config.model, "num_classes": config.num_classes,
                    "dataset": config.dataset,
                    "project_dense": config.project_dense,
+                   "rank_policy": config.rank_policy,
                    "val_examples": config.val_examples},
       evaluate=tools.evaluate if trained_in_float32 else None)
   phases = run_log.PhaseLog("final", len(method.FINAL_PHASES))
@@ -432,7 +504,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir.mkdir(parents=True, exist_ok=True)
   checkpoints = checkpointing.manager(workdir, config.keep_checkpoints,
                                       best_by_validation=config.val_examples > 0)
-  state = restore_or_init(run, checkpoints, config.seed)
+  run, state = restore_or_init(run, checkpoints, config.seed)
   first_step = int(state.step)
   if hosts.is_writer():  # only once the workdir is accepted
     run_record.record(config, workdir, command)
@@ -449,7 +521,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with StopRequested() as stop:
     tools = make_tools(config, run, workdir, checkpoints, first_step, stop,
                        start)
-    state, stopped = train_loop(run, tools, state, every)
+    run, state, stopped = train_loop(run, tools, state, every, workdir)
     if stopped:
       tools.writer.close()
       return {"stopped_at_step": int(state.step), "signal": stop.signal}

@@ -24,7 +24,8 @@ BAD = {
     "keep_checkpoints": 0, "energy_transfer": "yes", "bn_rectification": 1,
     "log_spectra": "no", "nesterov": None, "project_dense": "False",
     "distributed": 0, "extend": "yes", "num_processes": -1, "process_id": -2,
-    "coordinator_address": "localhost", "compute_dtype": "float16", "image_size": 0,
+    "coordinator_address": "localhost", "rank_energy": 0.0,
+    "rank_decision_epoch": 0, "rank_policy": "spectral", "compute_dtype": "float16", "image_size": 0,
     "params_reduction": 1.0, "ranks_file": "/nonexistent.json",
     "init_from": "/nonexistent",
     # Fields checked by the rules between fields.
