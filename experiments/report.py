@@ -15,6 +15,7 @@ import re
 import statistics
 
 from experiments import mechanisms
+from experiments import policies
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,8 @@ def load(results_dir):
   """{scale: [record, ...]} for every JSON under ``results_dir``."""
   out = {}
   for scale_dir in sorted(p for p in pathlib.Path(results_dir).iterdir()
-                          if p.is_dir() and p.name != mechanisms.DIR):
+                          if p.is_dir() and p.name not in (
+                              mechanisms.DIR, policies.LATENCY_DIR)):
     records = [json.loads(p.read_text())
                for p in sorted(scale_dir.glob("*.json"))]
     if records:
@@ -162,7 +164,9 @@ def main_table(groups):
   rows = ["| method | seeds | final model top-1 % | projected dense top-1 % |"
           " MACs (M) | params (K) | fewer MACs | wall time / run (s)¹ |",
           "|---|---|---|---|---|---|---|---|"]
-  for method, label in LABELS.items():
+  labels = [*LABELS.items(), *((m, "LRPET, " + policies.label(m))
+                               for m in policies.policy_methods(groups))]
+  for method, label in labels:
     rs = groups.get(method)
     if not rs:
       continue
@@ -540,8 +544,11 @@ def render(results_dir, out_dir):
   lines += ["## Verdicts", "",
             "Each of the paper's findings, at the level where this project"
             " could test it (details in the sections below).", ""]
+  policy_groups = {scale: by_method(records) for _, scale, project_dense,
+                   records in sections(data) if not project_dense}
   lines += [f"- **{finding}**: {verdict}." for finding, verdict in
-            [competitive_verdict(data), *verdicts, ladder_verdict(data)]]
+            [competitive_verdict(data), *verdicts, ladder_verdict(data),
+             policies.verdict(policy_groups)]]
   lines += [""] + mechanism_lines
   ladder = ladder_lines(data)
   if ladder:
@@ -577,6 +584,8 @@ def render(results_dir, out_dir):
               "Differences are paired by seed (a seed fixes the data subsets,"
               " batch order and augmentation for every method).", ""]
     lines += comparisons(groups) + [""]
+    lines += policies.section_lines(groups, results_dir, name,
+                                    out_dir / "plots")
     lines += ["### Compression sweep (LRPET)", ""]
     lines += sweep_table(groups) + [""]
     plots = plot_all(groups, out_dir / "plots", name)

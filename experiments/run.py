@@ -150,7 +150,14 @@ def collect(name, scale, seed, phase_dirs, commands):
       # First and last projection only (first_and_last).
       "spectra": (first_and_last(json.loads(spectra.read_text()))
                   if spectra.exists() else None),
+      # The compact model's ranks, and a rank policy's decision.
+      "ranks": _json_or_none(phase_dirs[-1] / "ranks.json"),
+      "rank_decision": _json_or_none(phase_dirs[-1] / "rank_decision.json"),
   }
+
+
+def _json_or_none(path):
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def run_one(scale, method, seed, workroot, results, env=None):

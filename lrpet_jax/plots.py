@@ -7,6 +7,8 @@
 - ``layers.png``: per projected layer, the kept rank as a fraction of the
   full rank and the energy its last truncation kept (``compact_report.json``;
   not for a compact model trained directly, which has no per-layer rows).
+- ``ranks.png``: a rank policy's chosen ranks against the uniform ratio's
+  (``rank_decision.json``).
 
 matplotlib is imported lazily (Agg backend); without it ``write`` returns [].
 """
@@ -92,6 +94,27 @@ def _layers_figure(plt, report):
   return fig
 
 
+def _ranks_figure(plt, decision):
+  """A rank policy's chosen ranks per layer against the uniform ratio's."""
+  names = list(decision["layers"])
+  rows = [decision["layers"][n] for n in names]
+  fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4))
+  x = range(len(names))
+  ax.plot(x, [r["uniform_rank"] / r["full_rank"] for r in rows], "k--",
+          marker="o", markersize=3, label="uniform ratio")
+  ax.plot(x, [r["rank"] / r["full_rank"] for r in rows], marker="o",
+          markersize=4, label=f"{decision['policy']} policy")
+  ax.set_xticks(list(x), [n.replace("/kernel", "") for n in names],
+                rotation=90, fontsize=7)
+  ax.set(ylabel="rank / full rank", ylim=(0, 1.05),
+         title=f"ranks decided after step {decision['step']}:"
+               f" {100 * decision['macs_reduction']:.1f}% fewer MACs")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  return fig
+
+
 def write(workdir: pathlib.Path) -> list[pathlib.Path]:
   """Writes the plots the workdir's files allow; returns their paths."""
   try:
@@ -113,6 +136,9 @@ def write(workdir: pathlib.Path) -> list[pathlib.Path]:
             if (workdir / "compact_report.json").is_file() else None)
   if report and report["layers"]:  # a compact model trained directly has none
     figures.append(("layers.png", lambda: _layers_figure(plt, report)))
+  if (workdir / "rank_decision.json").is_file():
+    figures.append(("ranks.png", lambda: _ranks_figure(plt, json.loads(
+        (workdir / "rank_decision.json").read_text()))))
   for name, make in figures:
     out.mkdir(exist_ok=True)
     fig = make()

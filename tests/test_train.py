@@ -236,6 +236,10 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
     (["--config.model_flag=training"],
      "model_flag: 'training' is not an argument of CifarResNet.__call__"),
     (["--config.ratio=1.5"], "ratio"),
+    (["--config.rank_policy=spectral"], "rank_policy: unknown 'spectral'"),
+    # Even rank 1 everywhere costs more: known before any training.
+    (["--config.rank_policy=budget", "--config.macs_reduction=0.99"],
+     "macs_reduction: out of reach: even rank 1 in every projected layer"),
     (["--config.dataset=image_folder:/nonexistent/cifar"], "dataset"),
     (["--config.dataset=mnist"], "dataset"),
     (["--config.batch_size=0"], "batch_size"),
@@ -468,3 +472,49 @@ def test_a_workdir_that_cannot_be_written_is_refused_before_loading(
   assert result.stderr.strip().splitlines()[-1].startswith(message)
   assert "starting at step" not in result.stderr  # never got to the data
   assert (tmp_path / "file").read_text() == "keep me"
+
+
+POLICY = ("--config.rank_policy=budget", "--config.macs_reduction=0.5",
+          "--config.project_every_steps=0")
+
+
+def test_rank_policy_decides_once_and_resumes_exactly(image_folder, tmp_path):
+  # 7 steps an epoch: the budget policy decides from the params after step 6,
+  # before the epoch's projecting step 7; checkpoints every 4.
+  straight = tmp_path / "straight"
+  result = run(command(image_folder, straight, *POLICY))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stderr.count("ranks decided by the budget policy") == 1
+  decision = json.loads((straight / "rank_decision.json").read_text())
+  assert decision["step"] == 6 and decision["policy"] == "budget"
+  assert decision["macs_reduction"] >= 0.5
+  assert json.loads((straight / "ranks.json").read_text()) == {
+      k: v["rank"] for k, v in decision["layers"].items()}
+  summary = json.loads((straight / "summary.json").read_text())
+  assert summary["rank_policy"] == "budget"
+  assert summary["macs_reduction"] == pytest.approx(decision["macs_reduction"])
+  rows = [json.loads(l) for l in
+          (straight / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "projection_energy_kept_mean" in r] == [7]
+  assert (straight / "plots" / "ranks.png").exists()
+
+  # Killed after the decision (checkpoint 8 carries the ranks), resumed: no
+  # second decision, the same final state bit for bit.
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(command(image_folder, killed, *POLICY), cwd=ROOT,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (killed / "checkpoints" / "8").exists():
+    assert proc.poll() is None and time.time() < deadline, "no checkpoint 8"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  result = run(command(image_folder, killed, *POLICY))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "starting at step 8 " in result.stderr
+  assert "ranks decided" not in result.stderr
+  import jax  # pylint: disable=g-import-not-at-top
+  a, b = final_state(straight), final_state(killed)
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
+                                                  jax.tree.leaves(b)))
