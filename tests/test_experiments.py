@@ -296,3 +296,59 @@ def test_budget_ladder_pairs_gaps_by_seed_across_budgets(tmp_path):
       "mixed: supported at cpu (6 epochs); contradicted at cpu12 (12 epochs)"
       " (LRPET − decompose-and-retrain, top-1 per seed: cpu (6 epochs): +0.50,"
       " -0.20 pp; cpu12 (12 epochs): -2.00, -3.00 pp;")
+
+
+def test_rank_policy_section_pairs_seeds_and_shows_latency(tmp_path):
+  results = tmp_path / "results" / "cpu12"
+  results.mkdir(parents=True)
+  config = run.CONFIGS.get_config("cpu12,lrpet").to_dict()
+  layers = {f"l{i}/kernel": {"rank": r, "full_rank": 16, "uniform_rank": 7}
+            for i, r in enumerate((4, 9, 12))}
+
+  def record(method, seed, accuracy, final_macs):
+    name = f"{method}_seed{seed}"
+    final = {"final_accuracy": accuracy, "dense_accuracy": accuracy,
+             "compact_accuracy": accuracy, "dense_macs": 40e6,
+             "final_macs": final_macs, "dense_params": 270e3,
+             "final_params": 130e3, "device": "1x cpu", "steps": 60,
+             "wall_time_s": 100.0}
+    decision = ({"policy": method.split("_")[1][:6], "step": 9,
+                 "macs_reduction": 1 - final_macs / 40e6, "layers": layers}
+                if method != "lrpet" else None)
+    (results / f"{name}.json").write_text(json.dumps({
+        "run": name, "seed": seed, "project_dense": False,
+        "commands": [["-m", "lrpet_jax.main"]], "configs": [config],
+        "phases": [final], "final": final, "wall_time_s": 100.0,
+        "steps_per_epoch": 10, "commits": ["abc"], "spectra": None,
+        "test_curve": [{"step": 10, "test_top1": accuracy}],
+        "energy_kept": [], "ranks": {k: v["rank"] for k, v in layers.items()},
+        "rank_decision": decision}))
+
+  for seed, (uniform, budget, energy) in enumerate(
+      ((0.50, 0.52, 0.49), (0.60, 0.615, 0.62))):
+    record("lrpet", seed, uniform, 20e6)
+    record("lrpet_budget", seed, budget, 20e6)
+    record("lrpet_energy0.8", seed, energy, 22e6)
+  latency = tmp_path / "results" / "latency"
+  latency.mkdir()
+  (latency / "cpu12.json").write_text(json.dumps({
+      "model": "resnet20", "batch": 256, "repeats": 15, "backend": "cpu",
+      "device": "2-core cpu", "sets": {"uniform": {}, "lrpet_budget_seed0": {}},
+      "ms": {"dense": 100.0, "uniform compact": 125.0, "uniform tuned": 90.0,
+             "lrpet_budget_seed0 compact": 80.0,
+             "lrpet_budget_seed0 tuned": 50.0}}))
+  text = report.render(tmp_path / "results", tmp_path).read_text()
+  # Budget: +2.00 and +1.50 points, both at least a point; energy: -1.00,
+  # +2.00: the sign differs.
+  assert ("budget policy (most energy at the uniform ratio's MACs) at cpu12:"
+          " better by at least 1 point in every seed (+2.00, +1.50 pp; 50.0%,"
+          " 50.0% fewer MACs)") in text
+  assert ("energy policy (each layer keeps 0.8) at cpu12: not decided (the"
+          " sign differs between seeds) (-1.00, +2.00 pp; 45.0%, 45.0% fewer"
+          " MACs)") in text
+  assert "| energy policy (each layer keeps 0.8) | 0 | 50.00 | 49.00 |" in text
+  assert "| uniform | 125.0 | 0.80 | 90.0 | 1.11 |" in text
+  assert "| lrpet_budget_seed0 | 80.0 | 1.25 | 50.0 | 2.00 |" in text
+  assert (tmp_path / "plots" / "cpu12_rank_policies.png").exists()
+  # The latency record is not a scale of runs.
+  assert "## Scale `latency`" not in text

@@ -11,6 +11,7 @@ import pytest
 
 from experiments import bn_rectification
 from experiments import energy_transfer
+from experiments import policy_latency
 from lrpet_jax import data as data_lib
 from lrpet_jax import models
 from lrpet_jax import tracing
@@ -127,6 +128,7 @@ def test_quick_modes_leave_tracked_results_alone(tiny_config, tmp_path):
   bn_rectification.main([f"--dense={dense}", "--quick", "--images=16",
                          "--bn_batches=1"])
   energy_transfer.main(["--quick"])
+  policy_latency.main(["--quick"])
   assert git_status() == before  # experiments/results/ untouched
-  for name in ("bn_rectification", "energy_transfer"):
+  for name in ("bn_rectification", "energy_transfer", "policy_latency"):
     assert (ROOT / "runs" / "quick" / f"{name}.json").is_file()
