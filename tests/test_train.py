@@ -63,6 +63,20 @@ def final_state(workdir):
 
 # Projections every 6 steps, evaluations every 4, 7 steps per epoch and up to
 # 7 steps per compiled call: the calls are cut by all three boundaries.
+def kill_at_checkpoint(cmd, workdir, step):
+  """Starts ``cmd`` and SIGKILLs it once ``workdir`` holds checkpoint ``step``."""
+  proc = subprocess.Popen(cmd, cwd=ROOT,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (workdir / "checkpoints" / str(step)).exists():
+    assert proc.poll() is None and time.time() < deadline, (
+        f"no checkpoint {step}")
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+
+
 FINISHED = ("--config.log_spectra=True", "--config.project_every_steps=6",
             "--config.steps_per_call=7")
 
@@ -147,17 +161,9 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
     assert max(before[r:]) >= 1e-3 * before[0]
 
   killed = tmp_path / "killed"
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   # The same config as the uninterrupted run, killed once checkpoint 8 exists.
   killed_command = command(image_folder, killed, *FINISHED)
-  proc = subprocess.Popen(killed_command, cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (killed / "checkpoints" / "8").exists():
-    assert proc.poll() is None and time.time() < deadline, "no checkpoint 8"
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_at_checkpoint(killed_command, killed, 8)
   assert not (killed / "summary.json").exists()
   result = run(killed_command)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -501,15 +507,7 @@ def test_rank_policy_decides_once_and_resumes_exactly(image_folder, tmp_path):
   # Killed after the decision (checkpoint 8 carries the ranks), resumed: no
   # second decision, the same final state bit for bit.
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(command(image_folder, killed, *POLICY), cwd=ROOT,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (killed / "checkpoints" / "8").exists():
-    assert proc.poll() is None and time.time() < deadline, "no checkpoint 8"
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_at_checkpoint(command(image_folder, killed, *POLICY), killed, 8)
   result = run(command(image_folder, killed, *POLICY))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "starting at step 8 " in result.stderr
