@@ -62,6 +62,17 @@ def bn_out_scales(params: Any, batch_stats: Any, pairs: Mapping[Path, Path], *,
       lambda path, _: scales.get(_trees.path_tuple(path)), params)
 
 
+def _mutated_stats(out) -> Any:
+  """The ``batch_stats`` of ``apply_fn``'s (outputs, mutated) result."""
+  if not (isinstance(out, tuple) and len(out) == 2
+          and isinstance(out[1], Mapping) and "batch_stats" in out[1]):
+    raise ValueError(
+        "apply_fn must return (outputs, {'batch_stats': ...}): run the model"
+        " in training mode with mutable=['batch_stats'], e.g."
+        " functools.partial(model.apply, train=True, mutable=['batch_stats'])")
+  return out[1]["batch_stats"]
+
+
 def recompute_batch_stats(apply_fn: Callable[..., tuple[Any, Mapping[str, Any]]],
                           variables: Mapping[str, Any],
                           batches: Iterable[Any]) -> Any:
@@ -92,15 +103,7 @@ def recompute_batch_stats(apply_fn: Callable[..., tuple[Any, Mapping[str, Any]]]
 
   @jax.jit
   def stats_from_rest(rest, start, x):
-    out = apply_fn({**rest, "batch_stats": start}, x)
-    if not (isinstance(out, tuple) and len(out) == 2
-            and isinstance(out[1], Mapping) and "batch_stats" in out[1]):
-      raise ValueError(
-          "apply_fn must return (outputs, {'batch_stats': ...}): run the"
-          " model in training mode with mutable=['batch_stats'], e.g."
-          " functools.partial(model.apply, train=True,"
-          " mutable=['batch_stats'])")
-    return out[1]["batch_stats"]
+    return _mutated_stats(apply_fn({**rest, "batch_stats": start}, x))
 
   def stats_from(start, x):
     return stats_from_rest(rest, start, x)
