@@ -1,7 +1,7 @@
 """Input pipeline for small data sets held in memory (CIFAR-10/100).
 
-Images stay uint8 on the device; augmentation (pad-4 random crop, horizontal
-flip) and normalization run inside the jitted train step. Every epoch's order
+Images are uint8 until the jitted train step, where augmentation (pad-4
+random crop, horizontal flip) and normalization run on the device. Every epoch's order
 and every augmentation draw derive from (seed, step), so a resumed run sees
 exactly the batches an uninterrupted one would.
 
