@@ -305,6 +305,10 @@ def test_workdir_of_another_model_is_refused(image_folder, finished,
   before = sorted(str(p) for p in plain.rglob("*"))
   result = run(command(image_folder, plain))
   assert result.returncode == 2
+  assert "changed: momentum 0.0 → 0.9" in result.stderr.strip().splitlines()[-1]
+  # Told to go on anyway, the checkpoint's layout is what refuses it.
+  result = run(command(image_folder, plain, "--config.extend=True"))
+  assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert "workdir: checkpoint 4 holds a training state of another layout" in last
   assert sorted(str(p) for p in plain.rglob("*")) == before
