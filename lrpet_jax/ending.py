@@ -91,9 +91,10 @@ def _final_projection(e: Ending) -> str:
   s = e.method.setting
   out_scales = (bn.bn_out_scales(e.params, e.batch_stats, s.pairing.pairs)
                 if s.bn_rectification else None)
-  e.params = projection.project_params(e.params, s.ranks,
-                                       out_scales=out_scales,
-                                       **s.projection_kwargs())
+  # One compiled call: op by op, the SVDs of a ResNet-20 took 3x as long.
+  project = jax.jit(lambda params, scales: projection.project_params(
+      params, s.ranks, out_scales=scales, **s.projection_kwargs()))
+  e.params = project(e.params, out_scales)
   return (f"projected {len(ranks_lib.ranks_to_dict(s.ranks))} kernels to"
           " their ranks")
 

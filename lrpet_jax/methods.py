@@ -247,7 +247,7 @@ def decomposed_variables(path, dense_abstract, ranks):
   if got != want:
     raise ValueError(f"init_from: {path} does not hold variables of this"
                      " config's dense model")
-  params = projection.project_params(dense["params"], ranks,
-                                     energy_transfer=False)
+  params = jax.jit(lambda p: projection.project_params(
+      p, ranks, energy_transfer=False))(dense["params"])
   return compact.factorize(
       {"params": params, "batch_stats": dense["batch_stats"]}, ranks)
