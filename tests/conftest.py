@@ -3,12 +3,21 @@ for in-process runs of the pipeline."""
 
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent compilation cache for the session, set before jax is
+# imported: the many short training runs (subprocesses inherit it) compile the
+# same programs. A tiny pipeline run measured 61 s cold and 26 s warm.
+_CACHE = tempfile.mkdtemp(prefix="lrpet_jax_tests_xla_cache_")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))
 
 
@@ -44,3 +53,8 @@ def tiny_config(png_folder):
     config.update(overrides)
     return config
   return make
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  shutil.rmtree(_CACHE, ignore_errors=True)
