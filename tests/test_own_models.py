@@ -9,6 +9,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tempfile
 
 import flax.linen as nn
 import jax
@@ -250,7 +251,9 @@ def test_api_errors_say_what_to_do():
                                           jnp.zeros((1, 6, 6, 4)))
 
 
-def test_readme_own_model_block_runs_and_serves_without_lrpet_jax(tmp_path):
+def test_readme_own_model_block_runs_and_serves_without_lrpet_jax(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its mkdtemp()
   blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(),
                       re.S)
   ns = {}
