@@ -41,15 +41,25 @@ QUICK_OUT = ROOT / "runs" / "quick" / "policy_latency.json"
 
 
 def rank_sets(results: pathlib.Path, scale: str) -> dict[str, dict]:
-  """{label: {"layer/kernel": rank}}: the uniform ratio's (lrpet seed 0) and
-  every rank-policy run's ranks."""
-  sets = {}
+  """{label: {"layer/kernel": rank}}: the uniform ratio's and every
+  rank-policy run's ranks.
+
+  The uniform ranks are lrpet seed 0's, or, in records older than the
+  ``ranks`` field, the ``uniform_rank`` that each decision lists per layer
+  (the same rule).
+  """
+  sets, uniform = {}, None
   for path in sorted((results / scale).glob("*.json")):
     record = json.loads(path.read_text())
     name, ranks = record["run"], record.get("ranks")
-    if ranks and (record.get("rank_decision") or name == "lrpet_seed0"):
-      sets["uniform" if name == "lrpet_seed0" else name] = ranks
-  return sets
+    decision = record.get("rank_decision")
+    if name == "lrpet_seed0" and ranks:
+      uniform = ranks
+    elif decision and ranks:
+      sets[name] = ranks
+      uniform = uniform or {k: v["uniform_rank"]
+                            for k, v in decision["layers"].items()}
+  return {"uniform": uniform, **sets} if uniform else sets
 
 
 def measure(model_name, sets, *, batch, repeats, log=print) -> dict:

@@ -352,3 +352,23 @@ def test_rank_policy_section_pairs_seeds_and_shows_latency(tmp_path):
   assert (tmp_path / "plots" / "cpu12_rank_policies.png").exists()
   # The latency record is not a scale of runs.
   assert "## Scale `latency`" not in text
+
+
+def test_latency_rank_sets_take_uniform_ranks_from_a_decision(tmp_path):
+  from experiments import policy_latency  # pylint: disable=g-import-not-at-top
+  results = tmp_path / "cpu12"
+  results.mkdir()
+  layers = {"a/kernel": {"rank": 3, "uniform_rank": 7},
+            "b/kernel": {"rank": 9, "uniform_rank": 7}}
+  write = lambda name, **r: (results / f"{name}.json").write_text(
+      json.dumps({"run": name, **r}))
+  write("lrpet_budget_seed0", ranks={"a/kernel": 3, "b/kernel": 9},
+        rank_decision={"layers": layers})
+  write("lrpet_seed0", ranks=None)  # a record older than the ranks field
+  write("dense_seed0", ranks=None)
+  assert policy_latency.rank_sets(tmp_path, "cpu12") == {
+      "uniform": {"a/kernel": 7, "b/kernel": 7},
+      "lrpet_budget_seed0": {"a/kernel": 3, "b/kernel": 9}}
+  write("lrpet_seed0", ranks={"a/kernel": 6, "b/kernel": 6})  # its own ranks
+  assert policy_latency.rank_sets(tmp_path, "cpu12")["uniform"] == {
+      "a/kernel": 6, "b/kernel": 6}
