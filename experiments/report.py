@@ -160,11 +160,17 @@ def stalled_lines(records):
               for r in sorted(stalled, key=lambda r: r["run"])) + "."]
 
 
+def method_label(method):
+  if method.startswith(policies.POLICY_PREFIXES):
+    return "LRPET, " + policies.label(method)
+  return LABELS.get(method, method.replace("lrpet_ratio", "LRPET, ratio "))
+
+
 def main_table(groups):
   rows = ["| method | seeds | final model top-1 % | projected dense top-1 % |"
           " MACs (M) | params (K) | fewer MACs | wall time / run (s)¹ |",
           "|---|---|---|---|---|---|---|---|"]
-  labels = [*LABELS.items(), *((m, "LRPET, " + policies.label(m))
+  labels = [*LABELS.items(), *((m, method_label(m))
                                for m in policies.policy_methods(groups))]
   for method, label in labels:
     rs = groups.get(method)
@@ -173,13 +179,24 @@ def main_table(groups):
     dense = [r["final"]["dense_accuracy"] for r in rs]
     projected = (mean_std(dense) if method.startswith("lrpet")
                  and None not in dense else "—")
-    reduction = 1 - final_macs(rs[0]) / rs[0]["final"]["dense_macs"]
+    reduction = [100 * (1 - final_macs(r) / r["final"]["dense_macs"])
+                 for r in rs]
     rows.append(
         f"| {label} | {len(rs)} | **{mean_std([final_accuracy(r) for r in rs])}**"
-        f" | {projected} | {final_macs(rs[0]) / 1e6:.2f} |"
-        f" {final_params(rs[0]) / 1e3:.1f} | {100 * reduction:.1f}% |"
-        f" {wall_time(rs)} |")
+        f" | {projected} | {_over_seeds([final_macs(r) / 1e6 for r in rs], 2)} |"
+        f" {_over_seeds([final_params(r) / 1e3 for r in rs], 1)} |"
+        f" {_over_seeds(reduction, 1, '%')} | {wall_time(rs)} |")
   return rows
+
+
+def _over_seeds(values, digits, unit=""):
+  """One value when the seeds agree to the digits shown, else mean (min–max)
+  (a rank policy's cost is its own in each seed)."""
+  shown = {f"{v:.{digits}f}" for v in values}
+  if len(shown) == 1:
+    return shown.pop() + unit
+  return (f"{sum(values) / len(values):.{digits}f}{unit}"
+          f" ({min(values):.{digits}f}–{max(values):.{digits}f}{unit})")
 
 
 def sweep_points(groups):
@@ -462,8 +479,7 @@ def plot_all(groups, out_dir, prefix):
       ax.semilogy([p["step"] / spe for p in r["energy_kept"]],
                   [max(1 - p["mean"], 1e-9) for p in r["energy_kept"]],
                   marker="o",
-                  label=LABELS.get(method, method.replace("lrpet_ratio",
-                                                          "LRPET, ratio ")))
+                  label=method_label(method))
     ax.set(xlabel="epoch", ylabel="1 − energy kept (mean over layers)",
            title="Energy each truncation discarded: 1 − Σ_{i≤r} s_i² / Σ s_i²")
     ax.legend(fontsize=7)
@@ -578,7 +594,9 @@ def render(results_dir, out_dir):
               " projection (it must equal the compact one). Mean ± sample std"
               " over seeds.", ""]
     lines += main_table(groups) + stalled_lines(records) + [
-        "", "¹ Mean over the runs that trained in one uninterrupted process.",
+        "", "¹ Mean over the runs that trained in one uninterrupted process."
+        " Runs share the machine (two at a time, often beside other work),"
+        " so wall times compare loosely; `benchmarks/` measures speed.",
         ""]
     lines += ["### The paper's claims at this budget", "",
               "Differences are paired by seed (a seed fixes the data subsets,"

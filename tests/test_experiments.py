@@ -329,6 +329,8 @@ def test_rank_policy_section_pairs_seeds_and_shows_latency(tmp_path):
     record("lrpet", seed, uniform, 20e6)
     record("lrpet_budget", seed, budget, 20e6)
     record("lrpet_energy0.8", seed, energy, 22e6)
+    # More accurate in both seeds, but cutting 2.5 and 4 points fewer MACs.
+    record("lrpet_energy0.9", seed, uniform + 0.01, (21e6, 21.6e6)[seed])
   latency = tmp_path / "results" / "latency"
   latency.mkdir()
   (latency / "cpu12.json").write_text(json.dumps({
@@ -345,6 +347,10 @@ def test_rank_policy_section_pairs_seeds_and_shows_latency(tmp_path):
           " 50.0% fewer MACs)") in text
   assert ("energy policy (each layer keeps 0.8) at cpu12: not decided (the"
           " sign differs between seeds) (-1.00, +2.00 pp; 45.0%, 45.0% fewer"
+          " MACs)") in text
+  assert ("energy policy (each layer keeps 0.9) at cpu12: more accurate in"
+          " every seed but with a smaller MACs cut in 2 of 2 (by 2.5 to 4.0"
+          " points): not at equal cost (+1.00, +1.00 pp; 47.5%, 46.0% fewer"
           " MACs)") in text
   assert "| energy policy (each layer keeps 0.8) | 0 | 50.00 | 49.00 |" in text
   assert "| uniform | 125.0 | 0.80 | 90.0 | 1.11 |" in text
