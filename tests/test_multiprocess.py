@@ -80,7 +80,7 @@ def two_by_two(png_folder, tmp_path_factory):
   return workdir, result
 
 
-def test_two_processes_match_one_and_write_every_file_once(
+def test_two_processes_match_one_write_every_file_once_and_resume_its_checkpoint(
     png_folder, two_by_two, tmp_path):
   workdir, result = two_by_two
   one = tmp_path / "w14"
@@ -111,6 +111,17 @@ def test_two_processes_match_one_and_write_every_file_once(
   import lrpet_jax  # pylint: disable=g-import-not-at-top
   loaded = lrpet_jax.load_run(workdir)
   assert loaded.evaluate("compact")["top1"] == summary["compact_accuracy"]
+  # The one-process run as if killed after checkpoint 3 resumes in two
+  # processes and ends where they did.
+  resumed = tmp_path / "resumed"
+  shutil.copytree(one, resumed)
+  shutil.rmtree(resumed / "checkpoints" / "6")
+  (resumed / "summary.json").unlink()
+  done = run(launch(png_folder, resumed))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "starting at step 3 on 4 cpu device(s)" in done.stderr
+  assert largest_relative_difference(
+      state(workdir, 6)["params"], state(resumed, 6)["params"]) <= TOLERANCE
 
 
 def test_a_killed_process_stops_the_run_and_it_resumes(png_folder,
@@ -155,15 +166,3 @@ def test_a_killed_process_stops_the_run_and_it_resumes(png_folder,
   assert largest_relative_difference(
       state(uninterrupted, 6)["params"], state(on_one, 6)["params"]) <= TOLERANCE
 
-
-def test_one_process_checkpoint_resumes_in_two(png_folder, two_by_two,
-                                               tmp_path):
-  uninterrupted, _ = two_by_two
-  workdir = tmp_path / "w"
-  result = run(single(png_folder, workdir, "--config.num_steps=3"), devices=4)
-  assert result.returncode == 0, result.stderr[-3000:]
-  result = run(launch(png_folder, workdir, "--config.extend=True"))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "starting at step 3 on 4 cpu device(s)" in result.stderr
-  assert largest_relative_difference(
-      state(uninterrupted, 6)["params"], state(workdir, 6)["params"]) <= TOLERANCE
