@@ -143,10 +143,14 @@ def make_run(config) -> Run:
                        axis_types=(jax.sharding.AxisType.Auto,))
   replicated = NamedSharding(mesh, P())
   input_config = run_config.part(inputs.InputConfig, config)
+  started = time.time()
+  logging.info("reading %s", config.dataset)
   try:
     source = inputs.load(input_config, NamedSharding(mesh, P("data")))
   except ValueError as e:  # data sets that cannot be found or prepared
     raise ConfigError(str(e)) from None
+  logging.info("data ready in %.0fs: %s training examples",
+               time.time() - started, f"{source.num_train:,}")
   if source.num_classes != config.num_classes:
     raise ConfigError(f"num_classes: {config.num_classes} but the data set has"
                       f" {source.num_classes}")
