@@ -92,6 +92,8 @@ class Method:
   NAME: ClassVar[str]
   FIELDS: ClassVar[tuple[str, ...]] = ()
   TRAINS_COMPACT: ClassVar[bool] = False
+  # Trains dense and projects, so a rank policy can decide from its spectra.
+  DECIDES_RANKS_IN_TRAINING: ClassVar[bool] = False
   FINAL_PHASES: ClassVar[tuple[ending.Phase, ...]]
 
   def __init__(self, setting: Setting):
@@ -139,6 +141,7 @@ class Method:
 class Lrpet(Method):
   NAME = "lrpet"
   FIELDS = ("log_spectra",)
+  DECIDES_RANKS_IN_TRAINING = True
   FINAL_PHASES = (ending.FINAL_PROJECTION, ending.PRECISE_BN,
                   ending.DENSE_MODEL, ending.COMPACT_EXPORT,
                   ending.COMPACT_EVALUATION)
@@ -207,7 +210,8 @@ REGISTRY: dict[str, type[Method]] = {
 
 
 def check(name: str, config: Mapping[str, Any]) -> None:
-  """``name`` is a method, and no field that only other methods read is set.
+  """``name`` is a method, no field that only other methods read is set, and
+  a rank policy is set only for a method that can decide in training.
 
   Raises:
     ValueError: one line naming the field.
@@ -220,6 +224,12 @@ def check(name: str, config: Mapping[str, Any]) -> None:
       if field not in REGISTRY[name].FIELDS and config.get(field):
         raise ValueError(f"{field}: only for method {other.NAME!r}, not"
                          f" {name!r}")
+  policy = config.get("rank_policy", "uniform")
+  if policy != "uniform" and not REGISTRY[name].DECIDES_RANKS_IN_TRAINING:
+    able = ", ".join(repr(m.NAME) for m in REGISTRY.values()
+                     if m.DECIDES_RANKS_IN_TRAINING)
+    raise ValueError(f"rank_policy: {policy!r} decides the ranks during"
+                     f" training, which method {name!r} cannot (only {able})")
 
 
 def create(name: str, setting: Setting) -> Method:

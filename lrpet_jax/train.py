@@ -95,7 +95,7 @@ def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
   rule = run_config.part(rank_selection.RankRule, config)
   ranks = rank_selection.select(rule, dense, abstract, input_shape)
   deferred = None
-  if rule.decided_in_training and config.method == "lrpet":
+  if rule.decided_in_training:  # a method that can (``methods.check``)
     deferred = rank_selection.deferred(
         rule, dense, abstract, input_shape,
         decision_step(config, steps_per_epoch))

@@ -62,6 +62,10 @@ def test_good_configs_pass():
     (dict(method="dense", log_spectra=True),
      "log_spectra: only for method 'lrpet', not 'dense'"),
     (dict(init_from="/"), "init_from: only for method 'compact', not 'lrpet'"),
+    # Before this rule a compact run trained silently at full rank.
+    (dict(method="compact", rank_policy="energy"),
+     "rank_policy: 'energy' decides the ranks during training, which method"
+     " 'compact' cannot (only 'lrpet')"),
     (dict(macs_reduction=0.5, params_reduction=0.5),
      "params_reduction: give at most one of macs_reduction, params_reduction"
      " and ranks_file (also macs_reduction)"),
