@@ -37,9 +37,10 @@ from lrpet_jax import tracing
 
 def layer_costs(model, variables: Any, input_shape: tuple[int, ...], *,
                 apply_fn=None) -> list[tracing.Layer]:
-  """The conv/dense layers the model runs on one example of ``input_shape``
-  (``tracing.layers``; each has ``path``, ``kernel_shapes``, ``positions``
-  and ``macs``). ``apply_fn``: as in ``cost``."""
+  """Every kernel's layer the model runs on one example of ``input_shape``
+  (``tracing.layers``; each has ``path``, ``kernel_shape``, ``kind``,
+  ``macs``, ``positions`` and ``out_positions``). ``apply_fn``: as in
+  ``cost``."""
   return tracing.layers(apply_fn or tracing.eval_apply(model), variables,
                         input_shape)
 
@@ -58,30 +59,41 @@ def _size(aval) -> int:
   return math.prod(aval.shape)
 
 
-def _jaxpr_flops(jaxpr, counts: dict[str, int]) -> None:
+def _conv_macs(eqn) -> int:
+  """A convolution's MACs; a transposed (lhs-dilated) one without the
+  inserted zeros: input size × taps × c_out/groups (``layer_table``)."""
+  dn, p = eqn.params["dimension_numbers"], eqn.params
+  lhs, rhs = eqn.invars[0].aval, eqn.invars[1].aval
+  if any(d != 1 for d in p["lhs_dilation"]):
+    taps = math.prod(rhs.shape[d] for d in dn.rhs_spec[2:])
+    return (_size(lhs) * taps * rhs.shape[dn.rhs_spec[0]]
+            // (p["feature_group_count"] * p["batch_group_count"]))
+  per_output = _size(rhs) // rhs.shape[dn.rhs_spec[0]]  # kh·kw·c_in/groups
+  return _size(eqn.outvars[0].aval) * per_output
+
+
+def _jaxpr_flops(jaxpr, counts: dict[str, int], times: int = 1) -> None:
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
     if name == "conv_general_dilated":
-      rhs = eqn.invars[1].aval
-      out_dim = eqn.params["dimension_numbers"].rhs_spec[0]
-      per_output = _size(rhs) // rhs.shape[out_dim]  # kh·kw·c_in/groups
-      counts["matmul_flops"] += 2 * _size(eqn.outvars[0].aval) * per_output
+      counts["matmul_flops"] += 2 * _conv_macs(eqn) * times
     elif name == "dot_general":
       (contract, _), _ = eqn.params["dimension_numbers"]
       lhs = eqn.invars[0].aval
       depth = math.prod(lhs.shape[d] for d in contract)
-      counts["matmul_flops"] += 2 * _size(eqn.outvars[0].aval) * depth
+      counts["matmul_flops"] += 2 * _size(eqn.outvars[0].aval) * depth * times
     elif name in _ELEMENTWISE:
-      counts["elementwise_flops"] += _size(eqn.outvars[0].aval)
+      counts["elementwise_flops"] += _size(eqn.outvars[0].aval) * times
     elif name in _REDUCTIONS:
-      counts["elementwise_flops"] += _size(eqn.invars[0].aval)
+      counts["elementwise_flops"] += _size(eqn.invars[0].aval) * times
     elif name.startswith("reduce_window"):  # pooling: one per window tap
       counts["elementwise_flops"] += _size(eqn.outvars[0].aval) * math.prod(
-          eqn.params["window_dimensions"])
-    elif name in ("scan", "while", "cond"):
+          eqn.params["window_dimensions"]) * times
+    elif name in ("while", "cond"):
       raise NotImplementedError(f"flops: control flow ({name}) is not counted")
+    inner = times * (eqn.params["length"] if name == "scan" else 1)
     for sub in jax_core.jaxprs_in_params(eqn.params):
-      _jaxpr_flops(sub, counts)
+      _jaxpr_flops(sub, counts, inner)
 
 
 def flops(fn, *args) -> dict[str, int]:
@@ -105,7 +117,8 @@ def cost(model, variables: Any, input_shape: tuple[int, ...], *,
     model: a Flax module (or ``Factorized``), unless ``apply_fn`` says how
       to run it.
     variables: its variables (arrays or ``jax.ShapeDtypeStruct``s).
-    input_shape: (H, W, C) or (N, H, W, C); costs are per example.
+    input_shape: one example's shape, without the batch axis ((H, W, C)
+      for images, (L, C) for sequences).
     apply_fn: ``apply_fn(variables, x)``, the forward pass to count: default
       ``model.apply(variables, x, train=False)``
       (``tracing.eval_apply(model, training=False)`` for another flag; the
@@ -123,19 +136,20 @@ def compact_cost(costs: list[tracing.Layer], total_params: int,
   """MACs and params of the compact model, from the dense model's layer costs.
 
   A layer whose kernel has a rank r is factorized (when ``is_factorized``):
-  its m·n kernel becomes r·(m + n) weights at the same output positions.
+  its m·n kernel becomes r·(m + n) weights, its MACs
+  ``factorized.layer_macs``.
   """
   flat = _trees.leaves_by_path(ranks)
   macs, params = 0, total_params
   for c in costs:
-    (shape,) = c.kernel_shapes
-    rank = flat.get(c.path + ("kernel",))
-    weights = math.prod(shape)
-    if factorized.is_factorized(rank, shape):
-      m, n = math.prod(shape[:-1]), shape[-1]
-      params += rank * (m + n) - weights
-      weights = rank * (m + n)
-    macs += c.positions * weights
+    rank = flat.get(c.kernel)
+    if rank is None:
+      macs += c.macs
+      continue
+    params += (factorized.layer_weights(rank, c.kernel_shape)
+               - math.prod(c.kernel_shape))
+    macs += factorized.layer_macs(rank, c.kernel_shape, c.positions,
+                                  c.out_positions)
   return {"macs": macs, "params": params}
 
 
@@ -155,7 +169,7 @@ def ranks_for_budget(model, variables: Any,
   Args:
     model: the dense model.
     variables: its variables (arrays or ``jax.ShapeDtypeStruct``s).
-    input_shape: (H, W, C) or (N, H, W, C).
+    input_shape: one example's shape, without the batch axis.
     macs_reduction / params_reduction: the target fraction removed, in (0, 1);
       give exactly one.
     include: leaf selection, as in ``uniform_ranks`` (default: convolution

@@ -31,7 +31,9 @@ def bn_out_scales(params: Any, batch_stats: Any, pairs: Mapping[Path, Path], *,
       ``var`` is read from ``batch_stats`` and ``scale`` from ``params`` (γ = 1
       if the module has no scale). For a user model, list the pairs in which
       the kernel's output goes straight into the BatchNorm.
-    eps: the BatchNorm's epsilon (Flax default 1e-5, as PyTorch).
+    eps: the BatchNorm's epsilon where a BatchNorm path does not carry its
+      own (``tracing.bn_pairs``' do: its module's ``epsilon``); Flax's
+      default 1e-5, as PyTorch's.
 
   Returns:
     A pytree like ``params`` with a (c_out,) array at each paired kernel and
@@ -57,7 +59,7 @@ def bn_out_scales(params: Any, batch_stats: Any, pairs: Mapping[Path, Path], *,
       raise ValueError(
           f"pairs: BatchNorm {_trees.path_str(bp)!r} has {jnp.shape(var)}"
           f" channels but kernel {_trees.path_str(kp)!r} has {c_out} outputs")
-    scales[kp] = gamma / jnp.sqrt(var + eps)
+    scales[kp] = gamma / jnp.sqrt(var + getattr(bn_path, "epsilon", eps))
   return jax.tree_util.tree_map_with_path(
       lambda path, _: scales.get(_trees.path_tuple(path)), params)
 

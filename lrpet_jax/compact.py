@@ -16,6 +16,7 @@ their dense kernel.
 
 import json
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -24,6 +25,7 @@ import numpy as np
 
 from lrpet_jax import _trees
 from lrpet_jax import accounting
+from lrpet_jax import export_check
 from lrpet_jax import factorized
 from lrpet_jax import folding
 from lrpet_jax import hosts
@@ -101,14 +103,13 @@ def layer_report(variables: Any, ranks: Any, costs: list[Any],
   flat_ranks = _trees.leaves_by_path(ranks)
   rows = []
   for c in costs:
-    key = c.path + ("kernel",)
+    key = c.kernel
     rank = flat_ranks.get(key)
     if rank is None:
       continue
     shape = tuple(params[key].shape)
     m, n = projection.matrix_shape(shape)
     split = factorized.is_factorized(rank, shape)
-    compact_weights = rank * (m + n) if split else m * n
     rows.append({
         "layer": "/".join(c.path),
         "shape": list(shape),
@@ -117,10 +118,11 @@ def layer_report(variables: Any, ranks: Any, costs: list[Any],
         "factorized": split,
         "energy_kept": (float(energy_kept["/".join(key)]) if energy_kept
                         else projection.energy_kept(params[key], rank)),
-        "macs_dense": c.positions * m * n,
-        "macs_compact": c.positions * compact_weights,
+        "macs_dense": c.macs,
+        "macs_compact": factorized.layer_macs(rank, shape, c.positions,
+                                              c.out_positions),
         "params_dense": m * n,
-        "params_compact": compact_weights,
+        "params_compact": factorized.layer_weights(rank, shape),
     })
   return rows
 
@@ -217,7 +219,8 @@ def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
           input_shape: tuple[int, ...], description: dict,
           dense_variables: Any = None, compact_variables: Any = None,
           energy_kept: dict[str, float] | None = None,
-          overwrite: bool = False, normalization=None) -> tuple[dict, Any]:
+          overwrite: bool = False, normalization=None,
+          check_images=None) -> tuple[dict, Any]:
   """Writes the compact model and its report; returns (report, compact variables).
 
   Writes to ``out_dir`` (created): ``compact/`` (Orbax checkpoint of the
@@ -227,14 +230,17 @@ def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
   compact, reductions, per-layer rows: ``build_report``),
   ``compact_report.txt`` (the rows as a table and a totals line) and, with
   ``normalization``, ``serving/``: the compact model, BatchNorm folded, as a
-  standalone ``jax.export`` artifact (``serving.write``).
+  standalone ``jax.export`` artifact (``serving.write``), checked against
+  the trained model (``export_check``: the report's ``export_check``; a
+  mismatch raises ``ExportCheckError`` and leaves ``serving.rejected/``).
 
   Args:
     out_dir: output directory.
     dense_model: the dense model, ``__call__(x, train)`` (any other flag:
       ``models.with_train_flag``).
     ranks: rank pytree of the dense params.
-    pairs: {kernel path: BatchNorm path} (``tracing.bn_pairs``), for folding.
+    pairs: the dense model's ``tracing.Pairing`` (``tracing.bn_pairs``),
+      for folding.
     input_shape: (H, W, C) of one example.
     description: {"model": name, "num_classes": n, ...} for the report and
       the serving spec.
@@ -246,6 +252,8 @@ def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
     overwrite: replace an existing ``out_dir/compact``.
     normalization: (mean, std) of the input pixels in [0, 1], per channel:
       the serving artifact takes raw pixels and normalizes them.
+    check_images: (b, H, W, C) pixels in [0, 255] for the export check
+      (e.g. test images); default: random pixels.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   out = pathlib.Path(out_dir).absolute()
@@ -263,14 +271,38 @@ def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
     return report, compact_variables
   (out / "ranks.json").write_text(
       json.dumps(ranks_lib.ranks_to_dict(ranks), indent=1))
+  if normalization is not None:
+    compact_model = factorized.Factorized(dense_model, ranks)
+    artifact = serving.write(
+        out / "serving", compact_model, folded,
+        input_shape=input_shape, mean=normalization[0], std=normalization[1],
+        description={**description, "ranks": ranks_lib.ranks_to_dict(ranks),
+                     "form": "compact (LRPET factorization), BatchNorm folded"})
+    report["export_check"] = checked(
+        out / "serving", check_images, normalization, input_shape,
+        reference=((dense_model, dense_variables) if dense_variables
+                   is not None else (compact_model, compact_variables)),
+        compact=((compact_model, compact_variables) if dense_variables
+                 is not None else None),
+        folded=(compact_model, folded), serving_file=artifact)
   (out / "compact_report.json").write_text(json.dumps(report, indent=1))
   (out / "compact_report.txt").write_text(
       (format_report(report["layers"]) + "\n\n" if report["layers"] else "")
       + _summary_line(description.get("model", "model"), report))
-  if normalization is not None:
-    serving.write(
-        out / "serving", factorized.Factorized(dense_model, ranks), folded,
-        input_shape=input_shape, mean=normalization[0], std=normalization[1],
-        description={**description, "ranks": ranks_lib.ranks_to_dict(ranks),
-                     "form": "compact (LRPET factorization), BatchNorm folded"})
   return report, compact_variables
+
+
+def checked(serving_dir: pathlib.Path, images, normalization, input_shape,
+            **stages) -> dict:
+  """``export_check.check`` of the artifact in ``serving_dir`` (random pixels
+  without ``images``); on a mismatch the folder becomes
+  ``serving.rejected`` and the error is raised."""
+  if images is None:
+    images = export_check.sample_images(input_shape)
+  try:
+    return export_check.check(images, normalization, **stages)
+  except export_check.ExportCheckError:
+    rejected = serving_dir.with_name(serving_dir.name + ".rejected")
+    shutil.rmtree(rejected, ignore_errors=True)
+    serving_dir.rename(rejected)
+    raise

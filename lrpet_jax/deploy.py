@@ -102,8 +102,9 @@ def compact_from_checkpoint(
   dense = models.with_train_flag(models.build(spec, num_classes), model_flag)
   variables = restore_dense(pathlib.Path(variables_dir).absolute(), dense,
                             spec, num_classes, shape)
-  pairs = tracing.bn_pairs(tracing.eval_apply(dense), variables, shape).pairs
-  ranks = rank_selection.select(rule, dense, variables, shape)
+  table = tracing.table(tracing.eval_apply(dense), variables, shape)
+  pairs = tracing.Pairing.of(table)
+  ranks = rank_selection.select(rule, dense, variables, shape, table=table)
   description = {"model": spec, "num_classes": num_classes}
   report, _ = compact.write(out, dense, ranks, pairs, input_shape=shape,
                             description=description, dense_variables=variables,
@@ -133,16 +134,22 @@ def write_tuned(out: pathlib.Path, model, variables, ranks, pairs, *,
   checkpointer.wait_until_finished()
   (out / "tuned_ranks.json").write_text(json.dumps(
       ranks_lib.ranks_to_dict(tuned_ranks), indent=1))
+  dtype = None if report["dtype"] == "float32" else jnp.dtype(report["dtype"])
+  tuned = factorized.Factorized(model, tuned_ranks)
+  folded = folding.fold(tuned_vars, pairs)
+  artifact = serving.write(
+      out / "serving", tuned, folded, input_shape=input_shape,
+      mean=normalization[0], std=normalization[1], dtype=dtype,
+      description={**description,
+                   "ranks": ranks_lib.ranks_to_dict(tuned_ranks),
+                   "form": f"tuned for {report['backend']} ({report['device']})"
+                           f" at batch {batch}, {report['dtype']}; BatchNorm"
+                           " folded"})
+  report["export_check"] = compact.checked(
+      out / "serving", None, normalization, input_shape,
+      reference=(model, variables), compact=(tuned, tuned_vars),
+      folded=(tuned, folded), serving_file=artifact, dtype=report["dtype"])
   (out / "tuning_report.json").write_text(json.dumps(report, indent=1) + "\n")
   (out / "tuning_report.txt").write_text(tuning.format_report(report))
-  dtype = None if report["dtype"] == "float32" else jnp.dtype(report["dtype"])
-  serving.write(out / "serving", factorized.Factorized(model, tuned_ranks),
-                folding.fold(tuned_vars, pairs), input_shape=input_shape,
-                mean=normalization[0], std=normalization[1], dtype=dtype,
-                description={
-                    **description, "ranks": ranks_lib.ranks_to_dict(tuned_ranks),
-                    "form": f"tuned for {report['backend']} ({report['device']})"
-                            f" at batch {batch}, {report['dtype']}; BatchNorm"
-                            " folded"})
   print(tuning.format_report(report), end="")
   return report

@@ -34,15 +34,42 @@ import jax
 import jax.numpy as jnp
 
 from lrpet_jax import _trees
+from lrpet_jax import projection
 
 
 def is_factorized(rank: int | None, kernel_shape: Sequence[int]) -> bool:
   """Whether a kernel of ``kernel_shape`` (..., c_out) at ``rank`` is split in
-  two: only where that reduces its MACs, r·(m + n) < m·n (break-even guard)."""
+  two: only where that reduces its weights, r·(m + n) < m·n (break-even
+  guard; (m, n) = ``projection.matrix_shape``)."""
   if rank is None:
     return False
-  m, n = math.prod(kernel_shape[:-1]), kernel_shape[-1]
+  m, n = projection.matrix_shape(kernel_shape)
   return rank * (m + n) < m * n
+
+
+def layer_weights(rank: int | None, kernel_shape: Sequence[int]) -> int:
+  """The layer's weights at ``rank`` (None: dense): r·(m + n) if split,
+  else m·n."""
+  m, n = projection.matrix_shape(kernel_shape)
+  return rank * (m + n) if is_factorized(rank, kernel_shape) else m * n
+
+
+def layer_macs(rank: int | None, kernel_shape: Sequence[int], positions: int,
+               out_positions: int | None = None) -> int:
+  """The factorized-MACs rule: MACs of a layer at ``rank`` (None: dense).
+
+  Dense: positions·m·n, ``positions`` being the MACs per kernel weight of
+  its op (output positions; input positions for a transposed conv). Split
+  (``is_factorized``): positions·m·r for the first half (the same op with r
+  outputs) plus out_positions·r·n for the second (a 1×1 conv at every
+  output position; ``out_positions`` defaults to ``positions``).
+  """
+  m, n = projection.matrix_shape(kernel_shape)
+  if not is_factorized(rank, kernel_shape):
+    return positions * m * n
+  if out_positions is None:
+    out_positions = positions
+  return positions * m * rank + out_positions * rank * n
 
 
 class Factorized:

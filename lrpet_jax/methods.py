@@ -55,7 +55,7 @@ class Setting:
     dtype: the computation dtype training uses.
     dense_abstract: the dense model's variables as ``ShapeDtypeStruct``s.
     ranks: the run's rank tree of the dense params.
-    pairing: which BatchNorm follows which layer (``tracing.bn_pairs``).
+    pairing: which BatchNorm follows which layer (``tracing.Pairing``).
     learning_rate: the schedule.
     momentum, weight_decay, nesterov: ``transform.pytorch_sgd``'s.
     project_every: steps between projections.
@@ -63,6 +63,9 @@ class Setting:
     init_from: a dense variables checkpoint to start the compact model from.
     deferred: a rank policy still to apply (``rank_selection.Deferred``):
       ``ranks`` are full until its step, and nothing projects before it.
+    table: the dense model's layer table (``layer_table``).
+    unranked: {kernel: why} of the layers left unranked that the rule's
+      kinds would otherwise select.
   """
 
   build_model: Callable[..., nn.Module]
@@ -80,6 +83,8 @@ class Setting:
   bn_rectification: bool
   init_from: str | None = None
   deferred: rank_selection.Deferred | None = None
+  table: Any = None
+  unranked: dict = dataclasses.field(default_factory=dict)
 
   def projection_kwargs(self) -> dict:
     return dict(energy_transfer=self.energy_transfer,

@@ -36,17 +36,19 @@ from lrpet_jax import projection
 
 @dataclasses.dataclass(frozen=True)
 class LayerShape:
-  """A layer's matrix view (m, n) and output positions (H_out·W_out)."""
+  """A layer's matrix view (m, n), MACs per weight of its op (``positions``:
+  H_out·W_out for a conv) and output positions (``out_positions``, if
+  other: a transposed conv), as ``factorized.layer_macs`` takes them."""
 
   m: int
   n: int
   positions: int
+  out_positions: int | None = None
 
   def macs(self, rank: int | None) -> int:
     """MACs at ``rank`` (None: dense), with the break-even rule."""
-    if rank is None or not factorized.is_factorized(rank, (self.m, self.n)):
-      return self.positions * self.m * self.n
-    return self.positions * rank * (self.m + self.n)
+    return factorized.layer_macs(rank, (self.m, self.n), self.positions,
+                                 self.out_positions)
 
 
 def layer_spectra(params: Any, ranks: Any, out_scales: Any = None

@@ -4,6 +4,13 @@ A ``RankRule`` names how a run's ranks are chosen: from a ranks file, a MACs
 or params budget (``accounting.ranks_for_budget``), or else the uniform
 ratio (``ranks.uniform_ranks``); then raised to the floors
 (``ranks.floor_ranks``). ``select`` applies it to a model's variables.
+
+Which kernels can have a rank is the model's layer table's answer
+(``layer_table``): by default its convolutions (and transposed ones) that
+have an exact two-layer factorization, with ``project_dense`` its dense
+layers too; grouped convolutions, ``nn.scan``-stacked kernels and the like
+stay unranked (``unranked`` names them), and a ranks file that names one
+is refused.
 """
 
 import dataclasses
@@ -17,6 +24,7 @@ from lrpet_jax import accounting
 from lrpet_jax import projection
 from lrpet_jax import rank_policies
 from lrpet_jax import ranks as ranks_lib
+from lrpet_jax import tracing
 
 POLICIES = ("uniform", "energy", "budget")
 
@@ -74,7 +82,20 @@ class RankRule:
     return self.rank_policy != "uniform"
 
 
-def _from_file(params: Any, path: str) -> Any:
+  @property
+  def kinds(self) -> tuple[str, ...]:
+    """The layer kinds ranked (``layer_table.KINDS``)."""
+    return ("conv", "transposed_conv") + (
+        ("dense",) if self.project_dense else ())
+
+
+def unranked(rule: RankRule, table) -> dict[str, str]:
+  """{kernel: why} of the layers of ``rule``'s kinds (and of kinds with no
+  factorized form) that stay unranked."""
+  return {l.name: l.reason for l in table.skipped(rule.kinds)}
+
+
+def _from_file(params: Any, path: str, table) -> Any:
   try:
     mapping = json.loads(pathlib.Path(path).read_text())
   except (OSError, ValueError) as e:
@@ -82,13 +103,18 @@ def _from_file(params: Any, path: str) -> Any:
                      ) from None
   if not isinstance(mapping, dict):
     raise ValueError(f"ranks_file: {path} is not a JSON object of ranks")
+  for name in mapping:
+    layer = table.get(name)
+    if layer is not None and not layer.rankable:
+      raise ValueError(f"ranks_file: {name} cannot have a rank: {layer.reason}")
   try:
     return ranks_lib.ranks_from_dict(params, mapping)
   except ValueError as e:
     raise ValueError(f"ranks_file: {e}") from None
 
 
-def select(rule: RankRule, model, variables: Any, input_shape) -> Any:
+def select(rule: RankRule, model, variables: Any, input_shape, *,
+           table=None) -> Any:
   """The rank pytree of ``model``'s params under ``rule``; for a policy
   decided in training, the full rank at every selected kernel until then
   (``Deferred``).
@@ -98,17 +124,20 @@ def select(rule: RankRule, model, variables: Any, input_shape) -> Any:
     model: the dense model (its layers are traced for budgets and floors).
     variables: its variables (arrays or ``jax.ShapeDtypeStruct``s).
     input_shape: (H, W, C) of one example.
+    table: the model's layer table, if already built.
 
   Raises:
     ValueError: one line naming the field, e.g. an unreachable budget.
   """
   params = variables["params"]
-  include = (ranks_lib.is_kernel if rule.project_dense
-             else ranks_lib.is_conv_kernel)
+  table = table or tracing.table(tracing.eval_apply(model), variables,
+                                 input_shape)
+  chosen = table.selected(rule.kinds)
+  include = ranks_lib.by_name(l.kernel for l in chosen)
   if rule.decided_in_training:
     return ranks_lib.uniform_ranks(params, 0.0, include=include)
   if rule.ranks_file:
-    ranks = _from_file(params, rule.ranks_file)
+    ranks = _from_file(params, rule.ranks_file, table)
   elif rule.macs_reduction or rule.params_reduction:
     ranks = accounting.ranks_for_budget(
         model, variables, input_shape,
@@ -118,10 +147,8 @@ def select(rule: RankRule, model, variables: Any, input_shape) -> Any:
     ranks = ranks_lib.uniform_ranks(params, rule.ratio, include=include)
   if rule.rank_floor or rule.first_rank_floor:
     first = {}
-    if rule.first_rank_floor:
-      stem = accounting.layer_costs(model, variables, input_shape)[0]
-      first = dict(first=stem.path + ("kernel",),
-                   first_floor=rule.first_rank_floor)
+    if rule.first_rank_floor and chosen:
+      first = dict(first=chosen[0].kernel, first_floor=rule.first_rank_floor)
     ranks = ranks_lib.floor_ranks(ranks, params, rule.rank_floor, **first)
   return ranks
 
@@ -150,24 +177,23 @@ def deferred(rule: RankRule, model, variables: Any, input_shape,
              step: int) -> Deferred:
   """What deciding at ``step`` needs; a budget that cannot be met raises
   (naming ``macs_reduction``) now, before any training."""
-  full = select(rule, model, variables, input_shape)
-  costs = accounting.layer_costs(model, variables, input_shape)
+  table = tracing.table(tracing.eval_apply(model), variables, input_shape)
+  full = select(rule, model, variables, input_shape, table=table)
   ranked = set(ranks_lib.ranks_to_dict(full))
   shapes = {}
-  for c in costs:
-    name = "/".join(c.path + ("kernel",))
-    if name in ranked:
-      m, n = projection.matrix_shape(c.kernel_shapes[0])
-      shapes[name] = rank_policies.LayerShape(m, n, c.positions)
-  dense_macs = sum(c.macs for c in costs)
+  for c in table.layers:
+    if c.name in ranked:
+      m, n = projection.matrix_shape(c.kernel_shape)
+      shapes[c.name] = rank_policies.LayerShape(m, n, c.positions,
+                                                c.out_positions)
+  dense_macs = table.dense_macs
   if rule.rank_policy == "budget":  # rank 1 everywhere must fit
     rank_policies.budget_ranks(
         {k: np.ones(min(s.m, s.n)) for k, s in shapes.items()}, shapes,
         rank_policies.macs_budget(shapes, dense_macs, rule.macs_reduction))
   uniform = ranks_lib.ranks_to_dict(ranks_lib.uniform_ranks(
-      variables["params"], rule.ratio, include=(
-          ranks_lib.is_kernel if rule.project_dense
-          else ranks_lib.is_conv_kernel)))
+      variables["params"], rule.ratio,
+      include=ranks_lib.by_name(l.kernel for l in table.selected(rule.kinds))))
   return Deferred(rule, step, shapes, dense_macs, uniform)
 
 

@@ -24,8 +24,11 @@ def is_kernel(path: tuple[Any, ...], leaf: Any) -> bool:
 
 
 def is_conv_kernel(path: tuple[Any, ...], leaf: Any) -> bool:
-  """Default selection: convolution kernels, leaves named ``kernel`` with
-  ndim ≥ 3 ((kh, kw, c_in, c_out) in 2-D).
+  """Selection by shape alone: leaves named ``kernel`` with ndim ≥ 3
+  ((kh, kw, c_in, c_out) in 2-D). Right for models of plain ``nn.Conv`` and
+  ``nn.Dense``; it cannot tell an attention ``DenseGeneral`` kernel or a
+  grouped convolution from a convolution: the pipeline selects from the
+  model's layer table instead (``rank_selection``; ``by_name``).
 
   The authors' code (canyyang/LRPET, ``cifar10_train.py`` and the ImageNet
   script) projects every ``nn.Conv2d``, the stem included, and never an
@@ -34,6 +37,13 @@ def is_conv_kernel(path: tuple[Any, ...], leaf: Any) -> bool:
   too.
   """
   return is_kernel(path, leaf) and leaf.ndim >= 3
+
+
+def by_name(kernels) -> IncludeFn:
+  """Selects the leaves at these kernel paths (e.g. a layer table's
+  ``selected`` layers' ``kernel``)."""
+  names = {_trees.path_tuple(k) for k in kernels}
+  return lambda path, leaf: _trees.path_tuple(path) in names
 
 
 def uniform_rank(shape: tuple[int, ...], ratio: float) -> int:

@@ -120,11 +120,28 @@ def launch_dir(workdir: pathlib.Path) -> pathlib.Path:
   return pathlib.Path.cwd()
 
 
-def record_pairs(workdir: pathlib.Path, pairing, ranks) -> None:
+def record_pairs(workdir: pathlib.Path, pairing, ranks, table=None,
+                 unranked=None) -> None:
   """``bn_pairs.json`` — which BatchNorm follows each layer (found by
   tracing), the kernels that feed none, and the projected ones among them
-  (projected without BN rectification) — and a log line."""
-  ranked = set(ranks_lib.ranks_to_dict(ranks))
+  (projected without BN rectification), which BatchNorms fold into their
+  layer and why the others stay — ``layers.json`` (the layer table: each
+  kernel's kind, shape, calls, MACs, whether it can be ranked and its
+  rank) and log lines, one naming the layers left unranked."""
+  ranked = ranks_lib.ranks_to_dict(ranks)
+  if table is not None:
+    (workdir / "layers.json").write_text(json.dumps(
+        {"layers": [{**l.to_json(), "rank": ranked.get(l.name)}
+                    for l in table.layers],
+         "unranked": unranked or {}}, indent=1) + "\n")
+  if unranked:
+    logging.warning("%d layer(s) left unranked, with no exact factorized"
+                    " form here: %s (layers.json)", len(unranked),
+                    "; ".join(f"{k}: {v}" for k, v in unranked.items()))
+  if pairing.kept:
+    logging.info("BatchNorm(s) left unfolded in the serving model: %s"
+                 " (bn_pairs.json)", "; ".join(
+                     f"{k}: {v}" for k, v in pairing.kept.items()))
   unrectified = [k for k in pairing.unpaired if k in ranked]
   (workdir / "bn_pairs.json").write_text(json.dumps(
       {**pairing.to_json(), "unrectified": unrectified}, indent=1) + "\n")

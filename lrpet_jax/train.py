@@ -93,7 +93,9 @@ def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
   abstract = jax.eval_shape(lambda: dense.init(
       jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), train=False))
   rule = run_config.part(rank_selection.RankRule, config)
-  ranks = rank_selection.select(rule, dense, abstract, input_shape)
+  table = tracing.table(tracing.eval_apply(dense), abstract, input_shape)
+  ranks = rank_selection.select(rule, dense, abstract, input_shape,
+                                table=table)
   deferred = None
   if rule.decided_in_training:  # a method that can (``methods.check``)
     deferred = rank_selection.deferred(
@@ -102,8 +104,8 @@ def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
   return methods.Setting(
       build_model=build_model, dtype=COMPUTE_DTYPES[config.compute_dtype],
       dense_abstract=abstract, ranks=ranks,
-      pairing=tracing.bn_pairs(tracing.eval_apply(dense), abstract,
-                               input_shape),
+      pairing=tracing.Pairing.of(table), table=table,
+      unranked=rank_selection.unranked(rule, table),
       learning_rate=learning_rate_schedule(config, steps_per_epoch),
       momentum=config.momentum, weight_decay=config.weight_decay,
       nesterov=config.nesterov,
@@ -512,8 +514,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   first_step = int(state.step)
   if hosts.is_writer():  # only once the workdir is accepted
     run_record.record(config, workdir, command)
-    run_record.record_pairs(workdir, run.method.setting.pairing,
-                            run.method.setting.ranks)
+    setting = run.method.setting
+    run_record.record_pairs(workdir, setting.pairing, setting.ranks,
+                            setting.table, setting.unranked)
   logging.info("%s %s: %d steps (%d per epoch), starting at step %d on %d %s"
                " device(s)", run.method.NAME, config.model, run.total_steps,
                run.source.steps_per_epoch, first_step, jax.device_count(),

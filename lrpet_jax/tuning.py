@@ -19,7 +19,6 @@ tuned model is never slower than the dense one on the machine it was tuned
 on.
 """
 
-import math
 import statistics
 import time
 from typing import Any
@@ -32,6 +31,7 @@ from lrpet_jax import _trees
 from lrpet_jax import compact
 from lrpet_jax import factorized
 from lrpet_jax import folding
+from lrpet_jax import projection
 from lrpet_jax import tracing
 
 MULTIPLES = (8, 16)
@@ -77,7 +77,7 @@ def layer_sites(model, variables: Any, input_shape, ranks, *,
 
 def candidate_ranks(rank: int, kernel_shape, multiples=MULTIPLES) -> list:
   """None (dense), then each factorized rank ≥ ``rank`` worth trying."""
-  full = min(math.prod(kernel_shape[:-1]), kernel_shape[-1])
+  full = min(projection.matrix_shape(kernel_shape))
   out = [None]
   for r in [rank] + [-(-rank // m) * m for m in multiples]:
     if r <= full and r not in out and factorized.is_factorized(r, kernel_shape):
