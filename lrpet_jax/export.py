@@ -58,6 +58,7 @@ from absl import logging
 
 from lrpet_jax import data
 from lrpet_jax import deploy
+from lrpet_jax import export_check
 from lrpet_jax import models
 from lrpet_jax import rank_selection
 
@@ -142,6 +143,9 @@ def main(argv):
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except export_check.ExportCheckError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
 
 
 if __name__ == "__main__":

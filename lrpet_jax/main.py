@@ -23,6 +23,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from lrpet_jax import export_check
 from lrpet_jax import train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints,"
@@ -89,6 +90,9 @@ def main(argv):
   except train.NonFiniteLoss as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except export_check.ExportCheckError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
   if "signal" in result:  # saved and stopped: exit as the signal would have
     print(f"stopped by signal {result['signal']} at step"
           f" {result['stopped_at_step']} (saved); rerun the same command to"
