@@ -63,13 +63,53 @@ def save(checkpoints, state, identity, metrics=None):
 
   The state is copied to host memory first (its device buffers are donated
   to the next training call); the write goes on in the background. Call
-  ``checkpoints.wait_until_finished()`` before relying on it.
+  ``wait`` before relying on it, ``check_saves`` to learn of a failure.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   host_state = jax.device_get(state)
-  checkpoints.save(int(host_state.step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(host_state),
-      identity=ocp.args.JsonSave(identity)), metrics=metrics, force=True)
+  step = int(host_state.step)
+  with _failure(checkpoints, step):
+    checkpoints.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(host_state),
+        identity=ocp.args.JsonSave(identity)), metrics=metrics, force=True)
+  _pending[id(checkpoints)] = step
+
+
+_pending = {}  # id(manager) → the step of its latest save started
+
+
+class _failure:
+  """Turns any error while saving checkpoint ``step`` into ``SaveFailed``."""
+
+  def __init__(self, checkpoints, step):
+    self.checkpoints, self.step = checkpoints, step
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, tb):
+    if error is None or isinstance(error, errors.SaveFailed):
+      return False
+    steps = [s for s in self.checkpoints.all_steps() if s != self.step]
+    last = max(steps) if steps else None
+    raise errors.SaveFailed(
+        f"checkpoint {self.step} could not be saved to"
+        f" {pathlib.Path(self.checkpoints.directory) / str(self.step)}"
+        f" ({type(error).__name__}: {error}); the last good checkpoint is"
+        f" {last} (kept)") from error
+
+
+def check_saves(checkpoints) -> None:
+  """Raises ``SaveFailed`` if a background save has failed (a cheap check,
+  made at every boundary of the loop)."""
+  with _failure(checkpoints, _pending.get(id(checkpoints))):
+    checkpoints.check_for_errors()
+
+
+def wait(checkpoints) -> None:
+  """Waits for the background save; ``SaveFailed`` if it failed."""
+  with _failure(checkpoints, _pending.get(id(checkpoints))):
+    checkpoints.wait_until_finished()
 
 
 def _set_aside(checkpoints, step, error):

@@ -104,7 +104,11 @@ def _final_projection(e: Ending) -> str:
 def _precise_bn(e: Ending) -> str:
   params = jax.device_get(e.params)
   model = e.model(e.method.TRAINS_COMPACT)
-  apply_fn = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
+  # Training mode, as training saw the statistics; a model with dropout
+  # draws its masks from one fixed key, so the result is reproducible.
+  apply_fn = lambda v, x: model.apply(
+      v, x, train=True, mutable=["batch_stats"],
+      rngs={"dropout": jax.random.key(0)})
   batch_stats = bn.recompute_batch_stats(
       apply_fn, {"params": params, "batch_stats": e.batch_stats},
       e.source.bn_batches(e.bn_recompute_batches))
@@ -172,11 +176,15 @@ def evaluations(phases) -> int:
   return sum(p.evaluations for p in phases)
 
 
-def finish(e: Ending, log) -> dict:
+def finish(e: Ending, log, stopped=lambda: False) -> dict | None:
   """Runs the method's phases in order (``log(line)`` after each part: a
-  ``run_log.PhaseLog``'s ``done``); returns the summary."""
+  ``run_log.PhaseLog``'s ``done``); returns the summary, or None when
+  ``stopped()`` says so after a phase (a signal: the rerun does the final
+  phases again from the saved last step)."""
   for phase in e.method.FINAL_PHASES:
     log(phase.run(e))
+    if stopped():
+      return None
   return summary(e)
 
 

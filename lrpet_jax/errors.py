@@ -8,3 +8,9 @@ class ConfigError(ValueError):
 class NonFiniteLoss(RuntimeError):
   """Training diverged: reported in one line, exit status 1, the last good
   checkpoint kept."""
+
+
+class SaveFailed(RuntimeError):
+  """A checkpoint could not be written (e.g. a full disk): reported in one
+  line naming it and the OS error, exit status 4, the last good checkpoint
+  kept."""

@@ -6,11 +6,13 @@ shows this project's own lines; ``--verbosity=0`` (or higher) adds every
 library's INFO lines.
 """
 
+import ast
 import logging as logging_std
 import os
 import pathlib
 import re
 import sys
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow only decodes images here; without its oneDNN kernels it also
@@ -23,6 +25,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from lrpet_jax import errors
 from lrpet_jax import export_check
 from lrpet_jax import train
 
@@ -93,11 +96,35 @@ def main(argv):
   except export_check.ExportCheckError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
+  except errors.SaveFailed as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(4)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"error: internal error in {train.PHASE[0]} ({type(e).__name__}:"
+          f" {str(e).splitlines()[0] if str(e) else ''}); {_save_traceback()}",
+          file=sys.stderr)
+    sys.exit(4)
   if "signal" in result:  # saved and stopped: exit as the signal would have
-    print(f"stopped by signal {result['signal']} at step"
-          f" {result['stopped_at_step']} (saved); rerun the same command to"
-          " resume", file=sys.stderr)
+    where = (f"in {result['phase']}; training saved at step"
+             f" {result['stopped_at_step']}" if "phase" in result else
+             f"at step {result['stopped_at_step']} (saved)")
+    print(f"stopped by signal {result['signal']} {where}; rerun the same"
+          " command to resume", file=sys.stderr)
     sys.exit(128 + result["signal"])
+
+
+def _save_traceback() -> str:
+  """Writes the traceback under way to WORKDIR/error.txt (where that can be
+  written); says where it is."""
+  text = traceback.format_exc()
+  try:
+    path = pathlib.Path(_WORKDIR.value).absolute() / "error.txt"
+    if path.parent.is_dir() and jax.process_index() == 0:
+      path.write_text(text)
+      return f"the traceback is in {path}"
+  except Exception:  # pylint: disable=broad-except
+    pass
+  return "traceback:\n" + text
 
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -105,7 +132,7 @@ HELP = """usage: python -m lrpet_jax.main --config=FILE[:ARG] --workdir=DIR \
     [--config.FIELD=VALUE ...] [--verbosity=0]
 
 Trains under the config FILE (configs/cifar.py: the paper's CIFAR-10
-setting; configs/smoke.py: the whole pipeline in about a minute), writing
+setting; configs/smoke.py: the whole pipeline in about 1½ minutes), writing
 checkpoints, metrics, the compact model and summary.json to DIR; rerunning
 the command resumes. Exit status: 0 done, 1 training diverged, 2 bad
 configuration, 128 + N stopped by signal N (saved).
@@ -146,12 +173,40 @@ def print_help(argv: list[str]) -> None:
   except Exception as e:  # pylint: disable=broad-except
     print(f"(cannot load {source}: {type(e).__name__}: {e})")
     return
+  overrides = _apply_overrides(config, argv)
   comments = (field_comments(CONFIGS / "cifar.py")
               if (CONFIGS / "cifar.py").is_file() else {})
   print(f"config fields ({source}), each settable as --config.FIELD=VALUE:")
   for field, value in config.items():
     print(f"  {field} = {value!r}" + (f"  # {comments[field]}"
-                                       if comments.get(field) else ""))
+                                       if comments.get(field) else "")
+          + ("  (given)" if field in overrides else ""))
+
+
+def _apply_overrides(config, argv) -> set[str]:
+  """Sets the ``--config.FIELD=VALUE`` of ``argv`` on ``config`` (as their
+  field's type reads them; a value that does not read stays a string);
+  returns the fields set."""
+  given = set()
+  for arg in argv:
+    name, sep, text = arg.partition("=")
+    field = name[len("--config."):]
+    if not (name.startswith("--config.") and sep and field in config):
+      continue
+    old = config[field]
+    try:
+      if isinstance(old, bool):
+        value = text.lower() in ("true", "1", "yes")
+      elif isinstance(old, (tuple, list)) or old is None:
+        value = ast.literal_eval(text)
+      else:
+        value = type(old)(text)
+    except (ValueError, SyntaxError):
+      value = text
+    with config.unlocked():
+      config[field] = value
+    given.add(field)
+  return given
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -166,8 +221,16 @@ def parse_flags(argv: list[str]) -> list[str]:
          for a in argv[1:]):
     print_help(argv[1:])
     sys.exit(0)
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      path = pathlib.Path(arg.split("=", 1)[1].split(":", 1)[0])
+      if not path.is_file():
+        print(f"error: config: no config file at {path} (the configs are in"
+              f" {CONFIGS})", file=sys.stderr)
+        sys.exit(2)
   try:
     rest = flags.FLAGS(argv)
+    flags.FLAGS["config"].value  # a file that does not load fails here
   except Exception as e:  # pylint: disable=broad-except
     print(f"error: {_flag_error(e, argv)}", file=sys.stderr)
     sys.exit(2)

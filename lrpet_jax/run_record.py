@@ -7,14 +7,19 @@ finished with this very config (nothing to do), holding another run's
 checkpoints (refused), or to be resumed.
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import pathlib
 import shlex
+import socket
 import tempfile
+import time
 
 from absl import logging
 
+from lrpet_jax import hosts
 from lrpet_jax import ranks as ranks_lib
 from lrpet_jax.errors import ConfigError
 
@@ -45,8 +50,54 @@ def prepare(workdir: str) -> pathlib.Path:
 
 
 # Fields that say how to run, not what: they may differ between the starts of
-# one run.
-NOT_COMPARED = ("extend",)
+# one run, since they cannot change its result (what is logged, kept and
+# evaluated in which batches, and how the processes find each other).
+NOT_COMPARED = ("extend", "log_every_steps", "keep_checkpoints",
+                "eval_batch_size", "distributed", "coordinator_address",
+                "num_processes", "process_id")
+LOCK = ".lock"
+
+
+def _take(f, workdir: pathlib.Path) -> None:
+  """Locks the open lock file ``f``, or refuses naming the run holding it."""
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.seek(0)
+    raise ConfigError(
+        f"workdir: another run is using {workdir} ({f.read().strip()});"
+        " wait for it to end, or use another workdir") from None
+
+
+def check_not_busy(workdir: pathlib.Path) -> None:
+  """Before anything is loaded: the workdir's lock is free (``exclusive``
+  takes it once the data is in)."""
+  if hosts.is_writer() and (workdir / LOCK).is_file():
+    with open(workdir / LOCK, "r", encoding="utf-8") as f:
+      _take(f, workdir)
+
+
+@contextlib.contextmanager
+def exclusive(workdir: pathlib.Path):
+  """While entered, this process holds ``WORKDIR/.lock`` (an ``flock``, let
+  go when the process ends, however it ends); a second run in the same
+  workdir is refused in one line naming the first. One process of a
+  multi-process run takes it."""
+  if not hosts.is_writer():
+    yield
+    return
+  workdir.mkdir(parents=True, exist_ok=True)
+  with open(workdir / LOCK, "a+", encoding="utf-8") as f:
+    _take(f, workdir)
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started"
+            f" {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def changed_fields(config, workdir: pathlib.Path) -> list[str]:
@@ -71,17 +122,28 @@ def finished_summary(config, workdir: pathlib.Path) -> dict | None:
 
 
 def check_not_finished_otherwise(config, workdir: pathlib.Path) -> None:
-  """A workdir whose run finished under another config is refused, naming
-  the changed fields, unless ``config.extend`` (then it is resumed from its
-  newest checkpoint, e.g. to train it for more steps)."""
-  if not (workdir / "summary.json").is_file() or config.extend:
+  """A workdir whose run finished, or started (it has checkpoints), under
+  another config is refused, naming the changed fields (all but
+  ``NOT_COMPARED``), unless ``config.extend`` (then it goes on from its
+  newest checkpoint under this config, e.g. to train for more steps)."""
+  if config.extend or not (workdir / "config.json").is_file():
+    return
+  finished = (workdir / "summary.json").is_file()
+  steps = workdir / "checkpoints"
+  if not (finished or (steps.is_dir() and any(steps.iterdir()))):
     return
   changed = changed_fields(config, workdir)
-  if changed:
+  if changed and finished:
     raise ConfigError(
         f"workdir: holds a run that finished under another config (changed:"
         f" {'; '.join(changed)}); use a new workdir, or --config.extend=True"
         " to go on from its last checkpoint")
+  if changed:
+    raise ConfigError(
+        f"workdir: holds an unfinished run started under another config"
+        f" (changed: {'; '.join(changed)}); rerun with its config to resume,"
+        " use a new workdir, or --config.extend=True to go on from its last"
+        " checkpoint under this one")
 
 
 def check_same_run(config, workdir: pathlib.Path) -> None:
@@ -157,7 +219,7 @@ def record_pairs(workdir: pathlib.Path, pairing, ranks, table=None,
 def log_contents(workdir: pathlib.Path) -> None:
   """The last line of a run: where everything is."""
   entries = sorted(p.name + ("/" if p.is_dir() else "")
-                   for p in workdir.iterdir())
+                   for p in workdir.iterdir() if not p.name.startswith("."))
   logging.info("everything is in %s: %s (view the curves with: tensorboard"
                " --logdir %s)", workdir, " ".join(entries),
-               workdir / "tensorboard")
+               shlex.quote(str(workdir / "tensorboard")))

@@ -69,15 +69,17 @@ def make_step_body(method, seed: int, normalization, device_augment=True,
   model = method.model
 
   def body(state, window, images, labels):
+    key = jax.random.fold_in(jax.random.key(seed), state.step)
     if device_augment:
-      key = jax.random.fold_in(jax.random.key(seed), state.step)
       images = data_lib.augment(images, key)
     x, y = data_lib.normalize(images, normalization), labels
 
     def loss_fn(params):
+      # A model with nn.Dropout draws from (seed, step): the same masks at
+      # any steps per call, and after a resume.
       logits, mutated = model.apply(
           {"params": params, "batch_stats": state.batch_stats}, x, train=True,
-          mutable=["batch_stats"])
+          mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(key, 1)})
       logits = logits.astype(jnp.float32)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
       return loss, (logits, mutated["batch_stats"])

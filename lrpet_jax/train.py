@@ -93,6 +93,7 @@ def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
   abstract = jax.eval_shape(lambda: dense.init(
       jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), train=False))
   rule = run_config.part(rank_selection.RankRule, config)
+  check_output(dense, abstract, input_shape, config.num_classes)
   table = tracing.table(tracing.eval_apply(dense), abstract, input_shape)
   ranks = rank_selection.select(rule, dense, abstract, input_shape,
                                 table=table)
@@ -114,6 +115,21 @@ def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
       residual_scale=config.residual_scale,
       bn_rectification=config.bn_rectification, init_from=config.init_from,
       deferred=deferred)
+
+
+def check_output(model, variables, input_shape, num_classes) -> None:
+  """The model returns logits (batch, num_classes), or a one-line
+  ValueError naming the shape it returns."""
+  x = jax.ShapeDtypeStruct((2,) + tuple(input_shape), jnp.float32)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False),
+                       variables, x)
+  shape = getattr(out, "shape", None)
+  if shape != (2, num_classes) or not jnp.issubdtype(out.dtype, jnp.floating):
+    got = (f"shape {tuple(shape)}" if shape is not None
+           else f"a {type(out).__name__}")
+    raise ValueError(
+        f"model: returns {got} for a batch of 2 images; it must return"
+        f" logits of shape (batch, num_classes) = (2, {num_classes})")
 
 
 def initial_state(model, tx, seed, input_shape, variables=None) -> TrainState:
@@ -165,6 +181,13 @@ def make_run(config) -> Run:
   except ValueError as e:  # e.g. an unreachable macs_reduction
     raise ConfigError(str(e)) from None
   total_steps = config.num_steps or config.num_epochs * source.steps_per_epoch
+  late = [e for e in config.lr_boundaries_epochs
+          if e * source.steps_per_epoch > total_steps]
+  if late:
+    raise ConfigError(
+        f"lr_boundaries_epochs: {late[0]} is after the end of the run"
+        f" ({total_steps} steps = {total_steps / source.steps_per_epoch:g}"
+        " epochs)")
   if setting.deferred is not None and setting.deferred.step >= total_steps:
     raise ConfigError(
         f"rank_decision_epoch: {config.rank_decision_epoch} decides at step"
@@ -333,17 +356,18 @@ def train_loop(run: Run, tools: Tools, state: TrainState, every: Every,
                                             every.checkpoint))
       next_log = _next_multiple(step, every.log)
       ensure_finite_params(state, step, tools.checkpoints)
+      checkpointing.check_saves(tools.checkpoints)
       tools.segments.update(step)
     if at_checkpoint:
       evaluate_and_save(run, tools, step, state, aux)
     if stopping:
       if not at_checkpoint:
         checkpointing.save(tools.checkpoints, state, run.identity)
-      tools.checkpoints.wait_until_finished()
+      checkpointing.wait(tools.checkpoints)
       logging.warning("signal %d: saved step %d and stopped",
                       tools.stop.signal, step)
       return run, state, True
-  tools.checkpoints.wait_until_finished()
+  checkpointing.wait(tools.checkpoints)
   return run, state, False
 
 
@@ -373,7 +397,7 @@ def read_window(window, step, tools: Tools, total_steps, log,
   go on with (emptied after a log)."""
   host = jax.device_get(window)
   if host["bad_step"] >= 0:
-    tools.checkpoints.wait_until_finished()
+    checkpointing.wait(tools.checkpoints)
     raise NonFiniteLoss(
         f"loss is {float(host['bad_loss'])} at step {int(host['bad_step'])};"
         f" stopped, last good checkpoint: {tools.checkpoints.latest_step()}")
@@ -393,7 +417,7 @@ def read_window(window, step, tools: Tools, total_steps, log,
 def ensure_finite_params(state, step, checkpoints):
   """No checkpoint is ever written from non-finite params."""
   if not bool(steps_lib.all_finite(state.params)):
-    checkpoints.wait_until_finished()
+    checkpointing.wait(checkpoints)
     raise NonFiniteLoss(
         f"params are not finite at step {step}; stopped, last good"
         f" checkpoint: {checkpoints.latest_step()}")
@@ -466,8 +490,9 @@ def make_tools(config, run: Run, workdir: pathlib.Path, checkpoints,
                                 enabled=hosts.is_writer()))
 
 
-def finish(config, run: Run, tools: Tools, workdir, state) -> dict:
-  """The method's final phases (``ending``); returns the summary."""
+def finish(config, run: Run, tools: Tools, workdir, state) -> dict | None:
+  """The method's final phases (``ending``); returns the summary, or None
+  if a signal stopped them at a phase boundary."""
   method = run.method
   trained_in_float32 = method.setting.dtype == jnp.float32
   record = ending.Ending(
@@ -481,10 +506,22 @@ def finish(config, run: Run, tools: Tools, workdir, state) -> dict:
                    "rank_policy": config.rank_policy,
                    "val_examples": config.val_examples},
       evaluate=tools.evaluate if trained_in_float32 else None)
-  phases = run_log.PhaseLog("final", len(method.FINAL_PHASES))
-  summary = ending.finish(record, phases.done)
-  summary["steps_per_epoch"] = run.source.steps_per_epoch
+  total = len(method.FINAL_PHASES)
+  phases, finished = run_log.PhaseLog("final", total), []
+
+  def done(line):
+    phases.done(line)
+    finished.append(line)
+    PHASE[0] = f"the final phase (after final {len(finished)}/{total})"
+
+  summary = ending.finish(record, done, lambda: tools.stop.signal is not None)
+  if summary is not None:
+    summary["steps_per_epoch"] = run.source.steps_per_epoch
   return summary
+
+
+# What the run is doing, for a one-line report of an unexpected error.
+PHASE = ["setting up"]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -492,22 +529,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains, projects, recomputes BN, exports the compact model; returns the summary.
 
   A workdir whose run finished with the same config is left as it is: its
-  summary is printed and returned. A run stopped by SIGTERM/SIGINT saves at
-  the end of the compiled call under way and returns
-  ``{"stopped_at_step": step, "signal": signum}``. ``command``: the command
-  line to record.
+  summary is printed and returned; one another run is using is refused. A
+  run stopped by SIGTERM/SIGINT saves at the end of the compiled call under
+  way (in the final phase: at the end of the phase under way) and returns
+  ``{"stopped_at_step": step, "signal": signum}`` (and ``"phase"``).
+  ``command``: the command line to record.
   """
   start = time.time()
+  PHASE[0] = "setting up"
   run_config.check(config)
   workdir = run_record.prepare(workdir)
   done = run_record.finished_summary(config, workdir)
   if done is not None:
     logging.info("%s: finished already (summary.json); nothing to do", workdir)
     return report_summary(workdir, done)
+  run_record.check_not_busy(workdir)
   run_record.check_same_run(config, workdir)
   run_record.check_not_finished_otherwise(config, workdir)
   run = make_run(config)
-  workdir.mkdir(parents=True, exist_ok=True)
+  with run_record.exclusive(workdir):
+    done = run_record.finished_summary(config, workdir)
+    if done is not None:  # another run finished it while this one loaded
+      return report_summary(workdir, done)
+    run_record.check_not_finished_otherwise(config, workdir)
+    return _train(config, run, workdir, command, start)
+
+
+def _train(config, run: Run, workdir: pathlib.Path, command, start) -> dict:
+  """``train_and_evaluate`` once the workdir is this run's."""
   checkpoints = checkpointing.manager(workdir, config.keep_checkpoints,
                                       best_by_validation=config.val_examples > 0)
   run, state = restore_or_init(run, checkpoints, config.seed)
@@ -528,11 +577,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with StopRequested() as stop:
     tools = make_tools(config, run, workdir, checkpoints, first_step, stop,
                        start)
+    PHASE[0] = "training"
     run, state, stopped = train_loop(run, tools, state, every, workdir)
-    if stopped:
+    PHASE[0] = "the final phase"
+    summary = None if stopped else finish(config, run, tools, workdir, state)
+    if summary is None:
       tools.writer.close()
-      return {"stopped_at_step": int(state.step), "signal": stop.signal}
-    summary = finish(config, run, tools, workdir, state)
+      return {"stopped_at_step": int(state.step), "signal": stop.signal,
+              **({} if stopped else {"phase": PHASE[0]})}
   tools.segments.update(run.total_steps)
   summary["wall_time_s"] = tools.segments.total()
   summary["segments"] = tools.segments.entries
