@@ -13,6 +13,10 @@ energy transfer, and compared with the dense model:
   from training batches).
 
     python -m experiments.bn_rectification --dense=W0,W1,W2 [--quick]
+    python -m experiments.bn_rectification --quick
+
+Without ``--dense``, ``--quick`` first trains its own small dense model
+(ResNet-8, 16 steps on the shared CIFAR-10 copy, in ``runs/quick/``).
 
 Each workdir's ``config.json`` gives the model, data, subsets, seed and
 normalization it was trained with. Writes
@@ -26,6 +30,7 @@ import argparse
 import json
 import os
 import pathlib
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -66,6 +71,22 @@ def load_run(workdir: pathlib.Path):
   d = data_lib.load(config.dataset, config.get("data_dir"),
                     config.train_subset, config.test_subset, config.seed)
   return config, model, variables, d
+
+
+def quick_dense_run() -> pathlib.Path:
+  """A small finished dense run for ``--quick`` (kept in ``runs/quick/``: a
+  second quick run reuses it)."""
+  sys.path.insert(0, str(ROOT / "configs"))
+  import smoke  # pylint: disable=g-import-not-at-top
+  from lrpet_jax import train  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  config.update(dict(
+      method="dense", model="resnet8", num_steps=16, train_subset=256,
+      test_subset=200, bn_recompute_batches=1, checkpoint_every_steps=16,
+      dataset=f"image_folder:{ROOT.parent / 'shared' / 'datasets' / 'cifar10'}"))
+  workdir = QUICK_OUT.parent / "bn_rectification_dense"
+  train.train_and_evaluate(config, str(workdir))
+  return workdir
 
 
 def normalization(config):
@@ -123,8 +144,9 @@ def bn_output_errors(variables, projected, inputs, pairs, eps=1e-5):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--dense", required=True,
-                      help="comma-separated workdirs of finished dense runs")
+  parser.add_argument("--dense", default=None,
+                      help="comma-separated workdirs of finished dense runs"
+                      " (--quick without it: a small one of its own)")
   parser.add_argument("--ratios", default=",".join(map(str, RATIOS)))
   parser.add_argument("--images", type=int, default=None,
                       help="training images for the per-layer errors (512;"
@@ -138,6 +160,10 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true",
                       help="one ratio, 64 images, 2 BN batches")
   args = parser.parse_args(argv)
+  if args.dense is None:
+    if not args.quick:
+      parser.error("--dense is required (or --quick, which trains its own)")
+    args.dense = str(quick_dense_run())
   ratios = [float(r) for r in args.ratios.split(",")]
   if args.quick:
     ratios = ratios[1:2]

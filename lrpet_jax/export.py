@@ -50,6 +50,7 @@ Restore the compact model elsewhere (``tests/test_export.py`` runs this):
 """
 
 import os
+import pathlib
 import sys
 
 from absl import app
@@ -133,7 +134,7 @@ def main(argv):
     for flag in ("variables", "workdir", "model"):
       if flags.FLAGS[flag].value is None:
         raise ValueError(f"--{flag} is required")
-    deploy.compact_from_checkpoint(
+    report = deploy.compact_from_checkpoint(
         _VARIABLES.value, _WORKDIR.value, _MODEL.value, rule=_rank_rule(),
         num_classes=_NUM_CLASSES.value, input_size=_INPUT_SIZE.value,
         model_flag=_MODEL_FLAG.value, overwrite=_OVERWRITE.value,
@@ -146,6 +147,12 @@ def main(argv):
   except export_check.ExportCheckError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
+  out = pathlib.Path(_WORKDIR.value).absolute()
+  check = report.get("tuning", report)["export_check"]
+  worst = max(check.get(k, 0.0) for k in ("compact", "folded", "serving"))
+  print(f"wrote {out}: {' '.join(sorted(p.name + ('/' if p.is_dir() else '') for p in out.iterdir()))}"
+        f" (serving/ checked against the dense model: largest difference"
+        f" {worst:.1e})")
 
 
 if __name__ == "__main__":

@@ -75,9 +75,10 @@ def supervise(children, poll_s: float = 0.2) -> int:
           child.kill()
       for child in children:
         child.wait()
-      print(f"error: {describe(i, len(children), code)}; stopped the others"
-            " (rerun the same command to resume from the last checkpoint)",
-            file=sys.stderr, flush=True)
+      hint = ("" if status_of(code) in (1, 2, 3) else
+              " (rerun the same command to resume from the last checkpoint)")
+      print(f"error: {describe(i, len(children), code)}; stopped the"
+            f" others{hint}", file=sys.stderr, flush=True)
       return status_of(code)
     if all(c is not None for c in codes):
       return max(status_of(c) for c in codes)

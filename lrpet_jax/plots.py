@@ -2,7 +2,7 @@
 
 - ``training.png``: training loss; training and test top-1 (with the test
   top-1 just before each projection, where logged, and the final model's as
-  a star); energy kept by each projection's truncation (mean and min over
+  a star), each projection step marked by a dotted line; energy kept by each projection's truncation (mean and min over
   layers), for a run that projected.
 - ``layers.png``: per projected layer, the kept rank as a fraction of the
   full rank and the energy its last truncation kept (``compact_report.json``;
@@ -47,8 +47,9 @@ ENERGY = (("projection_energy_kept_mean", "energy kept, mean"),
 
 
 def _training_figure(plt, series, summary=None):
-  """Loss; top-1 (with the final model's, after the final projection and
-  precise BN, as a star); the energy each projection kept, if it projected."""
+  """Loss and top-1 (with the final model's, after the final projection and
+  precise BN, as a star), each projection step a dotted line; the energy
+  each projection kept, if it projected."""
   energy = [(k, label) for k, label in ENERGY if k in series]
   fig, axes = plt.subplots(1, 2 + bool(energy),
                            figsize=(5 * (2 + bool(energy)), 4))
@@ -59,6 +60,11 @@ def _training_figure(plt, series, summary=None):
     if k in series:
       axes[1].plot(*series[k], "o-" if k != "train_accuracy" else ".-",
                    markersize=4, label=label)
+  projections = series.get(ENERGY[0][0], ([], []))[0]
+  for ax in axes[:2]:
+    for i, step in enumerate(projections):
+      ax.axvline(step, color="0.6", linewidth=0.8, linestyle=":",
+                 label="projection" if i == 0 else None)
   if summary and summary.get("final_accuracy") is not None:
     axes[1].plot([summary["steps"]], [summary["final_accuracy"]], "*",
                  markersize=14, label="final top-1 (deployed model)")

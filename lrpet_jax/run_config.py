@@ -138,6 +138,13 @@ def check(config) -> None:
   if not config.num_steps and config.num_epochs < 1:
     raise ConfigError(f"num_epochs: must be >= 1 (or set num_steps), got"
                       f" {config.num_epochs}")
+  bounds = tuple(config.lr_boundaries_epochs)
+  if list(bounds) != sorted(set(bounds)):
+    raise ConfigError(f"lr_boundaries_epochs: must be increasing epochs, got"
+                      f" {bounds}")
+  if not config.num_steps and bounds and bounds[-1] > config.num_epochs:
+    raise ConfigError(f"lr_boundaries_epochs: {bounds[-1]} is after the end"
+                      f" of the run ({config.num_epochs} epochs)")
 
 
 def part(cls, config):

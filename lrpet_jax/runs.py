@@ -113,14 +113,21 @@ class Run:
   def evaluate(self, which: str = "compact") -> dict[str, float]:
     """Top-1 and top-5 on ``test_data`` of the ``"dense"``, ``"compact"`` or
     ``"serving"`` model (the last from raw pixels, as shipped)."""
-    batches = inputs.array_batches(*self.test_data, self.config.eval_batch_size)
+    if which not in ("dense", "compact", "serving"):
+      raise ValueError(f"which: {which!r} is not 'dense', 'compact' or"
+                       " 'serving'")
+    unfinished = "" if self.summary else " (the run has not finished)"
     if which == "serving":
-      return _top_k(self.serving.call, batches)
+      if self.serving is None:
+        raise ValueError(f"{self.workdir} holds no serving model{unfinished}")
+      return _top_k(self.serving.call, inputs.array_batches(
+          *self.test_data, self.config.eval_batch_size))
     model, variables = {
         "dense": (self.dense_model, self.dense_variables),
         "compact": (self.compact_model, self.compact_variables)}[which]
     if variables is None:
-      raise ValueError(f"{self.workdir} holds no {which} model")
+      raise ValueError(f"{self.workdir} holds no {which} model{unfinished}")
+    batches = inputs.array_batches(*self.test_data, self.config.eval_batch_size)
     return steps_lib.make_eval_fn(model, self.normalization)(variables,
                                                              batches)
 
