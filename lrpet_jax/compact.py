@@ -280,8 +280,9 @@ def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
                      "form": "compact (LRPET factorization), BatchNorm folded"})
     report["export_check"] = checked(
         out / "serving", check_images, normalization, input_shape,
-        reference=((dense_model, dense_variables) if dense_variables
-                   is not None else (compact_model, compact_variables)),
+        reference=((dense_model, truncated(dense_variables, ranks))
+                   if dense_variables is not None
+                   else (compact_model, compact_variables)),
         compact=((compact_model, compact_variables) if dense_variables
                  is not None else None),
         folded=(compact_model, folded), serving_file=artifact)
@@ -290,6 +291,28 @@ def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
       (format_report(report["layers"]) + "\n\n" if report["layers"] else "")
       + _summary_line(description.get("model", "model"), report))
   return report, compact_variables
+
+
+def truncated(variables: Any, ranks: Any) -> dict[str, Any]:
+  """The dense model at ``ranks``: each kernel that ``factorize`` splits
+  replaced by its rank-r truncated SVD W_r (float64 NumPy), the rest as it
+  is; what the compact model computes, for the export check. (After LRPET's
+  final projection W_r = W up to round-off.)"""
+  variables = _plain(jax.device_get(variables))
+  flat = _trees.leaves_by_path(ranks)
+
+  def cut(path, kernel):
+    rank = flat.get(_trees.path_tuple(path))
+    if rank is None or not factorized.is_factorized(rank, np.shape(kernel)):
+      return kernel
+    w = np.asarray(kernel, np.float64).reshape(
+        projection.matrix_shape(np.shape(kernel)))
+    u, s, vt = np.linalg.svd(w, full_matrices=False)
+    w_r = (u[:, :rank] * s[:rank]) @ vt[:rank]
+    return w_r.reshape(np.shape(kernel)).astype(np.asarray(kernel).dtype)
+
+  return {**variables, "params": jax.tree_util.tree_map_with_path(
+      cut, variables["params"])}
 
 
 def checked(serving_dir: pathlib.Path, images, normalization, input_shape,

@@ -147,7 +147,8 @@ def write_tuned(out: pathlib.Path, model, variables, ranks, pairs, *,
                            " folded"})
   report["export_check"] = compact.checked(
       out / "serving", None, normalization, input_shape,
-      reference=(model, variables), compact=(tuned, tuned_vars),
+      reference=(model, compact.truncated(variables, tuned_ranks)),
+      compact=(tuned, tuned_vars),
       folded=(tuned, folded), serving_file=artifact, dtype=report["dtype"])
   (out / "tuning_report.json").write_text(json.dumps(report, indent=1) + "\n")
   (out / "tuning_report.txt").write_text(tuning.format_report(report))

@@ -1,8 +1,10 @@
 """The shipped artifact checked against the model it was made from.
 
 ``check`` runs a batch of input images (raw pixels in [0, 255], as the
-serving artifact takes them) through the reference — the projected dense
-model, or the compact model when it was trained directly — and through each
+serving artifact takes them) through the reference — the dense model at the
+export's ranks (``compact.truncated``: after LRPET's final projection, the
+trained model itself), or the compact model when it was trained directly —
+and through each
 form that is shipped: the compact model (``compact``), its BatchNorm-folded
 form (``folded``) and the deserialized ``jax.export`` artifact
 (``serving``). Each stage's difference is

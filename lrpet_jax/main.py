@@ -29,6 +29,11 @@ from lrpet_jax import errors
 from lrpet_jax import export_check
 from lrpet_jax import train
 
+# The exit status of each error reported in one line (the README's table);
+# any other exception is an internal error, status 4.
+EXIT_STATUS = {errors.ConfigError: 2, errors.NonFiniteLoss: 1,
+               export_check.ExportCheckError: 3, errors.SaveFailed: 4}
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints,"
                                " metrics and the exported compact model.")
 config_flags.DEFINE_config_file("config", None, "Training configuration.",
@@ -87,18 +92,10 @@ def main(argv):
     result = train.train_and_evaluate(config, _WORKDIR.value,
                                       command=["python", "-m",
                                                "lrpet_jax.main", *sys.argv[1:]])
-  except train.ConfigError as e:
+  except tuple(EXIT_STATUS) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except train.NonFiniteLoss as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except export_check.ExportCheckError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
-  except errors.SaveFailed as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(4)
+    sys.exit(next(code for kind, code in EXIT_STATUS.items()
+                  if isinstance(e, kind)))
   except Exception as e:  # pylint: disable=broad-except
     print(f"error: internal error in {train.PHASE[0]} ({type(e).__name__}:"
           f" {str(e).splitlines()[0] if str(e) else ''}); {_save_traceback()}",

@@ -50,11 +50,14 @@ def prepare(workdir: str) -> pathlib.Path:
 
 
 # Fields that say how to run, not what: they may differ between the starts of
-# one run, since they cannot change its result (what is logged, kept and
-# evaluated in which batches, and how the processes find each other).
+# one run. They change what is logged, kept and evaluated in which batches,
+# how the processes find each other, and how the steps are grouped into
+# compiled calls: never the steps themselves (the last only by float
+# round-off: exact in float64, as at another device count).
 NOT_COMPARED = ("extend", "log_every_steps", "keep_checkpoints",
-                "eval_batch_size", "distributed", "coordinator_address",
-                "num_processes", "process_id")
+                "eval_batch_size", "steps_per_call", "checkpoint_every_steps",
+                "distributed", "coordinator_address", "num_processes",
+                "process_id")
 LOCK = ".lock"
 
 

@@ -304,7 +304,11 @@ def test_pipeline_trains_and_exports_an_own_model(tiny_config, tmp_path):
   assert summary["dense_accuracy"] == summary["compact_accuracy"]
   assert json.loads((workdir / "bn_pairs.json").read_text()) == {
       "pairs": MODELS["flax_defaults"][2], "unpaired": ["Dense_0/kernel"],
+      "unpaired_reasons": {"Dense_0/kernel": "feeds no BatchNorm"},
+      "folded": MODELS["flax_defaults"][2], "not_folded": {},
       "unrectified": []}
+  assert max(summary["export_check"][k] for k in (
+      "compact", "folded", "serving")) <= 1e-5
   # The serving artifact is the compact model, from raw pixels.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   model = models.with_train_flag(own_model.make(4), "training")

@@ -124,7 +124,7 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
   report = json.loads((straight / "compact_report.json").read_text())
   assert set(report) == {"model", "num_classes", "input_shape", "dense",
                          "compact", "macs_reduction", "params_reduction",
-                         "layers"}
+                         "layers", "export_check"}
   assert len(report["layers"]) == 19
   assert min(r["energy_kept"] for r in report["layers"]) < 0.999
   assert "fewer" in (straight / "compact_report.txt").read_text()
@@ -360,8 +360,10 @@ def test_sigterm_saves_and_nan_keeps_last_good_checkpoint(image_folder,
 
   # Divergence: the run stops at the step the loss went non-finite and keeps
   # the checkpoints it had.
+  # (Another learning rate: an unfinished run goes on under it only with
+  # extend=True.)
   result = run(command(image_folder, workdir, "--config.num_steps=4000",
-                       "--config.learning_rate=1e12"))
+                       "--config.learning_rate=1e12", "--config.extend=True"))
   assert result.returncode == 1
   last = result.stderr.strip().splitlines()[-1]
   # Caught at the next boundary: a non-finite loss, or params that overflowed
