@@ -12,6 +12,7 @@ import pytest
 from lrpet_jax import data
 
 
+@pytest.mark.slow  # over 6 s: the fast tier stays near 2 minutes
 def test_tfds_cifar10_path_with_mock_data():
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=40):

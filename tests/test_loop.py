@@ -26,6 +26,7 @@ def final_messages(caplog):
   return [m.split(":")[0] for m in caplog.messages if m.startswith("final ")]
 
 
+@pytest.mark.slow  # over 6 s: the fast tier stays near 2 minutes
 def test_lrpet_loop_in_process(tiny_config, tmp_path, caplog):
   workdir = tmp_path / "w"
   handlers = [signal.getsignal(s) for s in train.StopRequested.SIGNALS]

@@ -27,6 +27,7 @@ def _truncate(kernel, rank):
   return ((u[:, :rank] * s[:rank]) @ vt[:rank]).reshape(w.shape)
 
 
+@pytest.mark.slow  # over 6 s: the fast tier stays near 2 minutes
 def test_bn_output_error_matches_a_direct_reference():
   model = models.create("resnet8")
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))

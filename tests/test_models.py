@@ -183,7 +183,8 @@ def test_break_even_guard():
 # in the slow tier.
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.slow)
-    if n in ("resnet110", "vgg16", *IMAGENET)
+    if n in ("resnet20", "resnet32", "resnet56", "resnet110", "vgg16",
+             *IMAGENET)
     else n for n in CIFAR + IMAGENET])
 def test_compact_model_matches_projected_dense(name):
   size = 64 if name in IMAGENET else 32
@@ -255,6 +256,7 @@ class TestRanksForBudget:
     dense = lrpet_jax.cost(model, variables, (32, 32, 3))["macs"]
     return 1 - lrpet_jax.cost(compact, compact_vars, (32, 32, 3))["macs"] / dense
 
+  @pytest.mark.slow  # over 6 s: the fast tier stays near 2 minutes
   def test_reaches_the_paper_budget(self):
     model, variables = self.setup
     ranks = lrpet_jax.ranks_for_budget(model, variables, (32, 32, 3),

@@ -123,6 +123,7 @@ def test_pairs_are_found_by_tracing(name):
       tracing.layers(apply_fn, variables, SHAPE)) > 0
 
 
+@pytest.mark.slow  # over 6 s: the fast tier stays near 2 minutes
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_compact_model_is_the_projected_dense_model(name):
   model, flags, variables, ranks, pairs, x = setup(name)
@@ -176,6 +177,7 @@ def numpy_conv(x, w, strides, padding, dilation=1):
     (nn.Conv(6, (3, 3), strides=2, padding=((0, 2), (1, 0))),
      ((0, 2), (1, 0)), 1),
 ])
+@pytest.mark.slow  # over 6 s: the fast tier stays near 2 minutes
 def test_factorized_conv_against_numpy(conv, padding, dilation):
   x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
   variables = conv.init(jax.random.key(1), x)
@@ -219,6 +221,7 @@ def test_macs_hand_counted_and_budget_with_another_flag():
   assert abs(cut - 0.3) < 0.05
 
 
+@pytest.mark.slow  # over 6 s: the fast tier stays near 2 minutes
 def test_tuned_forms_of_an_own_model_are_exact():
   model, flags, variables, ranks, pairs, x = setup("named")
   tuned, report = tuning.tune(model, variables, ranks, pairs,
@@ -251,6 +254,7 @@ def test_api_errors_say_what_to_do():
                                           jnp.zeros((1, 6, 6, 4)))
 
 
+@pytest.mark.slow  # over 6 s: the fast tier stays near 2 minutes
 def test_readme_own_model_block_runs_and_serves_without_lrpet_jax(
     tmp_path, monkeypatch):
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its mkdtemp()

@@ -6,6 +6,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lrpet_jax import data as data_lib
 from lrpet_jax import inputs
@@ -42,6 +43,7 @@ class Float64Net(nn.Module):
     return nn.Dense(10, name="head", **f64)(x.mean((1, 2)))
 
 
+@pytest.mark.slow  # over 6 s: the fast tier stays near 2 minutes
 def test_k_steps_per_call_equal_single_steps_in_float64():
   # Two epochs of 6 steps, a projection at the end of each (steps 6 and 12).
   # Calls of up to 4 steps (one unrolled scan) against calls of one step: in
