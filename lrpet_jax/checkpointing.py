@@ -9,6 +9,7 @@ checkpoint behind. Unreadable checkpoints are moved to
 ``WORKDIR/checkpoints_unreadable/`` and the next older one is tried.
 """
 
+import contextlib
 import pathlib
 
 from absl import logging
@@ -78,25 +79,20 @@ def save(checkpoints, state, identity, metrics=None):
 _pending = {}  # id(manager) → the step of its latest save started
 
 
-class _failure:
+@contextlib.contextmanager
+def _failure(checkpoints, step):
   """Turns any error while saving checkpoint ``step`` into ``SaveFailed``."""
-
-  def __init__(self, checkpoints, step):
-    self.checkpoints, self.step = checkpoints, step
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, kind, error, tb):
-    if error is None or isinstance(error, errors.SaveFailed):
-      return False
-    steps = [s for s in self.checkpoints.all_steps() if s != self.step]
-    last = max(steps) if steps else None
+  try:
+    yield
+  except errors.SaveFailed:
+    raise
+  except Exception as error:  # pylint: disable=broad-except
+    steps = [s for s in checkpoints.all_steps() if s != step]
     raise errors.SaveFailed(
-        f"checkpoint {self.step} could not be saved to"
-        f" {pathlib.Path(self.checkpoints.directory) / str(self.step)}"
+        f"checkpoint {step} could not be saved to"
+        f" {pathlib.Path(checkpoints.directory) / str(step)}"
         f" ({type(error).__name__}: {error}); the last good checkpoint is"
-        f" {last} (kept)") from error
+        f" {max(steps) if steps else None} (kept)") from error
 
 
 def check_saves(checkpoints) -> None:

@@ -204,7 +204,7 @@ class Layer:
   calls: int  # executions per forward pass
   macs: int  # per example, all calls
   out_positions: int  # output positions per example, all calls
-  input_shape: tuple[int, ...]  # of the first call, without the batch
+  input_shape: tuple[int, ...]  # the module's, first call, without the batch
   output_shape: tuple[int, ...]
   module: Any  # the module as called (bound during the trace)
   rankable: bool
@@ -396,8 +396,8 @@ def _consumer_name(op: _Op) -> str:
 
 
 def _trace(apply_fn, variables, input_shape):
-  """(graph, {variable path: node}, {module path: first module seen},
-  {BatchNorm path: Norm})."""
+  """(graph, {variable path: node}, {module path: (first module seen, its
+  input shape without the batch)}, {BatchNorm path: Norm})."""
   modules, norms = {}, {}
 
   def intercept(next_fun, args, kwargs, context):
@@ -418,7 +418,8 @@ def _trace(apply_fn, variables, input_shape):
     out = next_fun(*args, **kwargs)
     params = module.variables.get("params", {})
     if "kernel" in params and hasattr(out, "ndim"):
-      modules.setdefault(path, module)
+      modules.setdefault(path, (module, tuple(getattr(
+          args[0], "shape", (0,))[1:]) if args else ()))
       out = _tag_p.bind(out, label=("out", path))
     return out
 
@@ -494,10 +495,13 @@ def build(apply_fn: Callable, variables: Any, input_shape) -> LayerTable:
     if path[0] != "params" or path[-1] != "kernel":
       continue
     kernel = path[1:]
-    module = modules.get(kernel[:-1])
+    module, module_input = modules.get(kernel[:-1], (None, None))
     shape = shapes[path]
-    layers.append(_layer(graph, node, kernel, shape, module,
-                         tags.get(("out", kernel[:-1]), [])))
+    layer = _layer(graph, node, kernel, shape, module,
+                   tags.get(("out", kernel[:-1]), []))
+    if module_input is not None:  # the op's input may be padded (CIRCULAR)
+      layer = dataclasses.replace(layer, input_shape=module_input)
+    layers.append(layer)
     order[kernel] = _first_use(graph, node, len(shape))
   layers.sort(key=lambda l: order[l.kernel])
   outs = {l.kernel: [t.outs[0] for t in tags.get(("out", l.path), [])]

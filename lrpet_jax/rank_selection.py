@@ -174,10 +174,11 @@ class Deferred:
 
 
 def deferred(rule: RankRule, model, variables: Any, input_shape,
-             step: int) -> Deferred:
+             step: int, *, table=None) -> Deferred:
   """What deciding at ``step`` needs; a budget that cannot be met raises
   (naming ``macs_reduction``) now, before any training."""
-  table = tracing.table(tracing.eval_apply(model), variables, input_shape)
+  table = table or tracing.table(tracing.eval_apply(model), variables,
+                                 input_shape)
   full = select(rule, model, variables, input_shape, table=table)
   ranked = set(ranks_lib.ranks_to_dict(full))
   shapes = {}

@@ -101,7 +101,7 @@ def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
   if rule.decided_in_training:  # a method that can (``methods.check``)
     deferred = rank_selection.deferred(
         rule, dense, abstract, input_shape,
-        decision_step(config, steps_per_epoch))
+        decision_step(config, steps_per_epoch), table=table)
   return methods.Setting(
       build_model=build_model, dtype=COMPUTE_DTYPES[config.compute_dtype],
       dense_abstract=abstract, ranks=ranks,

@@ -8,6 +8,7 @@ float64 NumPy SVD, and the compact model against the projected dense one.
 """
 
 import functools
+import json
 
 import flax.linen as nn
 import jax
@@ -22,6 +23,7 @@ from lrpet_jax import export_check
 from lrpet_jax import folding
 from lrpet_jax import rank_selection
 from lrpet_jax import tracing
+from lrpet_jax import train
 from reference import randomized_bn
 from reference import reference_projection
 from reference import rel_err
@@ -440,8 +442,6 @@ def tricky(num_classes, dtype=None):
 @pytest.mark.slow
 def test_pipeline_ships_a_checked_artifact_of_a_tricky_model(tiny_config,
                                                               tmp_path):
-  from lrpet_jax import train  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "w"
   summary = train.train_and_evaluate(
       tiny_config(model="test_layer_table:tricky"), str(workdir))
@@ -459,3 +459,13 @@ def test_pipeline_ships_a_checked_artifact_of_a_tricky_model(tiny_config,
   assert set(layers["unranked"]) == {"Conv_2/kernel"}
   assert set(json.loads((workdir / "ranks.json").read_text())) == {
       "Conv_0/kernel", "Conv_1/kernel"}
+
+
+def test_a_layers_input_shape_is_its_modules_not_the_padded_ops():
+  """CIRCULAR padding pads before the conv: tuning times the layer on the
+  module's own input (6, 6, 3), not the op's (8, 8, 3)."""
+  model = nn.Conv(4, (3, 3), padding="CIRCULAR")
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 6, 6, 3)))
+  (layer,) = tracing.layers(model.apply, variables, (6, 6, 3))
+  assert layer.input_shape == (6, 6, 3) and layer.output_shape == (6, 6, 4)
+  assert layer.macs == 6 * 6 * 9 * 3 * 4  # padding taps counted
