@@ -81,6 +81,7 @@ def get_config():
   c.steps_per_call = 8
   # "float32" (the paper) or "bfloat16": activations and convolutions in
   # bf16; params, optimizer state, BN statistics and the projection float32.
+  # "float64" (with JAX_ENABLE_X64=1): a reference precision for checks.
   c.compute_dtype = "float32"
   # --- Bookkeeping ---
   c.seed = 0

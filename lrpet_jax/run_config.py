@@ -20,7 +20,8 @@ from lrpet_jax import models
 from lrpet_jax import rank_selection
 from lrpet_jax.errors import ConfigError
 
-COMPUTE_DTYPES = ("float32", "bfloat16")
+# float64 is a reference precision for checks (needs JAX_ENABLE_X64=1).
+COMPUTE_DTYPES = ("float32", "bfloat16", "float64")
 
 
 def _is_int(v):
@@ -131,6 +132,9 @@ def check(config) -> None:
   if config.val_examples and config.dataset in data_lib.STREAMED:
     raise ConfigError(f"val_examples: only for in-memory data sets, not"
                       f" {config.dataset!r}")
+  if config.compute_dtype == "float64" and not jax.config.jax_enable_x64:
+    raise ConfigError("compute_dtype: float64 needs 64-bit JAX (set"
+                      " JAX_ENABLE_X64=1 in the environment)")
   n = jax.device_count()
   if config.batch_size % n:
     raise ConfigError(f"batch_size: {config.batch_size} is not divisible by"

@@ -53,8 +53,6 @@ from lrpet_jax import transform
 from lrpet_jax.errors import ConfigError, NonFiniteLoss
 from lrpet_jax.steps import TrainState
 
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   """lr ×decay at each epoch in ``lr_boundaries_epochs``."""
@@ -103,7 +101,7 @@ def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
         rule, dense, abstract, input_shape,
         decision_step(config, steps_per_epoch), table=table)
   return methods.Setting(
-      build_model=build_model, dtype=COMPUTE_DTYPES[config.compute_dtype],
+      build_model=build_model, dtype=jnp.dtype(config.compute_dtype),
       dense_abstract=abstract, ranks=ranks,
       pairing=tracing.Pairing.of(table), table=table,
       unranked=rank_selection.unranked(rule, table),

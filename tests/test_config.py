@@ -3,6 +3,7 @@
 import pathlib
 import sys
 
+import jax
 import ml_collections
 import pytest
 
@@ -84,3 +85,13 @@ def test_missing_field_is_named():
   with pytest.raises(run_config.ConfigError,
                      match="^steps_per_call: missing from the config"):
     run_config.check(ml_collections.ConfigDict(values))
+
+
+def test_float64_needs_64_bit_jax():
+  config = config_with("compute_dtype", "float64")
+  assert not jax.config.jax_enable_x64
+  with pytest.raises(run_config.ConfigError,
+                     match=r"^compute_dtype: float64 needs 64-bit JAX"):
+    run_config.check(config)
+  with jax.enable_x64(True):
+    run_config.check(config)
