@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import lrpet_jax
-from lrpet_jax import folding
 from lrpet_jax import models
-from lrpet_jax import tuning
+from lrpet_jax.analysis import folding
+from lrpet_jax.deploy import tuning
 
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
@@ -60,7 +60,7 @@ def main(argv=None):
   ranks = lrpet_jax.uniform_ranks(variables["params"], args.ratio)
   variables = {**variables, "params": lrpet_jax.project_params(
       variables["params"], ranks)}
-  pairs = lrpet_jax.tracing.bn_pairs(lrpet_jax.tracing.eval_apply(dense),
+  pairs = lrpet_jax.analysis.tracing.bn_pairs(lrpet_jax.analysis.tracing.eval_apply(dense),
                                      variables, shape).pairs
   compact_vars = lrpet_jax.factorize(variables, ranks)
 

@@ -35,11 +35,11 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import cifar  # pylint: disable=g-import-not-at-top
 
-from lrpet_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-from lrpet_jax import inputs
-from lrpet_jax import methods
-from lrpet_jax import steps as steps_lib
-from lrpet_jax import train
+from lrpet_jax.data import datasets as data_lib  # pylint: disable=g-import-not-at-top
+from lrpet_jax.data import inputs
+from lrpet_jax.pipeline import methods
+from lrpet_jax.pipeline import steps as steps_lib
+from lrpet_jax.pipeline import train
 
 
 class Pipeline:
@@ -49,7 +49,7 @@ class Pipeline:
     config = config.copy_and_resolve_references()
     config.compute_dtype = dtype
     setting = train.make_setting(config, (32, 32, 3), source.steps_per_epoch)
-    self.method = methods.create(method_name, setting)
+    self.method = methods.method_for(method_name, setting)
     self.stepper = steps_lib.Stepper(
         self.method, source, config.seed,
         data_lib.Normalization(tuple(config.mean), tuple(config.std)))

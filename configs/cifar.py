@@ -8,12 +8,12 @@ offline, ``--config.dataset=image_folder:../shared/datasets/cifar10``.
 
 import ml_collections
 
-from lrpet_jax import data
+from lrpet_jax.data import datasets
 
 
 def get_config():
   c = ml_collections.ConfigDict()
-  # What to train (lrpet_jax/methods.py): "lrpet" (the paper), "dense" (no
+  # What to train (lrpet_jax/pipeline/methods.py): "lrpet" (the paper), "dense" (no
   # projection, the baseline) or "compact" (the factorized model at the ranks
   # below, plain SGD; random init, or init_from a dense variables checkpoint
   # such as WORKDIR/dense_final, truncated by SVD: decompose-and-retrain).
@@ -25,7 +25,7 @@ def get_config():
   c.model = "resnet56"
   c.model_flag = "train"       # the name of the model's training flag
   c.num_classes = 10
-  # --- Ranks (lrpet_jax/rank_selection.py; the export command takes the same) ---
+  # --- Ranks (lrpet_jax/ranking/selection.py; the export command takes the same) ---
   c.ratio = 0.54               # r = max(1, int(n − n·ratio)) for every conv
   c.macs_reduction = 0.0       # > 0: the ratio that best meets this MACs cut
   c.params_reduction = 0.0     # > 0: the same for a params cut
@@ -38,7 +38,7 @@ def get_config():
   c.first_rank_floor = 0       # > 0: the first conv's rank at least this
   # "uniform": the ratio above (the paper). Or decided from each layer's
   # (BN-rectified) spectrum at the first projection after epoch
-  # rank_decision_epoch, the run dense until then (lrpet_jax/rank_policies.py):
+  # rank_decision_epoch, the run dense until then (lrpet_jax/ranking/policies.py):
   # "energy": each layer's smallest rank keeping rank_energy of its energy;
   # "budget": the most energy within macs_reduction.
   c.rank_policy = "uniform"
@@ -59,9 +59,9 @@ def get_config():
   # checkpoint is then kept by validation accuracy (never by test accuracy).
   c.val_examples = 0
   c.test_subset = 0
-  # Input normalization (pixels in [0, 1]); lrpet_jax/data.py has each data
+  # Input normalization (pixels in [0, 1]); lrpet_jax/data/datasets.py has each data
   # set's constants.
-  c.mean, c.std = data.NORMALIZATION["cifar10"]
+  c.mean, c.std = datasets.NORMALIZATION["cifar10"]
   c.image_size = 32            # streamed data sets (ImageNet): the crop size
   # --- Optimization (torch.optim.SGD semantics) ---
   c.num_epochs = 400

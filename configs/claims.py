@@ -62,7 +62,7 @@ ARMS = {
     "lrpet_no_et": dict(energy_transfer=False),
     "lrpet_no_bn": dict(bn_rectification=False),
     "compact_scratch": dict(method="compact"),
-    # Ranks from the spectrum at the end of epoch 1 (lrpet_jax/rank_policies.py)
+    # Ranks from the spectrum at the end of epoch 1 (lrpet_jax/ranking/policies.py)
     # at the MACs cut of the uniform ratio 0.54 (50.3% for ResNet-20).
     "lrpet_budget": dict(log_spectra=True, rank_policy="budget",
                          macs_reduction=0.503),

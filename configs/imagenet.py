@@ -15,7 +15,7 @@ import pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import cifar  # pylint: disable=g-import-not-at-top
 
-from lrpet_jax import data  # pylint: disable=g-import-not-at-top
+from lrpet_jax.data import datasets  # pylint: disable=g-import-not-at-top
 
 
 def get_config():
@@ -24,7 +24,7 @@ def get_config():
   c.num_classes = 1000
   c.dataset = "imagenet2012"
   c.image_size = 224
-  c.mean, c.std = data.NORMALIZATION["imagenet2012"]
+  c.mean, c.std = datasets.NORMALIZATION["imagenet2012"]
   c.num_epochs = 120
   c.batch_size = 256
   c.learning_rate = 0.1

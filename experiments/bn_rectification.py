@@ -40,13 +40,13 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
-from lrpet_jax import bn
-from lrpet_jax import data as data_lib
 from lrpet_jax import models
-from lrpet_jax import projection
-from lrpet_jax import ranks as ranks_lib
-from lrpet_jax import steps
-from lrpet_jax import tracing
+from lrpet_jax.analysis import tracing
+from lrpet_jax.core import bn
+from lrpet_jax.core import projection
+from lrpet_jax.core import ranks as ranks_lib
+from lrpet_jax.data import datasets as data_lib
+from lrpet_jax.pipeline import steps
 import ml_collections  # pylint: disable=g-bad-import-order
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def quick_dense_run() -> pathlib.Path:
   second quick run reuses it)."""
   sys.path.insert(0, str(ROOT / "configs"))
   import smoke  # pylint: disable=g-import-not-at-top
-  from lrpet_jax import train  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.pipeline import train  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
   config.update(dict(
       method="dense", model="resnet8", num_steps=16, train_subset=256,

@@ -38,11 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lrpet_jax import _trees
-from lrpet_jax import data as data_lib
-from lrpet_jax import methods
-from lrpet_jax import steps
-from lrpet_jax import train
+from lrpet_jax.core import _trees
+from lrpet_jax.data import datasets as data_lib
+from lrpet_jax.pipeline import methods
+from lrpet_jax.pipeline import steps
+from lrpet_jax.pipeline import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def one_run(config, d, window, probe_images):
   steps_per_epoch = n // config.batch_size
   total = config.num_epochs * steps_per_epoch
   setting = train.make_setting(config, shape, steps_per_epoch)
-  method = methods.create("lrpet", setting)
+  method = methods.method_for("lrpet", setting)
   model = method.model
   state = train.initial_state(model, method.tx, config.seed, shape)
   normalization = data_lib.Normalization(tuple(config.mean), tuple(config.std))

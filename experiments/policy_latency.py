@@ -26,14 +26,14 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
-from lrpet_jax import compact
-from lrpet_jax import factorized
-from lrpet_jax import folding
 from lrpet_jax import models
-from lrpet_jax import projection
-from lrpet_jax import ranks as ranks_lib
-from lrpet_jax import tracing
-from lrpet_jax import tuning
+from lrpet_jax.analysis import factorized
+from lrpet_jax.analysis import folding
+from lrpet_jax.analysis import tracing
+from lrpet_jax.core import projection
+from lrpet_jax.core import ranks as ranks_lib
+from lrpet_jax.deploy import compact
+from lrpet_jax.deploy import tuning
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"

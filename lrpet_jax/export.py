@@ -12,7 +12,7 @@ give its input normalization). ``DENSE_DIR`` is an Orbax
 ``StandardCheckpointer`` checkpoint of the dense
 model's ``{"params", "batch_stats"}`` (LRPET-projected: the factorization is
 then exact; otherwise it truncates). Ranks are chosen as in training
-(``lrpet_jax.rank_selection``): from ``--ratio``, ``--macs_reduction`` /
+(``lrpet_jax.ranking.selection``): from ``--ratio``, ``--macs_reduction`` /
 ``--params_reduction`` (the uniform ratio that best meets the cut) over the
 convolutions (``--project_dense`` adds Dense kernels), or
 ``--ranks=FILE.json`` ({"layer/kernel": rank}, e.g. a run's ``ranks.json``),
@@ -25,12 +25,12 @@ then raised to ``--rank_floor`` / ``--first_rank_floor``. Writes to
     compact_report.txt   the same as a table (also printed)
     serving/             model.jax_export + spec.json: the model to ship,
                          BatchNorm folded, as a serialized jax.export
-                         function of raw pixels (``lrpet_jax.serving``)
+                         function of raw pixels (``lrpet_jax.deploy.serving``)
 
 With ``--tune_for=cpu|gpu --batch=N`` (on a machine of that kind) each
 projected layer gets the fastest exact form measured here at batch N: dense,
 factorized, or factorized at a rank rounded up to a multiple of 8 or 16
-(``lrpet_jax.tuning``); never slower than the dense model as a whole, or
+(``lrpet_jax.deploy.tuning``); never slower than the dense model as a whole, or
 every layer stays dense. Adds ``tuned/`` (Orbax checkpoint),
 ``tuned_ranks.json`` (None: dense layer) and ``tuning_report.{json,txt}``
 (per-layer forms with their measured times), and ``serving/`` holds the
@@ -42,7 +42,7 @@ Restore the compact model elsewhere (``tests/test_export.py`` runs this):
     x = jnp.zeros((1, 32, 32, 3))
     dense = lrpet_jax.models.create("resnet56")
     dense_params = jax.eval_shape(lambda: dense.init(jax.random.key(0), x, train=False))["params"]
-    ranks = lrpet_jax.ranks.ranks_from_dict(dense_params, json.load(open("OUT_DIR/ranks.json")))
+    ranks = lrpet_jax.core.ranks.ranks_from_dict(dense_params, json.load(open("OUT_DIR/ranks.json")))
     model = lrpet_jax.models.create("resnet56", ranks=ranks)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
     variables = orbax.checkpoint.StandardCheckpointer().restore("OUT_DIR/compact", abstract)
@@ -57,11 +57,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from lrpet_jax import data
-from lrpet_jax import deploy
-from lrpet_jax import export_check
 from lrpet_jax import models
-from lrpet_jax import rank_selection
+from lrpet_jax.data import datasets
+from lrpet_jax.deploy import export_check
+from lrpet_jax.deploy import from_checkpoint
+from lrpet_jax.ranking import selection
 
 _VARIABLES = flags.DEFINE_string("variables", None, "Dense Orbax checkpoint.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
@@ -106,14 +106,14 @@ def _normalization_flags():
   if _MEAN.value is None:
     return None
   try:
-    return data.Normalization(tuple(float(v) for v in _MEAN.value),
+    return datasets.Normalization(tuple(float(v) for v in _MEAN.value),
                               tuple(float(v) for v in _STD.value))
   except ValueError:
     raise ValueError(f"mean/std: not numbers: {_MEAN.value} {_STD.value}"
                      ) from None
 
 
-def _rank_rule() -> rank_selection.RankRule:
+def _rank_rule() -> selection.RankRule:
   """The flags as the training config's rank fields (``RankRule``)."""
   chosen = {name: flag.value for name, flag in (
       ("ratio", _RATIO), ("macs_reduction", _MACS),
@@ -122,7 +122,7 @@ def _rank_rule() -> rank_selection.RankRule:
   if len(chosen) != 1:
     raise ValueError("give exactly one of --ratio, --macs_reduction,"
                      " --params_reduction and --ranks")
-  return rank_selection.RankRule(
+  return selection.RankRule(
       **{"ratio": 0.0, **chosen}, project_dense=_PROJECT_DENSE.value,
       rank_floor=_FLOOR.value, first_rank_floor=_FIRST_FLOOR.value)
 
@@ -134,7 +134,7 @@ def main(argv):
     for flag in ("variables", "workdir", "model"):
       if flags.FLAGS[flag].value is None:
         raise ValueError(f"--{flag} is required")
-    report = deploy.compact_from_checkpoint(
+    report = from_checkpoint.compact_from_checkpoint(
         _VARIABLES.value, _WORKDIR.value, _MODEL.value, rule=_rank_rule(),
         num_classes=_NUM_CLASSES.value, input_size=_INPUT_SIZE.value,
         model_flag=_MODEL_FLAG.value, overwrite=_OVERWRITE.value,

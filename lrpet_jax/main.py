@@ -25,9 +25,9 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from lrpet_jax import errors
-from lrpet_jax import export_check
-from lrpet_jax import train
+from lrpet_jax.deploy import export_check
+from lrpet_jax.pipeline import errors
+from lrpet_jax.pipeline import train
 
 # The exit status of each error reported in one line (the README's table);
 # any other exception is an internal error, status 4.

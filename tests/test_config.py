@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))
 import cifar  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from lrpet_jax import run_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lrpet_jax.pipeline import config_check  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BAD = {
     "num_classes": 0, "ratio": 1.0, "macs_reduction": -0.1,
@@ -41,22 +41,22 @@ def config_with(field, value):
 
 
 def test_every_checked_field_has_a_case():
-  assert set(run_config.FIELDS) <= set(BAD)
+  assert set(config_check.FIELDS) <= set(BAD)
 
 
 @pytest.mark.parametrize("field", sorted(BAD))
 def test_bad_value_is_one_line_naming_the_field(field):
-  with pytest.raises(run_config.ConfigError) as e:
-    run_config.check(config_with(field, BAD[field]))
+  with pytest.raises(config_check.ConfigError) as e:
+    config_check.check(config_with(field, BAD[field]))
   message = str(e.value)
   assert message.startswith(f"{field}:") and "\n" not in message
 
 
 def test_good_configs_pass():
-  run_config.check(cifar.get_config())
+  config_check.check(cifar.get_config())
   config = cifar.get_config()
   config.num_epochs, config.num_steps = 0, 10  # num_steps overrides epochs
-  run_config.check(config)
+  config_check.check(config)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -74,24 +74,24 @@ def test_good_configs_pass():
 def test_rules_between_fields(overrides, message):
   values = cifar.get_config().to_dict()
   values.update(overrides)
-  with pytest.raises(run_config.ConfigError, match="^" + message.replace(
+  with pytest.raises(config_check.ConfigError, match="^" + message.replace(
       "(", r"\(").replace(")", r"\)") + "$"):
-    run_config.check(ml_collections.ConfigDict(values))
+    config_check.check(ml_collections.ConfigDict(values))
 
 
 def test_missing_field_is_named():
   values = cifar.get_config().to_dict()
   del values["steps_per_call"]
-  with pytest.raises(run_config.ConfigError,
+  with pytest.raises(config_check.ConfigError,
                      match="^steps_per_call: missing from the config"):
-    run_config.check(ml_collections.ConfigDict(values))
+    config_check.check(ml_collections.ConfigDict(values))
 
 
 def test_float64_needs_64_bit_jax():
   config = config_with("compute_dtype", "float64")
   assert not jax.config.jax_enable_x64
-  with pytest.raises(run_config.ConfigError,
+  with pytest.raises(config_check.ConfigError,
                      match=r"^compute_dtype: float64 needs 64-bit JAX"):
-    run_config.check(config)
+    config_check.check(config)
   with jax.enable_x64(True):
-    run_config.check(config)
+    config_check.check(config)

@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lrpet_jax import data
+from lrpet_jax.data import datasets
 
 
 @pytest.mark.slow  # over 6 s: the fast tier stays near 2 minutes
 def test_tfds_cifar10_path_with_mock_data():
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=40):
-    d = data.load("cifar10", train_subset=24)
+    d = datasets.load("cifar10", train_subset=24)
   assert d.train_images.shape == (24, 32, 32, 3)
   assert d.train_images.dtype == np.uint8 and d.train_labels.dtype == np.int32
   assert d.test_images.shape == (40, 32, 32, 3) and d.num_classes == 10
@@ -31,10 +31,10 @@ def test_unreachable_download_host_fails_fast_without_litter(tmp_path,
   def offline(host, timeout_s=5.0):
     asked.append(host)
     return "gaierror: Name or service not known"
-  monkeypatch.setattr(data, "_reachable", offline)
+  monkeypatch.setattr(datasets, "_reachable", offline)
   root = tmp_path / "tfds"
   with pytest.raises(ValueError) as e:
-    data.load("cifar100", data_dir=str(root))
+    datasets.load("cifar100", data_dir=str(root))
   message = str(e.value)
   assert "\n" not in message
   assert "www.cs.toronto.edu cannot be reached" in message
@@ -45,7 +45,7 @@ def test_unreachable_download_host_fails_fast_without_litter(tmp_path,
 
 def test_failed_download_names_the_cause_and_cleans_up(tmp_path, monkeypatch):
   tfds = pytest.importorskip("tensorflow_datasets")
-  monkeypatch.setattr(data, "_reachable", lambda host, timeout_s=5.0: None)
+  monkeypatch.setattr(datasets, "_reachable", lambda host, timeout_s=5.0: None)
   root = tmp_path / "tfds"
   (root / "kept").mkdir(parents=True)  # was there before: stays
   def broken(self, *args, **kwargs):
@@ -56,32 +56,32 @@ def test_failed_download_names_the_cause_and_cleans_up(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match=r"cannot load or download 'cifar10'"
                      r" \(ModuleNotFoundError: No module named"
                      r" 'importlib_resources'\)"):
-    data.load("cifar10", data_dir=str(root))
+    datasets.load("cifar10", data_dir=str(root))
   assert sorted(p.name for p in root.iterdir()) == ["kept"]
 
 
 @pytest.mark.parametrize("name", ["mnist", "image_folder:/nonexistent"])
 def test_bad_dataset_names(name):
   with pytest.raises(ValueError, match="dataset"):
-    data.check_dataset_name(name)
+    datasets.check_dataset_name(name)
 
 
 def test_batches_are_a_function_of_seed_and_step():
   n, b = 100, 32  # 3 steps per epoch
-  first_epoch = np.concatenate([data.batch_indices(0, s, n, b)
+  first_epoch = np.concatenate([datasets.batch_indices(0, s, n, b)
                                 for s in range(3)])
   assert len(set(first_epoch)) == 96  # no repeats inside an epoch
-  np.testing.assert_array_equal(data.batch_indices(0, 4, n, b),
-                                data.batch_indices(0, 4, n, b))
-  assert not np.array_equal(data.batch_indices(0, 1, n, b),
-                            data.batch_indices(0, 4, n, b))  # epoch 1 reshuffled
-  assert not np.array_equal(data.batch_indices(0, 1, n, b),
-                            data.batch_indices(1, 1, n, b))
+  np.testing.assert_array_equal(datasets.batch_indices(0, 4, n, b),
+                                datasets.batch_indices(0, 4, n, b))
+  assert not np.array_equal(datasets.batch_indices(0, 1, n, b),
+                            datasets.batch_indices(0, 4, n, b))  # epoch 1 reshuffled
+  assert not np.array_equal(datasets.batch_indices(0, 1, n, b),
+                            datasets.batch_indices(1, 1, n, b))
 
 
 def test_augment_crops_and_flips():
   img = np.arange(2 * 8 * 8 * 3, dtype=np.uint8).reshape(2, 8, 8, 3)
-  out = np.asarray(data.augment(jnp.asarray(img), jax.random.key(0), pad=2))
+  out = np.asarray(datasets.augment(jnp.asarray(img), jax.random.key(0), pad=2))
   padded = np.pad(img, ((0, 0), (2, 2), (2, 2), (0, 0)))
   for i in range(2):
     candidates = [padded[i, y:y + 8, x:x + 8] for y in range(5)
@@ -91,8 +91,8 @@ def test_augment_crops_and_flips():
 
 
 def test_normalize():
-  x = data.normalize(jnp.full((1, 1, 1, 3), 255, jnp.uint8),
-                     data.Normalization((0.5, 0.5, 0.5), (0.25, 0.5, 1.0)))
+  x = datasets.normalize(jnp.full((1, 1, 1, 3), 255, jnp.uint8),
+                     datasets.Normalization((0.5, 0.5, 0.5), (0.25, 0.5, 1.0)))
   np.testing.assert_allclose(np.asarray(x).ravel(), [2.0, 1.0, 0.5])
 
 
@@ -111,8 +111,8 @@ def test_pillow_reader_matches_tfds_image_folder(tmp_path):
         img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
         (d / f"img{i}.jpg").write_bytes(tf.io.encode_jpeg(img).numpy())
       (d / "notes.txt").write_text("not an image")
-  arrays, num_classes = data.read_image_folder(str(tmp_path))
-  loaded = data.load(f"image_folder:{tmp_path}")
+  arrays, num_classes = datasets.read_image_folder(str(tmp_path))
+  loaded = datasets.load(f"image_folder:{tmp_path}")
   assert num_classes == loaded.num_classes == 3
   for split, images, labels in (
       ("train", loaded.train_images, loaded.train_labels),
@@ -138,7 +138,7 @@ def test_without_tfds_image_folders_load_and_tfds_names_fail(tmp_path,
         Image.fromarray(np.full((8, 8, 3), 60 * i + (c == "b") * 100,
                                 np.uint8)).save(tmp_path / split / c / f"{i}.png")
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # ImportError
-  loaded = data.load(f"image_folder:{tmp_path}")
+  loaded = datasets.load(f"image_folder:{tmp_path}")
   assert loaded.num_classes == 2 and loaded.train_images.shape == (4, 8, 8, 3)
   # PNG is lossless: each image's pixel value names its class and index.
   for images, labels in ((loaded.train_images, loaded.train_labels),
@@ -146,14 +146,14 @@ def test_without_tfds_image_folders_load_and_tfds_names_fail(tmp_path,
     assert sorted(int(v) for v in images[:, 0, 0, 0]) == [0, 60, 100, 160]
     np.testing.assert_array_equal(labels, images[:, 0, 0, 0] >= 100)
   with pytest.raises(ValueError, match="dataset: 'cifar10' needs"):
-    data.load("cifar10")
+    datasets.load("cifar10")
 
 
 def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
   """Each BN-recompute image is a pad-4 crop (+ flip) of its training image."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from lrpet_jax import inputs  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.data import inputs  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   for split in ("train", "test"):
     for c in ("a", "b"):
@@ -168,7 +168,7 @@ def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
   mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   source = inputs.load(config, NamedSharding(mesh, P("data")))
   (batch,) = list(source.bn_batches(1))
-  idx = data.batch_indices(0, 0, 8, 8)
+  idx = datasets.batch_indices(0, 0, 8, 8)
   clean = source.data.train_images[idx].astype(np.float32) / 255.0
   padded = np.pad(clean, ((0, 0), (4, 4), (4, 4), (0, 0)))
   changed = 0
@@ -183,28 +183,28 @@ def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
 def test_device_batch_selection_matches_host_indices():
   """Step s's batch holds the examples batch_indices names."""
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from lrpet_jax import inputs  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.data import inputs  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(3)
   n, b = 50, 8  # 6 steps per epoch, 2 examples dropped each epoch
   images = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
   labels = np.arange(n, dtype=np.int32)
   mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   source = inputs.InMemoryInput(
-      data.InMemoryData(images, labels, images[:1], labels[:1], 10),
+      datasets.InMemoryData(images, labels, images[:1], labels[:1], 10),
       batch_size=b, eval_batch_size=b, seed=5,
-      normalization=data.NORMALIZATION["cifar10"],
+      normalization=datasets.NORMALIZATION["cifar10"],
       batch_sharding=NamedSharding(mesh, P("data")))
   assert source.steps_per_epoch == 6
   for step in (0, 5, 6, 13):
     got_images, got_labels = source.chunk_data(step, 1)
-    idx = data.batch_indices(5, step, n, b)
+    idx = datasets.batch_indices(5, step, n, b)
     np.testing.assert_array_equal(got_labels[0], labels[idx])
     np.testing.assert_array_equal(got_images[0], images[idx])
   # A chunk across an epoch end: steps 4..7, each its own step's batch.
   got_images, got_labels = source.chunk_data(4, 4)
   for k, step in enumerate(range(4, 8)):
     np.testing.assert_array_equal(got_labels[k],
-                                  labels[data.batch_indices(5, step, n, b)])
+                                  labels[datasets.batch_indices(5, step, n, b)])
 
 
 def test_image_folder_leaves_no_temporary_folders(tmp_path, monkeypatch):
@@ -217,8 +217,8 @@ def test_image_folder_leaves_no_temporary_folders(tmp_path, monkeypatch):
           tmp_path / "data" / split / c / "0.jpg")
   scratch = tmp_path / "scratch"
   scratch.mkdir()
-  monkeypatch.setattr(data.tempfile, "tempdir", str(scratch))
-  d = data.load(f"image_folder:{tmp_path / 'data'}")
+  monkeypatch.setattr(datasets.tempfile, "tempdir", str(scratch))
+  d = datasets.load(f"image_folder:{tmp_path / 'data'}")
   assert d.num_classes == 2 and len(d.train_labels) == 2
   assert list(scratch.iterdir()) == []  # tfds' empty /tmp/tmp*tfds is gone
 
@@ -259,7 +259,7 @@ def test_a_broken_folder_is_refused_by_name(tmp_path, break_it, message):
   root = png_folder_at(tmp_path / "data")
   break_it(root)
   with pytest.raises(ValueError) as e:
-    data.load(f"image_folder:{root}")
+    datasets.load(f"image_folder:{root}")
   assert str(e.value).startswith(message.format(r=root)), str(e.value)
   assert "\n" not in str(e.value)
 
@@ -272,12 +272,12 @@ def test_grayscale_and_alpha_become_rgb_and_other_files_are_skipped(
   rgba = png_folder_at(tmp_path / "rgba", mode="RGBA")
   (root / "train" / "a" / "notes.txt").write_text("not an image")
   with caplog.at_level("WARNING"):
-    loaded = data.load(f"image_folder:{root}")
+    loaded = datasets.load(f"image_folder:{root}")
   assert any("1 file(s) in" in m and "notes.txt" in m
              for m in caplog.messages)
   assert len(loaded.train_labels) == 4
   for folder in (gray, rgba):
-    got = data.load(f"image_folder:{folder}")
+    got = datasets.load(f"image_folder:{folder}")
     assert got.train_images.shape == (4, 8, 8, 3)
     want = sorted(np.asarray(Image.open(f).convert("RGB")).tobytes()
                   for f in (folder / "train").rglob("*.png"))
@@ -287,7 +287,7 @@ def test_grayscale_and_alpha_become_rgb_and_other_files_are_skipped(
 def test_sizes_are_checked_naming_the_field():
   kw = dict(n_train=40, n_test=10, train_subset=0, test_subset=0,
             val_examples=0, batch_size=32, where="image_folder:X")
-  data.check_sizes(**kw)
+  datasets.check_sizes(**kw)
   for change, message in (
       (dict(train_subset=1024), "train_subset: 1024 exceeds the 40 training"),
       (dict(test_subset=11), "test_subset: 11 exceeds the 10 test images"),
@@ -297,7 +297,7 @@ def test_sizes_are_checked_naming_the_field():
       (dict(val_examples=20), "batch_size: 32 exceeds the 20 training images"
        " of image_folder:X, 20 held out")):
     with pytest.raises(ValueError, match="^" + re.escape(message)):
-      data.check_sizes(**{**kw, **change})
+      datasets.check_sizes(**{**kw, **change})
 
 
 def test_a_corrupt_jpeg_is_named(tmp_path):
@@ -314,4 +314,4 @@ def test_a_corrupt_jpeg_is_named(tmp_path):
   bad = tmp_path / "test" / "b" / "1.jpg"
   bad.write_bytes(bad.read_bytes()[:400])
   with pytest.raises(ValueError, match=f"^dataset: cannot decode {bad} "):
-    data.load(f"image_folder:{tmp_path}")
+    datasets.load(f"image_folder:{tmp_path}")

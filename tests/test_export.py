@@ -13,10 +13,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 import lrpet_jax
-from lrpet_jax import deploy
 from lrpet_jax import models
-from lrpet_jax import rank_selection
-from lrpet_jax import ranks as ranks_lib
+from lrpet_jax.core import ranks as ranks_lib
+from lrpet_jax.deploy import from_checkpoint
+from lrpet_jax.ranking import selection
 from reference import rel_err
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -169,8 +169,8 @@ def test_export_bad_input(tmp_path):
 def test_tuned_export_is_exact_and_served(tmp_path):
   dense, variables = saved_projected_dense("resnet8", tmp_path / "dense")
   out = tmp_path / "out"
-  rule = rank_selection.RankRule(ratio=0.54)
-  report = deploy.compact_from_checkpoint(
+  rule = selection.RankRule(ratio=0.54)
+  report = from_checkpoint.compact_from_checkpoint(
       str(tmp_path / "dense"), str(out), "resnet8", rule=rule,
       tune_for=jax.default_backend(), batch=2)
   tuning = json.loads((out / "tuning_report.json").read_text())
@@ -193,7 +193,7 @@ def test_tuned_export_is_exact_and_served(tmp_path):
   pixels = np.asarray((x * std + mean) * 255, np.float32)
   assert rel_err(served.call(pixels), want) <= 1e-4
   # Tuned and served in bfloat16: the same function to bfloat16 precision.
-  deploy.compact_from_checkpoint(
+  from_checkpoint.compact_from_checkpoint(
       str(tmp_path / "dense"), str(tmp_path / "bf16"), "resnet8", rule=rule,
       tune_for=jax.default_backend(), batch=2, compute_dtype="bfloat16")
   served = jax.export.deserialize(

@@ -5,8 +5,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from lrpet_jax import folding
 from lrpet_jax import models
+from lrpet_jax.analysis import folding
 
 def test_fold_by_hand():
   # One 1x1 conv (2 -> 2 channels) and its BatchNorm, computed by hand.

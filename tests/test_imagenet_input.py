@@ -9,8 +9,8 @@ pytest.importorskip("tensorflow_datasets")
 pytestmark = pytest.mark.slow  # the whole training pipeline
 
 from configs import imagenet
-from lrpet_jax import imagenet_input
-from lrpet_jax import train
+from lrpet_jax.data import imagenet as imagenet_input
+from lrpet_jax.pipeline import train
 
 
 def test_imagenet_pipeline_with_mock_data(tmp_path):

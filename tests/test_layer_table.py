@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 import lrpet_jax
-from lrpet_jax import accounting
-from lrpet_jax import compact
-from lrpet_jax import export_check
-from lrpet_jax import folding
-from lrpet_jax import rank_selection
-from lrpet_jax import tracing
-from lrpet_jax import train
+from lrpet_jax.analysis import accounting
+from lrpet_jax.analysis import folding
+from lrpet_jax.analysis import tracing
+from lrpet_jax.deploy import compact
+from lrpet_jax.deploy import export_check
+from lrpet_jax.pipeline import train
+from lrpet_jax.ranking import selection
 from reference import randomized_bn
 from reference import reference_projection
 from reference import rel_err
@@ -260,10 +260,10 @@ def test_scan_stacked_kernels_count_every_layer_and_stay_unranked():
   assert layer.macs == 3 * per_layer
   assert lrpet_jax.cost(model, variables, shape, apply_fn=tracing.eval_apply(
       model))["macs"] == 3 * per_layer
-  rule = rank_selection.RankRule(ratio=0.5)
-  ranks = rank_selection.select(rule, model, variables, shape, table=t)
+  rule = selection.RankRule(ratio=0.5)
+  ranks = selection.select(rule, model, variables, shape, table=t)
   assert jax.tree.leaves(ranks) == []
-  assert "nn.scan" in rank_selection.unranked(rule, t)["layers/conv/kernel"]
+  assert "nn.scan" in selection.unranked(rule, t)["layers/conv/kernel"]
 
 
 def test_one_dimensional_conv_macs_by_hand():
@@ -300,8 +300,8 @@ def test_strided_transposed_conv_macs_without_inserted_zeros():
 def test_compact_strided_transposed_conv_is_the_projected_dense_model():
   model, x, variables, shape = setup("strided_up")
   t = tracing.table(tracing.eval_apply(model), variables, shape)
-  rule = rank_selection.RankRule(ratio=0.5)
-  ranks = rank_selection.select(rule, model, variables, shape, table=t)
+  rule = selection.RankRule(ratio=0.5)
+  ranks = selection.select(rule, model, variables, shape, table=t)
   scales = lrpet_jax.bn_out_scales(variables["params"],
                                    variables["batch_stats"], t.pairs)
   params = lrpet_jax.project_params(variables["params"], ranks,
@@ -327,12 +327,12 @@ def test_attention_kernels_are_dense_layers_never_convolutions():
   # The query map's matrix is the (8, 16) the op contracts, not (16, 8).
   assert t.layer("att/query/kernel").rows == (0,)
   assert t.layer("att/query/kernel").cols == (1, 2)
-  default = rank_selection.select(rank_selection.RankRule(ratio=0.5), model,
+  default = selection.select(selection.RankRule(ratio=0.5), model,
                                   variables, shape, table=t)
   assert jax.tree.leaves(default) == []
-  rule = rank_selection.RankRule(ratio=0.5, project_dense=True)
-  ranks = rank_selection.select(rule, model, variables, shape, table=t)
-  assert lrpet_jax.ranks.ranks_to_dict(ranks) == {"att/out/kernel": 4,
+  rule = selection.RankRule(ratio=0.5, project_dense=True)
+  ranks = selection.select(rule, model, variables, shape, table=t)
+  assert lrpet_jax.core.ranks.ranks_to_dict(ranks) == {"att/out/kernel": 4,
                                                   "head/kernel": 1}
   dense = {"params": lrpet_jax.project_params(variables["params"], ranks)}
   small = lrpet_jax.Factorized(model, ranks)
@@ -346,15 +346,15 @@ def test_grouped_conv_is_left_unranked_and_a_rank_for_it_refused(tmp_path):
   dw = t.layer("dw/kernel")
   assert (dw.kind, dw.groups, dw.rankable) == ("grouped_conv", 8, False)
   assert dw.macs == 6 * 6 * 9 * 1 * 8  # one input channel per output
-  rule = rank_selection.RankRule(ratio=0.5)
-  ranks = rank_selection.select(rule, model, variables, shape, table=t)
-  assert lrpet_jax.ranks.ranks_to_dict(ranks) == {"stem/kernel": 4}
-  assert "grouped" in rank_selection.unranked(rule, t)["dw/kernel"]
+  rule = selection.RankRule(ratio=0.5)
+  ranks = selection.select(rule, model, variables, shape, table=t)
+  assert lrpet_jax.core.ranks.ranks_to_dict(ranks) == {"stem/kernel": 4}
+  assert "grouped" in selection.unranked(rule, t)["dw/kernel"]
   path = tmp_path / "ranks.json"
   path.write_text('{"dw/kernel": 2}')
   with pytest.raises(ValueError, match=r"^ranks_file: dw/kernel cannot have a"
                      r" rank: grouped convolution \(8 groups\)"):
-    rank_selection.select(rank_selection.RankRule(ratio=0.0,
+    selection.select(selection.RankRule(ratio=0.0,
                                                   ranks_file=str(path)),
                           model, variables, shape, table=t)
 
@@ -377,7 +377,7 @@ def test_broken_fold_fails_the_export_check(tmp_path):
   and moves it aside."""
   model, x, variables, shape = setup("strided_up")
   pairing = tracing.bn_pairs(tracing.eval_apply(model), variables, shape)
-  ranks = rank_selection.select(rank_selection.RankRule(ratio=0.5), model,
+  ranks = selection.select(selection.RankRule(ratio=0.5), model,
                                 variables, shape)
   dense = {**variables, "params": lrpet_jax.project_params(
       variables["params"], ranks)}
@@ -387,7 +387,7 @@ def test_broken_fold_fails_the_export_check(tmp_path):
   norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
   stages = dict(reference=(model, dense), compact=(small, small_vars))
   images = export_check.sample_images(shape, count=8)
-  good = lrpet_jax.serving.write(tmp_path / "good", small, folded,
+  good = lrpet_jax.deploy.serving.write(tmp_path / "good", small, folded,
                                  input_shape=shape, mean=norm[0], std=norm[1],
                                  description={})
   passed = compact.checked(tmp_path / "good", images, norm, shape,
@@ -395,7 +395,7 @@ def test_broken_fold_fails_the_export_check(tmp_path):
   assert max(passed[k] for k in ("compact", "folded", "serving")) < 1e-5
   broken = jax.tree.map(np.array, folded)
   broken[folding.BIAS]["up"]["bias"][3] += 0.5
-  bad = lrpet_jax.serving.write(tmp_path / "serving", small, broken,
+  bad = lrpet_jax.deploy.serving.write(tmp_path / "serving", small, broken,
                                 input_shape=shape, mean=norm[0], std=norm[1],
                                 description={})
   with pytest.raises(export_check.ExportCheckError,

@@ -113,11 +113,12 @@ def test_the_float32_bound_catches_per_device_statistics(cifar_folder):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from lrpet_jax import data, models  # pylint: disable=g-import-not-at-top
+  from lrpet_jax import models  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.data import datasets  # pylint: disable=g-import-not-at-top
   files = sorted((cifar_folder / "train").glob("*/*.jpg"))[::10][:32]
   images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
   labels = np.arange(32) % 10
-  x = data.normalize(images, data.NORMALIZATION["cifar10"])
+  x = datasets.normalize(images, datasets.NORMALIZATION["cifar10"])
   model = models.build("resnet20", 10)
   variables = model.init(jax.random.key(0), x[:1], train=False)
 

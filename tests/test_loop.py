@@ -10,11 +10,11 @@ import optax
 import pytest
 
 import lrpet_jax
-from lrpet_jax import _trees
-from lrpet_jax import ending
-from lrpet_jax import methods
 from lrpet_jax import models
-from lrpet_jax import train
+from lrpet_jax.core import _trees
+from lrpet_jax.pipeline import ending
+from lrpet_jax.pipeline import methods
+from lrpet_jax.pipeline import train
 
 
 def read_rows(workdir):

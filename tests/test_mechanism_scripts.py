@@ -12,10 +12,9 @@ import pytest
 from experiments import bn_rectification
 from experiments import energy_transfer
 from experiments import policy_latency
-from lrpet_jax import data as data_lib
 from lrpet_jax import models
-from lrpet_jax import tracing
-from lrpet_jax import train
+from lrpet_jax.analysis import tracing
+from lrpet_jax.data import datasets as data_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 import lrpet_jax
-from lrpet_jax import factorized
-from lrpet_jax import folding
 from lrpet_jax import models
-from lrpet_jax import ranks as ranks_lib
-from lrpet_jax import rank_selection
-from lrpet_jax import run_config
-from lrpet_jax import tracing
+from lrpet_jax.analysis import factorized
+from lrpet_jax.analysis import folding
+from lrpet_jax.analysis import tracing
+from lrpet_jax.core import ranks as ranks_lib
+from lrpet_jax.pipeline import config_check
+from lrpet_jax.ranking import selection
 from reference import randomized_bn
 from reference import rel_err
 
@@ -99,7 +99,7 @@ def pipeline_config(name):
 
 def select_ranks(config, model, abstract, input_shape):
   """The ranks the pipeline chooses under ``config``."""
-  return rank_selection.select(run_config.part(rank_selection.RankRule, config),
+  return selection.select(config_check.part(selection.RankRule, config),
                                model, abstract, input_shape)
 
 
@@ -212,7 +212,7 @@ def test_compact_model_matches_projected_dense(name):
     assert rel_err(folding.folded_apply(model, folded, x), logits) <= 1e-4
   # Its cost is what the analytic accounting predicts.
   costs = lrpet_jax.cost(compact, compact_vars, (size, size, 3))
-  from lrpet_jax import accounting as cost_lib  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.analysis import accounting as cost_lib  # pylint: disable=g-import-not-at-top
   predicted = cost_lib.compact_cost(
       cost_lib.layer_costs(dense, variables, (size, size, 3)),
       sum(v.size for v in jax.tree.leaves(variables["params"])), ranks)

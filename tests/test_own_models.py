@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 
 import lrpet_jax
-from lrpet_jax import folding
 from lrpet_jax import models
-from lrpet_jax import run_config
-from lrpet_jax import tracing
-from lrpet_jax import train
-from lrpet_jax import tuning
+from lrpet_jax.analysis import folding
+from lrpet_jax.analysis import tracing
+from lrpet_jax.deploy import tuning
+from lrpet_jax.pipeline import config_check
+from lrpet_jax.pipeline import train
 from reference import randomized_bn
 from reference import rel_err
 
@@ -100,7 +100,7 @@ def setup(name):
   pairs = tracing.bn_pairs(tracing.eval_apply(model, **flags), variables,
                            SHAPE).pairs
   ranks = lrpet_jax.uniform_ranks(variables["params"], 0.5,
-                                  include=lrpet_jax.ranks.is_kernel)
+                                  include=lrpet_jax.core.ranks.is_kernel)
   scales = lrpet_jax.bn_out_scales(variables["params"],
                                    variables["batch_stats"], pairs)
   variables = {**variables, "params": lrpet_jax.project_params(
@@ -294,8 +294,8 @@ def test_readme_own_model_block_runs_and_serves_without_lrpet_jax(
 def test_bad_model_is_one_line_config_error(overrides, message):
   config = smoke.get_config()
   config.update(overrides)
-  with pytest.raises(run_config.ConfigError) as e:
-    run_config.check(config)
+  with pytest.raises(config_check.ConfigError) as e:
+    config_check.check(config)
   assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
@@ -318,7 +318,7 @@ def test_pipeline_trains_and_exports_an_own_model(tiny_config, tmp_path):
   model = models.with_train_flag(own_model.make(4), "training")
   dense_params = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False))["params"]
-  ranks = lrpet_jax.ranks.ranks_from_dict(
+  ranks = lrpet_jax.core.ranks.ranks_from_dict(
       dense_params, json.loads((workdir / "ranks.json").read_text()))
   small = lrpet_jax.Factorized(model, ranks)
   small_vars = ocp.StandardCheckpointer().restore(workdir / "compact")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lrpet_jax import rank_policies
-from lrpet_jax import ranks as ranks_lib
+from lrpet_jax.core import ranks as ranks_lib
+from lrpet_jax.ranking import policies
 
 
 def kernel_with_spectrum(shape, singular_values, seed=0):
@@ -24,16 +24,16 @@ def test_energy_rule_against_numpy_svd():
   params = {"conv": {"kernel": kernel_with_spectrum((3, 3, 4, 6),
                                                     [4, 3, 2, 1])}}
   ranks = ranks_lib.uniform_ranks(params, 0.0)
-  spectra = rank_policies.layer_spectra(params, ranks)
+  spectra = policies.layer_spectra(params, ranks)
   np.testing.assert_allclose(spectra["conv/kernel"][:5], [4, 3, 2, 1, 0],
                              atol=1e-5)
   for threshold, rank in ((0.5, 1), (0.8, 2), (0.84, 3), (0.97, 4),
                           (1.0, 4)):
-    assert rank_policies.energy_ranks(spectra, threshold) == {
+    assert policies.energy_ranks(spectra, threshold) == {
         "conv/kernel": rank}, threshold
   # With BatchNorm factors the spectrum is that of W·diag(a), as projected.
   a = np.linspace(0.5, 2.0, 6)
-  scaled = rank_policies.layer_spectra(
+  scaled = policies.layer_spectra(
       params, ranks, {"conv": {"kernel": a}})["conv/kernel"]
   want = np.linalg.svd(np.asarray(params["conv"]["kernel"], np.float64)
                        .reshape(36, 6) * a, compute_uv=False)
@@ -46,12 +46,12 @@ def test_budget_greedy_hand_computed():
   # three more ranks fit (1000 MACs); by gain per MAC: A2 (.3), then B2 and
   # B3 (.25 each) before A3 (.2): A = 2, B = 3, 1.45 of energy kept (A3 +
   # B2 would keep 1.40).
-  shape = rank_policies.LayerShape(100, 100, 1)
+  shape = policies.LayerShape(100, 100, 1)
   spectra = {"a": np.sqrt([.4, .3, .2, .1]), "b": np.sqrt([.25] * 4)}
-  ranks = rank_policies.budget_ranks(spectra, {"a": shape, "b": shape}, 1000)
+  ranks = policies.budget_ranks(spectra, {"a": shape, "b": shape}, 1000)
   assert ranks == {"a": 2, "b": 3}
   # 999 MACs: only two increments fit (A2, B2).
-  assert rank_policies.budget_ranks(
+  assert policies.budget_ranks(
       spectra, {"a": shape, "b": shape}, 999) == {"a": 2, "b": 2}
 
 
@@ -59,24 +59,24 @@ def test_budget_past_break_even_goes_dense():
   # 4x4, one position: rank 1 costs 8 (< 16, factorized); rank 2 would cost
   # 16, not less than dense, so the next step is the dense layer (full rank
   # 4) for 8 more MACs.
-  small = rank_policies.LayerShape(4, 4, 1)
+  small = policies.LayerShape(4, 4, 1)
   spectra = {"s": np.sqrt([.7, .1, .1, .1])}
-  assert rank_policies.budget_ranks(spectra, {"s": small}, 16) == {"s": 4}
-  assert rank_policies.budget_ranks(spectra, {"s": small}, 15) == {"s": 1}
+  assert policies.budget_ranks(spectra, {"s": small}, 16) == {"s": 4}
+  assert policies.budget_ranks(spectra, {"s": small}, 15) == {"s": 1}
   assert small.macs(1) == 8 and small.macs(2) == 16 and small.macs(None) == 16
 
 
 def test_unreachable_budget_names_the_field():
-  shape = rank_policies.LayerShape(100, 100, 10)  # rank 1: 2,000 MACs
+  shape = policies.LayerShape(100, 100, 10)  # rank 1: 2,000 MACs
   with pytest.raises(ValueError, match="^macs_reduction: out of reach: even"
                      " rank 1 in every projected layer costs 4,000 MACs, over"
                      " the 3,999 allowed$"):
-    rank_policies.budget_ranks({"a": np.ones(4), "b": np.ones(4)},
+    policies.budget_ranks({"a": np.ones(4), "b": np.ones(4)},
                                {"a": shape, "b": shape}, 3999)
 
 
 def test_macs_budget_counts_the_unranked_layers():
   # 1,000 MACs in all, 800 of them in the ranked layer: a 50 % cut leaves
   # 500, of which the unranked 200 take their share.
-  shapes = {"a": rank_policies.LayerShape(20, 40, 1)}  # 800 dense
-  assert rank_policies.macs_budget(shapes, 1000, 0.5) == 300
+  shapes = {"a": policies.LayerShape(20, 40, 1)}  # 800 dense
+  assert policies.macs_budget(shapes, 1000, 0.5) == 300

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import lrpet_jax
-from lrpet_jax.ranks import floor_ranks, is_kernel, round_ranks
+from lrpet_jax.core.ranks import floor_ranks, is_kernel, round_ranks
 
 PARAMS = {
     "conv1": {"kernel": np.zeros((3, 3, 3, 16))},        # n = min(27, 16) = 16

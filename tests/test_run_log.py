@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from lrpet_jax import plots
-from lrpet_jax import run_log
-from lrpet_jax import train
+from lrpet_jax.pipeline import metrics
+from lrpet_jax.pipeline import plots
+from lrpet_jax.pipeline import train
 
 
 class Clock:
@@ -20,13 +20,13 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
   c = Clock()
-  monkeypatch.setattr(run_log.time, "time", c)
+  monkeypatch.setattr(metrics.time, "time", c)
   return c
 
 
 def test_time_left_hand_computed(clock):
   # 100 steps of batch 10; precise BN over 30 batches; two final evaluations.
-  progress = run_log.Progress(0, 100, 10, final_steps=30, final_evaluations=2)
+  progress = metrics.Progress(0, 100, 10, final_steps=30, final_evaluations=2)
   clock.now += 50.0  # first window: 10 steps, compilation included
   rate, left = progress.report(10, evaluations_left=3)
   assert rate == pytest.approx(10 * 10 / 50.0) and left is None
@@ -40,7 +40,7 @@ def test_time_left_hand_computed(clock):
 
 
 def test_durations_read_as_a_person_writes_them():
-  assert [run_log.duration(s) for s in (0.4, 42, 60, 425, 3600, 7380)] == [
+  assert [metrics.duration(s) for s in (0.4, 42, 60, 425, 3600, 7380)] == [
       "0s", "42s", "1m00s", "7m05s", "1h00m", "2h03m"]
 
 
@@ -54,7 +54,7 @@ def test_evaluations_left_hand_computed():
 
 def test_phase_log_counts_parts(clock, caplog):
   caplog.set_level("INFO")
-  phase = run_log.PhaseLog("final", 2)
+  phase = metrics.PhaseLog("final", 2)
   clock.now += 3.2
   phase.done("first")
   clock.now += 70

@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lrpet_jax import data as data_lib
-from lrpet_jax import inputs
-from lrpet_jax import methods
-from lrpet_jax import ranks as ranks_lib
-from lrpet_jax import steps
-from lrpet_jax import tracing
+from lrpet_jax.analysis import tracing
+from lrpet_jax.core import ranks as ranks_lib
+from lrpet_jax.data import datasets as data_lib
+from lrpet_jax.data import inputs
+from lrpet_jax.pipeline import methods
+from lrpet_jax.pipeline import steps
 
 
 def test_call_lengths_hand_computed():
@@ -69,7 +69,7 @@ def test_k_steps_per_call_equal_single_steps_in_float64():
         batch_sharding=NamedSharding(mesh, P("data")))
     variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
                            train=False)
-    method = methods.create("lrpet", methods.Setting(
+    method = methods.method_for("lrpet", methods.Setting(
         build_model=lambda ranks=None, dtype=None: model, dtype=None,
         dense_abstract=None,
         ranks=ranks_lib.uniform_ranks(variables["params"], 0.5),

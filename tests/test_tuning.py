@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import lrpet_jax
-from lrpet_jax import folding
 from lrpet_jax import models
-from lrpet_jax import tuning
+from lrpet_jax.analysis import folding
+from lrpet_jax.deploy import tuning
 from reference import rel_err
 
 
@@ -21,7 +21,7 @@ def projected():
   ranks = lrpet_jax.uniform_ranks(variables["params"], 0.54)
   variables = {**variables, "params": lrpet_jax.project_params(
       variables["params"], ranks)}
-  pairs = lrpet_jax.tracing.bn_pairs(lrpet_jax.tracing.eval_apply(dense),
+  pairs = lrpet_jax.analysis.tracing.bn_pairs(lrpet_jax.analysis.tracing.eval_apply(dense),
                                      variables, (32, 32, 3)).pairs
   return dense, variables, ranks, pairs
 
@@ -80,7 +80,7 @@ def test_tune_chooses_the_fastest_and_guards_the_whole_model(projected,
   whole.update(tuned=0.5)  # now the tuned model is faster: kept
   tuned, report = tuning.tune(dense, variables, ranks, pairs, batch=2)
   assert not report["kept_all_dense"]
-  kept = lrpet_jax.ranks.ranks_to_dict(tuned)
+  kept = lrpet_jax.core.ranks.ranks_to_dict(tuned)
   assert kept and all(r % 8 == 0 for r in kept.values())
 
 

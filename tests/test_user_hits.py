@@ -11,16 +11,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lrpet_jax import run_config
-from lrpet_jax import train
+from lrpet_jax.pipeline import config_check
+from lrpet_jax.pipeline import train
 from test_train import command  # pylint: disable=unused-import
 from test_train import image_folder  # pylint: disable=unused-import
 from test_train import run
@@ -68,7 +66,7 @@ def test_an_unfinished_run_resumed_under_another_config_is_refused(
   with pytest.raises(ValueError, match=r"holds no serving model \(the run has"
                      r" not finished\)$"):
     lrpet_jax.load_run(workdir).evaluate("serving")
-  with pytest.raises(run_config.ConfigError, match=(
+  with pytest.raises(config_check.ConfigError, match=(
       r"^workdir: holds an unfinished run started under another config"
       r" \(changed: seed 0 → 1\); rerun with its config to resume")):
     train.train_and_evaluate(tiny_config(seed=1), str(workdir))
@@ -112,7 +110,7 @@ def test_a_failed_save_stops_the_run_at_once_keeping_the_last_good_one(
     tiny_config, tmp_path, monkeypatch):
   """An injected ENOSPC while checkpoint 6 is written."""
   from etils import epath  # pylint: disable=g-import-not-at-top
-  from lrpet_jax import errors  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.pipeline import errors  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "w"
   path_type = type(epath.Path(tmp_path))
   write_text = path_type.write_text
@@ -147,7 +145,8 @@ def test_an_internal_error_has_its_own_status_and_saves_the_traceback(
   script = textwrap.dedent(f"""
       import sys
       from absl import app
-      from lrpet_jax import main, train
+      from lrpet_jax import main
+      from lrpet_jax.pipeline import train
       def broken(config, workdir, command=None):
         train.PHASE[0] = "training"
         raise RuntimeError("something broke")
@@ -200,7 +199,7 @@ def with_dropout(num_classes, dtype=None):
 
 
 def test_a_model_that_returns_no_logits_is_refused(tiny_config, tmp_path):
-  with pytest.raises(run_config.ConfigError) as e:
+  with pytest.raises(config_check.ConfigError) as e:
     train.train_and_evaluate(tiny_config(model="test_user_hits:feature_map"),
                              str(tmp_path / "w"))
   assert str(e.value) == (
@@ -238,15 +237,15 @@ def test_a_model_with_dropout_trains_with_masks_keyed_by_seed_and_step(
 ])
 def test_a_schedule_that_cannot_be_one_is_refused(tiny_config, overrides,
                                                   message):
-  with pytest.raises(run_config.ConfigError) as e:
-    run_config.check(tiny_config(**overrides))
+  with pytest.raises(config_check.ConfigError) as e:
+    config_check.check(tiny_config(**overrides))
   assert str(e.value) == message
 
 
 def test_boundaries_past_a_run_of_num_steps_are_refused(tiny_config,
                                                         tmp_path):
   # 6 steps of 3 per epoch: 2 epochs.
-  with pytest.raises(run_config.ConfigError) as e:
+  with pytest.raises(config_check.ConfigError) as e:
     train.train_and_evaluate(tiny_config(lr_boundaries_epochs=(1, 3)),
                              str(tmp_path / "w"))
   assert str(e.value) == ("lr_boundaries_epochs: 3 is after the end of the"
@@ -284,13 +283,13 @@ def test_the_smoke_duration_is_told_the_same_everywhere():
 
 
 def test_the_tensorboard_hint_is_quoted(tmp_path, caplog):
-  from lrpet_jax import run_record  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.pipeline import records  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "a run"
   workdir.mkdir()
   (workdir / ".lock").write_text("")
   (workdir / "summary.json").write_text("{}")
   with caplog.at_level("INFO"):
-    run_record.log_contents(workdir)
+    records.log_contents(workdir)
   (line,) = [r.getMessage() for r in caplog.records]
   assert line.endswith(f"tensorboard --logdir '{workdir}/tensorboard')")
   assert ": summary.json (" in line  # dotfiles (the lock) are not listed
@@ -300,7 +299,7 @@ def test_training_plot_marks_every_projection(tmp_path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from lrpet_jax import plots  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.pipeline import plots  # pylint: disable=g-import-not-at-top
   series = plots.read_metrics_rows([
       {"step": 2, "train_loss": 2.0, "train_accuracy": 0.1},
       {"step": 3, "projection_energy_kept_mean": 0.9,

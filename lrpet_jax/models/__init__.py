@@ -17,7 +17,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from lrpet_jax import factorized
+from lrpet_jax.analysis import factorized
 from lrpet_jax.models import cifar_resnet
 from lrpet_jax.models import imagenet_resnet
 from lrpet_jax.models import layers

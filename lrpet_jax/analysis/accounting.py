@@ -1,0 +1,218 @@
+"""Cost accounting (MACs, params, FLOPs) and FLOPs-budget ranks, for any model.
+
+MACs follow the paper's tables: a conv costs H_out·W_out·c_out·kh·kw·c_in/groups,
+a dense layer in·out; BatchNorm, activations, pooling and biases are not
+counted. They are counted from the jaxpr (half the ``matmul_flops``), so any
+module that convolves or multiplies matrices is counted, factorized or not.
+
+FLOPs are counted from the jaxpr of the eval-mode forward pass (``flops``),
+before any backend sees it, so every backend reports the same number:
+
+- ``matmul_flops``: 2 per multiply-add of every convolution and matrix
+  product, taps on zero padding included (= 2·MACs for the zoo models);
+- ``elementwise_flops``: 1 per output element of every elementwise arithmetic
+  op (BatchNorm's subtract, multiply and add, ReLU's max, residual and bias
+  adds, the pooling division), 1 per input element of every reduction
+  (global average pooling's sum) and 1 per window tap of a pooling window
+  (max pooling). Data movement (pad, slice, reshape,
+  broadcast, dtype conversion) counts 0.
+
+XLA's own cost analysis is not used: on GPU it leaves out the convolutions it
+hands to cuDNN (2.4M FLOPs reported for ResNet-56's 125M MACs on an H200), and
+on CPU it skips the padding taps.
+"""
+
+import math
+import numbers
+from typing import Any
+
+import jax
+from jax.extend import core as jax_core
+
+from lrpet_jax.analysis import factorized
+from lrpet_jax.analysis import tracing
+from lrpet_jax.core import _trees
+from lrpet_jax.core import ranks as ranks_lib
+
+
+def layer_costs(model, variables: Any, input_shape: tuple[int, ...], *,
+                apply_fn=None) -> list[tracing.Layer]:
+  """Every kernel's layer the model runs on one example of ``input_shape``
+  (``tracing.layers``; each has ``path``, ``kernel_shape``, ``kind``,
+  ``macs``, ``positions`` and ``out_positions``). ``apply_fn``: as in
+  ``cost``."""
+  return tracing.layers(apply_fn or tracing.eval_apply(model), variables,
+                        input_shape)
+
+
+_ELEMENTWISE = frozenset({
+    "add", "sub", "mul", "div", "max", "min", "neg", "abs", "sign", "exp",
+    "exp2", "log", "log1p", "expm1", "sqrt", "rsqrt", "cbrt", "tanh",
+    "logistic", "integer_pow", "pow", "square", "erf", "erf_inv", "rem",
+    "atan2", "sin", "cos", "tan", "floor", "ceil", "round", "clamp",
+    "select_n", "add_any", "nextafter", "reciprocal"})
+_REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min",
+                         "reduce_prod", "argmax", "argmin"})
+
+
+def _size(aval) -> int:
+  return math.prod(aval.shape)
+
+
+def _conv_macs(eqn) -> int:
+  """A convolution's MACs; a transposed (lhs-dilated) one without the
+  inserted zeros: input size × taps × c_out/groups (``layer_table``)."""
+  dn, p = eqn.params["dimension_numbers"], eqn.params
+  lhs, rhs = eqn.invars[0].aval, eqn.invars[1].aval
+  if any(d != 1 for d in p["lhs_dilation"]):
+    taps = math.prod(rhs.shape[d] for d in dn.rhs_spec[2:])
+    return (_size(lhs) * taps * rhs.shape[dn.rhs_spec[0]]
+            // (p["feature_group_count"] * p["batch_group_count"]))
+  per_output = _size(rhs) // rhs.shape[dn.rhs_spec[0]]  # kh·kw·c_in/groups
+  return _size(eqn.outvars[0].aval) * per_output
+
+
+def _jaxpr_flops(jaxpr, counts: dict[str, int], times: int = 1) -> None:
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+      counts["matmul_flops"] += 2 * _conv_macs(eqn) * times
+    elif name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval
+      depth = math.prod(lhs.shape[d] for d in contract)
+      counts["matmul_flops"] += 2 * _size(eqn.outvars[0].aval) * depth * times
+    elif name in _ELEMENTWISE:
+      counts["elementwise_flops"] += _size(eqn.outvars[0].aval) * times
+    elif name in _REDUCTIONS:
+      counts["elementwise_flops"] += _size(eqn.invars[0].aval) * times
+    elif name.startswith("reduce_window"):  # pooling: one per window tap
+      counts["elementwise_flops"] += _size(eqn.outvars[0].aval) * math.prod(
+          eqn.params["window_dimensions"]) * times
+    elif name in ("while", "cond"):
+      raise NotImplementedError(f"flops: control flow ({name}) is not counted")
+    inner = times * (eqn.params["length"] if name == "scan" else 1)
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      _jaxpr_flops(sub, counts, inner)
+
+
+def flops(fn, *args) -> dict[str, int]:
+  """{"flops", "matmul_flops", "elementwise_flops"} of ``fn(*args)``, from its
+  jaxpr (see the module docstring); ``args`` may be ``ShapeDtypeStruct``s."""
+  counts = {"matmul_flops": 0, "elementwise_flops": 0}
+  _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr, counts)
+  return {"flops": counts["matmul_flops"] + counts["elementwise_flops"],
+          **counts}
+
+
+def cost(model, variables: Any, input_shape: tuple[int, ...], *,
+         apply_fn=None) -> dict[str, float]:
+  """{"macs", "params", "flops", "matmul_flops", "elementwise_flops"} of one
+  example's eval-mode forward pass, from its jaxpr (``flops``): MACs are the
+  multiply-adds of every convolution and matrix product (matmul_flops / 2,
+  the paper's convention for conv and dense layers), whatever module makes
+  them.
+
+  Args:
+    model: a Flax module (or ``Factorized``), unless ``apply_fn`` says how
+      to run it.
+    variables: its variables (arrays or ``jax.ShapeDtypeStruct``s).
+    input_shape: one example's shape, without the batch axis ((H, W, C)
+      for images, (L, C) for sequences).
+    apply_fn: ``apply_fn(variables, x)``, the forward pass to count: default
+      ``model.apply(variables, x, train=False)``
+      (``tracing.eval_apply(model, training=False)`` for another flag; the
+      BatchNorm-folded model: ``folding.folded_apply``). Params are the
+      variables'.
+  """
+  params = sum(math.prod(x.shape) for x in jax.tree.leaves(variables["params"]))
+  counted = flops(apply_fn or tracing.eval_apply(model), variables,
+                  tracing.example(input_shape))
+  return {"macs": counted["matmul_flops"] // 2, "params": params, **counted}
+
+
+def compact_cost(costs: list[tracing.Layer], total_params: int,
+                 ranks: Any) -> dict[str, int]:
+  """MACs and params of the compact model, from the dense model's layer costs.
+
+  A layer whose kernel has a rank r is factorized (when ``is_factorized``):
+  its m·n kernel becomes r·(m + n) weights, its MACs
+  ``factorized.layer_macs``.
+  """
+  flat = _trees.leaves_by_path(ranks)
+  macs, params = 0, total_params
+  for c in costs:
+    rank = flat.get(c.kernel)
+    if rank is None:
+      macs += c.macs
+      continue
+    params += (factorized.layer_weights(rank, c.kernel_shape)
+               - math.prod(c.kernel_shape))
+    macs += factorized.layer_macs(rank, c.kernel_shape, c.positions,
+                                  c.out_positions)
+  return {"macs": macs, "params": params}
+
+
+def ranks_for_budget(model, variables: Any,
+                     input_shape: tuple[int, ...], *,
+                     macs_reduction: float | None = None,
+                     params_reduction: float | None = None,
+                     include: ranks_lib.IncludeFn | None = None,
+                     apply_fn=None) -> Any:
+  """Uniform-ratio ranks whose compact model best meets a MACs or params cut.
+
+  The compact model's reduction is a step function of the ratio (ranks are
+  integers, and the break-even guard keeps some layers dense); bisection finds
+  the step just reaching the target and the one below it, and the closer of
+  the two wins.
+
+  Args:
+    model: the dense model.
+    variables: its variables (arrays or ``jax.ShapeDtypeStruct``s).
+    input_shape: one example's shape, without the batch axis.
+    macs_reduction / params_reduction: the target fraction removed, in (0, 1);
+      give exactly one.
+    include: leaf selection, as in ``uniform_ranks`` (default: convolution
+      kernels; ``ranks.is_kernel`` adds dense ones).
+    apply_fn: as in ``cost``.
+
+  Returns:
+    A rank pytree (``uniform_ranks(params, ratio, include=include)``).
+  """
+  if (macs_reduction is None) == (params_reduction is None):
+    raise ValueError("give exactly one of macs_reduction and params_reduction")
+  field, target = (("macs", macs_reduction) if macs_reduction is not None
+                   else ("params", params_reduction))
+  name = f"{field}_reduction"
+  if (isinstance(target, bool) or not isinstance(target, numbers.Real)
+      or not 0.0 < target < 1.0):
+    raise ValueError(f"{name} must be in (0, 1), got {target!r}")
+  params = variables["params"]
+  costs = layer_costs(model, variables, input_shape, apply_fn=apply_fn)
+  dense_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+  dense = {"macs": sum(c.macs for c in costs), "params": dense_params}
+
+  def reduction(ratio):
+    ranks = ranks_lib.uniform_ranks(params, ratio, include=include)
+    return 1.0 - compact_cost(costs, dense_params, ranks)[field] / dense[field]
+
+  top = 1.0 - 1e-9
+  best = reduction(top)
+  if best < target:
+    raise ValueError(
+        f"{name}={target} is unreachable: the best achievable with uniform"
+        f" ranks is {best:.4f}")
+  lo, hi = 0.0, top  # reduction(lo) < target <= reduction(hi), unless lo hits
+  if reduction(lo) >= target:
+    hi = lo
+  else:
+    for _ in range(60):
+      mid = (lo + hi) / 2
+      if reduction(mid) >= target:
+        hi = mid
+      else:
+        lo = mid
+  ratio = hi
+  if hi > 0.0 and abs(reduction(lo) - target) < abs(reduction(hi) - target):
+    ratio = lo
+  return ranks_lib.uniform_ranks(params, ratio, include=include)

@@ -1,0 +1,572 @@
+"""The layer table: one traced description of a model's layers.
+
+``build(apply_fn, variables, input_shape)`` runs the model's eval-mode
+forward pass once, abstractly (``jax.make_jaxpr``: nothing is computed), with
+every variable an input of the jaxpr, and Flax method interception marking
+module boundaries with an identity primitive (``lrpet_tag``): the output of
+every module call that owns a ``kernel``, and the input of every
+``nn.BatchNorm`` call. Calls of ``jit``, ``remat`` and custom-derivative
+functions are inlined; an ``nn.scan`` body counts ``length`` times, its
+stacked kernels sliced per iteration. Then, for every ``kernel`` leaf:
+
+- the operations that use it, reached only through dtype casts, transposes,
+  flips and scan slices: ``conv_general_dilated`` (its dimension numbers,
+  feature groups, lhs dilation) or ``dot_general`` (its contracting axes);
+  anything else is a use of another kind;
+- its kind (``KINDS``) and matrix view: ``rows``, the leaf axes the op
+  contracts, and ``cols``, the leaf axes of its output features; a ranked
+  kernel is the matrix (prod(rows), prod(cols)) with ``cols`` the trailing
+  axes (``projection.matrix_shape``);
+- its MACs per example over all its calls (scan iterations included):
+  output size × contraction depth; a transposed (lhs-dilated) convolution
+  counts input size × taps × c_out/groups, without the inserted zeros
+  (fvcore's convention);
+- each call's output consumers, and the BatchNorm that normalizes it (whose
+  input *is* the layer's output, its own bias included), with that module's
+  epsilon, ``use_scale``/``use_bias`` and axis;
+- whether it can be ranked (``rankable``, else ``reason``): an exact
+  two-layer factorization exists here only for a convolution, transposed
+  convolution or dense layer of a module with ``features`` (``nn.Conv``,
+  ``nn.ConvTranspose``, ``nn.Dense``, ``nn.DenseGeneral``) with one group,
+  its output features on the kernel's last axis, not stacked by ``nn.scan``,
+  used by nothing else;
+- whether its BatchNorm can be folded into it (``LayerTable.folds``): only
+  where the layer runs once and the BatchNorm is the sole consumer of its
+  output, for every call of that BatchNorm; otherwise the BatchNorm stays in
+  the folded graph (``LayerTable.kept_norms`` says why).
+
+``apply_fn(variables, x)`` runs the model in evaluation mode
+(``tracing.eval_apply``). ``input_shape`` is one example's shape, without
+the batch axis ((H, W, C) for images, (L, C) for sequences).
+"""
+
+from collections import defaultdict
+from collections.abc import Callable
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+from jax.extend import core as jcore
+from jax.interpreters import batching
+from jax.interpreters import mlir
+import jax.numpy as jnp
+
+from lrpet_jax.core import _trees
+
+KINDS = ("conv", "transposed_conv", "grouped_conv", "dense", "other", "unused")
+FACTORIZABLE_KINDS = ("conv", "transposed_conv", "dense")
+CONV_KINDS = ("conv", "transposed_conv", "grouped_conv")
+
+# An identity that survives tracing: marks a module boundary in the jaxpr.
+_tag_p = jcore.Primitive("lrpet_tag")
+_tag_p.def_impl(lambda x, *, label: x)
+_tag_p.def_abstract_eval(lambda x, *, label: x)
+batching.primitive_batchers[_tag_p] = (
+    lambda args, dims, *, label: (_tag_p.bind(args[0], label=label), dims[0]))
+mlir.register_lowering(_tag_p, lambda ctx, x, *, label: [x])
+
+# Ops a kernel may pass through on its way to its convolution or matmul.
+_PASS = frozenset({"convert_element_type", "copy", "copy_p", "rev",
+                   "reduce_precision", "lrpet_tag"})
+
+
+def example(input_shape) -> jax.ShapeDtypeStruct:
+  """A batch of one float32 example of ``input_shape`` (no batch axis)."""
+  return jax.ShapeDtypeStruct((1,) + tuple(int(d) for d in input_shape),
+                              jnp.float32)
+
+
+# ---------------------------------------------------------------- the graph
+
+
+@dataclasses.dataclass
+class _Op:
+  prim: str
+  params: dict
+  ins: list  # node ids (None: a literal)
+  outs: list
+  in_avals: list
+  out_avals: list
+  times: int  # executions per forward pass (scan bodies: × length)
+
+
+class _Graph:
+  """The forward pass as ops on numbered values, sub-jaxprs inlined."""
+
+  def __init__(self):
+    self.ops: list[_Op] = []
+    self.users: dict[int, list[tuple[_Op, int]]] = defaultdict(list)
+    self._count = 0
+
+  def new(self) -> int:
+    self._count += 1
+    return self._count
+
+  def add(self, prim, params, ins, in_avals, out_avals, times) -> list[int]:
+    op = _Op(prim, params, ins, [self.new() for _ in out_avals], in_avals,
+             out_avals, times)
+    self.ops.append(op)
+    for k, n in enumerate(ins):
+      if n is not None:
+        self.users[n].append((op, k))
+    return op.outs
+
+  def walk(self, jaxpr, env: dict, times: int) -> None:
+    read = lambda v: None if isinstance(v, jcore.Literal) else env.get(v)
+    for eqn in jaxpr.eqns:
+      ins = [read(v) for v in eqn.invars]
+      in_avals = [v.aval for v in eqn.invars]
+      out_avals = [v.aval for v in eqn.outvars]
+      name = eqn.primitive.name
+      subs = [s.jaxpr if isinstance(s, jcore.ClosedJaxpr) else s
+              for s in eqn.params.values()
+              if isinstance(s, (jcore.ClosedJaxpr, jcore.Jaxpr))]
+      if name == "scan":
+        outs = self._scan(eqn, ins, times)
+      elif (name not in ("while", "cond") and len(subs) == 1
+            and len(subs[0].invars) == len(ins)
+            and len(subs[0].outvars) == len(eqn.outvars)):
+        sub = subs[0]
+        inner = dict(zip(sub.invars, ins))
+        inner.update({v: self.new() for v in sub.constvars})
+        self.walk(sub, inner, times)
+        outs = [None if isinstance(v, jcore.Literal) else inner.get(v)
+                for v in sub.outvars]
+      else:
+        outs = self.add(name, dict(eqn.params), ins, in_avals, out_avals,
+                        times)
+      for v, n in zip(eqn.outvars, outs):
+        env[v] = n
+
+  def _scan(self, eqn, ins, times) -> list[int]:
+    p = eqn.params
+    body = p["jaxpr"].jaxpr
+    consts, carry = p["num_consts"], p["num_carry"]
+    inner = {v: self.new() for v in body.constvars}
+    self.add("scan_carry", {}, ins[consts:consts + carry],
+             [v.aval for v in eqn.invars[consts:consts + carry]], [], times)
+    for i, (v, n) in enumerate(zip(body.invars, ins)):
+      if i < consts:
+        inner[v] = n
+      elif i < consts + carry:
+        inner[v] = self.new()
+      else:  # one slice of a stacked input per iteration
+        inner[v] = self.add("scan_slice", {}, [n], [eqn.invars[i].aval],
+                            [v.aval], times)[0]
+    self.walk(body, inner, times * p["length"])
+    outs = [None if isinstance(v, jcore.Literal) else inner.get(v)
+            for v in body.outvars]
+    return self.add("scan_out", {}, outs, [v.aval for v in body.outvars],
+                    [v.aval for v in eqn.outvars], times)
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclasses.dataclass(frozen=True)
+class Norm:
+  """A BatchNorm module as the model calls it."""
+
+  path: tuple[str, ...]
+  epsilon: float
+  use_scale: bool
+  use_bias: bool
+  axis: int  # normalized feature axis, counted from the end (-1: last)
+
+
+class NormPath(str):
+  """A BatchNorm path ('/'-joined) that carries its module's ``epsilon``:
+  the values of ``Pairing.pairs``, read by ``bn_out_scales`` and ``fold``."""
+
+  epsilon: float
+
+  def __new__(cls, path: str, epsilon: float):
+    out = super().__new__(cls, path)
+    out.epsilon = float(epsilon)
+    return out
+
+  def __reduce__(self):
+    return (NormPath, (str(self), self.epsilon))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """One kernel and the layer that uses it (shapes per example)."""
+
+  path: tuple[str, ...]  # the module's path; the kernel is path + ("kernel",)
+  kernel_shape: tuple[int, ...]
+  kind: str  # one of KINDS
+  rows: tuple[int, ...]  # leaf axes the op contracts
+  cols: tuple[int, ...]  # leaf axes of the output features
+  stacked: tuple[int, ...]  # leaf axes nn.scan slices
+  calls: int  # executions per forward pass
+  macs: int  # per example, all calls
+  out_positions: int  # output positions per example, all calls
+  input_shape: tuple[int, ...]  # the module's, first call, without the batch
+  output_shape: tuple[int, ...]
+  module: Any  # the module as called (bound during the trace)
+  rankable: bool
+  reason: str | None  # why not rankable
+  consumers: tuple[tuple[str, ...], ...]  # per call: who reads its output
+  groups: int = 1
+  channel_last: bool = True  # its output features are its output's last axis
+
+  @property
+  def kernel(self) -> tuple[str, ...]:
+    return self.path + ("kernel",)
+
+  @property
+  def name(self) -> str:
+    return "/".join(self.kernel)
+
+  @property
+  def kernel_shapes(self) -> tuple[tuple[int, ...], ...]:
+    return (self.kernel_shape,)
+
+  @property
+  def weights(self) -> int:
+    """Weights in one (unstacked) kernel."""
+    return math.prod(self.kernel_shape[a] for a in self.rows + self.cols)
+
+  @property
+  def positions(self) -> int:
+    """MACs per kernel weight: ``macs = positions · weights``."""
+    return self.macs // self.weights
+
+  def to_json(self) -> dict:
+    return {"kernel": self.name, "kind": self.kind,
+            "shape": list(self.kernel_shape), "calls": self.calls,
+            "macs": self.macs, "rankable": self.rankable,
+            **({"reason": self.reason} if self.reason else {})}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerTable:
+  """Every kernel of a model (``layers``, in call order), its BatchNorm
+  pairs and folds (see the module docstring)."""
+
+  layers: tuple[Layer, ...]
+  norms: dict  # {BatchNorm path tuple: Norm}
+  pairs: dict  # {kernel name: NormPath}
+  unpaired: dict  # {kernel name: why no BatchNorm rectifies it}
+  folds: dict  # {kernel name: BatchNorm path}: folded into the layer
+  kept_norms: dict  # {BatchNorm name: why it stays in the folded graph}
+
+  def layer(self, kernel) -> Layer:
+    key = _trees.path_tuple(kernel)
+    for layer in self.layers:
+      if layer.kernel == key:
+        return layer
+    raise KeyError(_trees.path_str(key))
+
+  def get(self, kernel) -> Layer | None:
+    try:
+      return self.layer(kernel)
+    except KeyError:
+      return None
+
+  def selected(self, kinds=("conv", "transposed_conv")) -> list[Layer]:
+    """The rankable layers of ``kinds``."""
+    return [l for l in self.layers if l.rankable and l.kind in kinds]
+
+  def skipped(self, kinds=("conv", "transposed_conv")) -> list[Layer]:
+    """Layers of ``kinds`` (or of no factorizable kind) left unranked."""
+    return [l for l in self.layers if not l.rankable and (
+        l.kind in kinds or l.kind in ("grouped_conv", "other"))]
+
+  @property
+  def dense_macs(self) -> int:
+    return sum(l.macs for l in self.layers)
+
+
+def _uses(graph: _Graph, node, axes, stacked=()):
+  """(op, operand index, leaf axes of the operand, stacked leaf axes) for
+  each op that reads the kernel at ``node`` (axes: the leaf axis of each
+  axis of the value at ``node``)."""
+  for op, k in graph.users.get(node, ()):
+    if op.prim in _PASS:
+      yield from _uses(graph, op.outs[0], axes, stacked)
+    elif op.prim == "transpose":
+      perm = op.params["permutation"]
+      yield from _uses(graph, op.outs[0], tuple(axes[p] for p in perm),
+                       stacked)
+    elif op.prim == "scan_slice":
+      yield from _uses(graph, op.outs[0], axes[1:], stacked + axes[:1])
+    else:
+      yield op, k, axes, stacked
+
+
+@dataclasses.dataclass(frozen=True)
+class _Use:
+  kind: str
+  rows: tuple[int, ...]
+  cols: tuple[int, ...]
+  macs: int
+  out_positions: int
+  channel_last: bool  # output features on the op output's last axis
+  input_shape: tuple[int, ...]
+  output_shape: tuple[int, ...]
+  groups: int = 1
+  reason: str | None = None
+
+
+def _conv_use(op: _Op, k: int, axes) -> _Use:
+  if k != 1:
+    return _Use("other", (), (), 0, 0, False, (), (),
+                reason="used as a convolution's input, not its kernel")
+  dn = op.params["dimension_numbers"]
+  lhs, rhs, out = op.in_avals[0], op.in_avals[1], op.out_avals[0]
+  o_dim, i_dim = dn.rhs_spec[0], dn.rhs_spec[1]
+  groups = op.params["feature_group_count"] * op.params["batch_group_count"]
+  taps = math.prod(rhs.shape[d] for d in dn.rhs_spec[2:])
+  n = rhs.shape[o_dim]
+  transposed = any(d != 1 for d in op.params["lhs_dilation"])
+  if transposed:  # input size × taps × c_out/groups: no inserted zeros
+    macs = math.prod(lhs.shape) * taps * n // groups
+  else:
+    macs = math.prod(out.shape) * taps * rhs.shape[i_dim]
+  kind = ("grouped_conv" if groups != 1 else
+          "transposed_conv" if transposed else "conv")
+  return _Use(
+      kind, tuple(axes[d] for d in (i_dim,) + tuple(dn.rhs_spec[2:])),
+      (axes[o_dim],), macs * op.times, math.prod(out.shape) // n * op.times,
+      dn.out_spec[1] == len(out.shape) - 1, tuple(lhs.shape[1:]),
+      tuple(out.shape[1:]), groups,
+      reason=(f"grouped convolution ({groups} groups): no two-layer"
+              " factorized form" if groups != 1 else None))
+
+
+def _dot_use(op: _Op, k: int, axes) -> _Use:
+  (lc, rc), (lb, rb) = op.params["dimension_numbers"]
+  contract, batch = (lc, lb) if k == 0 else (rc, rb)
+  kernel, other = op.in_avals[k], op.in_avals[1 - k]
+  out = op.out_avals[0]
+  if batch:
+    return _Use("other", (), (), 0, 0, False, (), (),
+                reason="a batched matrix product uses it")
+  free = [d for d in range(len(kernel.shape)) if d not in contract]
+  other_free = len(other.shape) - len(lc if k == 1 else rc) - len(batch)
+  depth = math.prod(kernel.shape[d] for d in contract)
+  n = math.prod(kernel.shape[d] for d in free)
+  return _Use(
+      "dense", tuple(axes[d] for d in contract), tuple(axes[d] for d in free),
+      math.prod(out.shape) * depth * op.times,
+      math.prod(out.shape) // max(n, 1) * op.times,
+      len(free) == 1 and (k == 1 or other_free == 0),
+      tuple(other.shape[1:]), tuple(out.shape[1:]))
+
+
+def _use(op, k, axes) -> _Use:
+  if op.prim == "conv_general_dilated":
+    return _conv_use(op, k, axes)
+  if op.prim == "dot_general":
+    return _dot_use(op, k, axes)
+  return _Use("other", (), (), 0, 0, False, (), (),
+              reason=f"used by {op.prim} (not a convolution or matrix"
+                     " product)")
+
+
+def _rankable(kernel_shape, use: _Use, stacked, module) -> str | None:
+  """Why a kernel with this use cannot be ranked, or None."""
+  ndim = len(kernel_shape)
+  if use.reason:
+    return use.reason
+  if stacked:
+    return ("stacked by nn.scan (one kernel per iteration): not factorized"
+            " here")
+  if use.cols != (ndim - 1,) or tuple(sorted(use.rows)) != tuple(
+      range(ndim - 1)):
+    return (f"its output features are on kernel axes {list(use.cols)}, not"
+            " the last axis alone (e.g. ConvTranspose(transpose_kernel=True)"
+            " or DenseGeneral with several output axes): not factorized"
+            " here")
+  if not hasattr(module, "features"):
+    return (f"its module ({type(module).__name__}) has no `features` to"
+            " clone with r outputs (nn.Conv, nn.ConvTranspose, nn.Dense and"
+            " nn.DenseGeneral have)")
+  return None
+
+
+def _consumer_name(op: _Op) -> str:
+  if op.prim == "lrpet_tag":
+    return f"BatchNorm {'/'.join(op.params['label'][1])}"
+  return op.prim
+
+
+def _trace(apply_fn, variables, input_shape):
+  """(graph, {variable path: node}, {module path: (first module seen, its
+  input shape without the batch)}, {BatchNorm path: Norm})."""
+  modules, norms = {}, {}
+
+  def intercept(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != "__call__":
+      return next_fun(*args, **kwargs)
+    path = tuple(module.path)
+    if isinstance(module, nn.BatchNorm) and args and hasattr(args[0], "ndim"):
+      axis = module.axis if isinstance(module.axis, int) else None
+      if axis is not None and axis >= 0:
+        axis -= args[0].ndim
+      norms.setdefault(path, Norm(path, float(module.epsilon),
+                                  bool(module.use_scale),
+                                  bool(module.use_bias),
+                                  axis if axis is not None else 0))
+      args = (_tag_p.bind(args[0], label=("norm_in", path)),) + tuple(args[1:])
+      return next_fun(*args, **kwargs)
+    out = next_fun(*args, **kwargs)
+    params = module.variables.get("params", {})
+    if "kernel" in params and hasattr(out, "ndim"):
+      modules.setdefault(path, (module, tuple(getattr(
+          args[0], "shape", (0,))[1:]) if args else ()))
+      out = _tag_p.bind(out, label=("out", path))
+    return out
+
+  with nn.intercept_methods(intercept):
+    closed = jax.make_jaxpr(lambda v, x: apply_fn(v, x))(
+        variables, example(input_shape))
+  graph = _Graph()
+  jaxpr = closed.jaxpr
+  env = {v: graph.new() for v in jaxpr.invars + jaxpr.constvars}
+  graph.walk(jaxpr, env, 1)
+  graph.add("output", {}, [None if isinstance(v, jcore.Literal) else env[v]
+                           for v in jaxpr.outvars],
+            [v.aval for v in jaxpr.outvars], [], 1)
+  leaves = [_trees.path_tuple(p) for p, _ in
+            jax.tree_util.tree_leaves_with_path(variables)]
+  nodes = dict(zip(leaves, (env[v] for v in jaxpr.invars)))
+  return graph, nodes, modules, norms
+
+
+def _layer(graph, node, kernel_path, shape, module, outs) -> Layer:
+  """The table row of the kernel at ``node``; ``outs``: its module's tagged
+  output ops in order."""
+  uses = [(_use(op, k, axes), stacked)
+          for op, k, axes, stacked in _uses(graph, node,
+                                             tuple(range(len(shape))))]
+  path = kernel_path[:-1]
+  consumers = tuple(tuple(_consumer_name(op) for op, _ in
+                          graph.users.get(t.outs[0], ())) for t in outs)
+  calls = sum(t.times for t in outs)
+  if not uses:
+    return Layer(path, shape, "unused", (), (), (), 0, 0, 0, (), (), module,
+                 False, "no operation of the forward pass uses it",
+                 consumers)
+  first, stacked = uses[0]
+  shapes = {(u.kind, u.rows, u.cols, s) for u, s in uses}
+  reason = None
+  if len(shapes) > 1:
+    reason = "used by operations that view it differently"
+  else:
+    reason = _rankable(shape, first, stacked, module)
+  kind = first.kind if len(shapes) == 1 else "other"
+  return Layer(
+      path, shape, kind, first.rows, first.cols, stacked,
+      calls or sum(1 for _ in uses), sum(u.macs for u, _ in uses),
+      sum(u.out_positions for u, _ in uses), first.input_shape,
+      first.output_shape, module, reason is None, reason, consumers,
+      first.groups, first.channel_last)
+
+
+def _link(layer: Layer, norm: Norm) -> str | None:
+  """Why ``norm``, which reads ``layer``'s output, does not act on one
+  output feature of ``layer`` per channel, or None."""
+  if len(layer.cols) != 1 or not layer.channel_last:
+    return "its output features are not its output's last axis"
+  if norm.axis != -1:
+    return (f"its BatchNorm {'/'.join(norm.path)} normalizes axis"
+            f" {norm.axis}, not the output features")
+  return None
+
+
+def build(apply_fn: Callable, variables: Any, input_shape) -> LayerTable:
+  """The layer table of the model ``apply_fn`` runs (module docstring)."""
+  graph, nodes, modules, norms = _trace(apply_fn, variables, input_shape)
+  shapes = {_trees.path_tuple(p): tuple(x.shape) for p, x in
+            jax.tree_util.tree_leaves_with_path(variables)}
+  tags = defaultdict(list)  # (kind, module path) → tag ops in order
+  for op in graph.ops:
+    if op.prim == "lrpet_tag":
+      tags[op.params["label"]].append(op)
+  order = {}
+  layers = []
+  for path, node in nodes.items():
+    if path[0] != "params" or path[-1] != "kernel":
+      continue
+    kernel = path[1:]
+    module, module_input = modules.get(kernel[:-1], (None, None))
+    shape = shapes[path]
+    layer = _layer(graph, node, kernel, shape, module,
+                   tags.get(("out", kernel[:-1]), []))
+    if module_input is not None:  # the op's input may be padded (CIRCULAR)
+      layer = dataclasses.replace(layer, input_shape=module_input)
+    layers.append(layer)
+    order[kernel] = _first_use(graph, node, len(shape))
+  layers.sort(key=lambda l: order[l.kernel])
+  outs = {l.kernel: [t.outs[0] for t in tags.get(("out", l.path), [])]
+          for l in layers}
+  reads = {}  # input node of a BatchNorm call → that BatchNorm
+  norm_inputs = {}  # BatchNorm path → input node of each call
+  for (kind, path), ops in tags.items():
+    if kind == "norm_in":
+      norm_inputs[path] = [op.ins[0] for op in ops]
+      for op in ops:
+        reads.setdefault(op.ins[0], path)
+  pairs, unpaired, links = {}, {}, {}
+  for l in layers:
+    bn = reads.get(outs[l.kernel][0]) if outs[l.kernel] else None
+    if bn is None:
+      unpaired[l.name] = "feeds no BatchNorm"
+      continue
+    why = _link(l, norms[bn])
+    links[l.name] = (bn, why)
+    if why is None and l.cols != (len(l.kernel_shape) - 1,):
+      why = ("its output features are not the kernel's last axis (BatchNorm"
+             " folded, not used for rectification)")
+    if why:
+      unpaired[l.name] = why
+    else:
+      pairs[l.name] = NormPath("/".join(bn), norms[bn].epsilon)
+  feeds = {node: l for l in layers for node in outs[l.kernel]}
+  folds, kept = _folds(graph, norm_inputs, norms, feeds, links)
+  return LayerTable(tuple(layers), norms, pairs, unpaired, folds, kept)
+
+
+def _first_use(graph, node, ndim) -> int:
+  """Position of the first op that reads the kernel (call order)."""
+  index = {id(op): i for i, op in enumerate(graph.ops)}
+  found = [index[id(op)] for op, _, _, _ in _uses(
+      graph, node, tuple(range(ndim)))]
+  return min(found, default=len(graph.ops))
+
+
+def _folds(graph, norm_inputs, norms, feeds, links):
+  """({kernel name: NormPath} folded, {BatchNorm name: why it is kept})."""
+  folds, kept = {}, {}
+  for bn, inputs in norm_inputs.items():
+    name = "/".join(bn)
+    fed, why = [], None
+    for node in inputs:
+      layer = feeds.get(node)
+      if layer is None:
+        why = "its input is not a layer's output"
+      elif links.get(layer.name, (None,))[0] != bn:
+        why = (f"{layer.name}'s first call feeds another BatchNorm")
+      elif links[layer.name][1]:
+        why = links[layer.name][1]
+      elif layer.calls != 1:
+        why = f"{layer.name} runs {layer.calls} times"
+      elif len(graph.users.get(node, ())) != 1:
+        others = [_consumer_name(op) for op, _ in graph.users[node]]
+        why = (f"{layer.name}'s output is also read by"
+               f" {', '.join(o for o in others if o != 'BatchNorm ' + name)}")
+      else:
+        fed.append(layer)
+      if why:
+        break
+    if why:
+      kept[name] = why
+    else:
+      folds.update({l.name: NormPath(name, norms[bn].epsilon) for l in fed})
+  return folds, kept

@@ -1,0 +1,13 @@
+"""The training job: ``train.train_and_evaluate(config, workdir)``.
+
+``config_check`` (the config checked up front, handed out in parts),
+``methods`` (what is trained: ``lrpet``, ``dense``, ``compact``), ``steps``
+(the compiled training step and evaluation), ``train`` (the loop),
+``ending`` (the final phases), ``checkpointing`` (Orbax), ``records`` (the
+workdir's own files: lock, config, commands), ``metrics`` (metrics,
+progress, spectra logs), ``plots``, ``saved_run`` (a workdir loaded back,
+``lrpet_jax.load_run``) and ``errors``.
+
+Imports: every other subpackage; nothing imports it but the commands
+(``lrpet_jax.main``, ``lrpet_jax.export``) and ``lrpet_jax.load_run``.
+"""

@@ -1,0 +1,607 @@
+"""LRPET training loop: small pure functions ending in ``train_and_evaluate``.
+
+``config.method`` names what is trained (``methods``: ``lrpet``, ``dense``
+or ``compact``), with the same data, schedule and bookkeeping. The loop runs
+up to ``config.steps_per_call`` steps per compiled call (``steps.Stepper``)
+and asks the method which step projects, so the steady state has no host
+round-trip: metrics stay on the device until a log, evaluation or checkpoint
+boundary, where the loop also checks that loss and params are finite. Calls
+end at projection steps, evaluation/checkpoint boundaries and epoch ends;
+batches and augmentation are functions of (seed, step), so results do not
+depend on ``steps_per_call``. The end of training is the method's list of
+phases (``ending``).
+
+State saved in ``WORKDIR/checkpoints/<step>/`` (``checkpointing``) is
+everything needed to go on: params, batch_stats, the optimizer state
+(projection counter included) and the step. Rerunning the same command
+resumes from the newest readable checkpoint.
+"""
+
+import dataclasses
+import json
+import pathlib
+import signal
+import time
+from typing import Any
+
+from absl import logging
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lrpet_jax import models
+from lrpet_jax.analysis import factorized
+from lrpet_jax.analysis import tracing
+from lrpet_jax.core import bn
+from lrpet_jax.core import ranks as ranks_lib
+from lrpet_jax.core import transform
+from lrpet_jax.data import hosts
+from lrpet_jax.data import inputs
+from lrpet_jax.pipeline import checkpointing
+from lrpet_jax.pipeline import config_check
+from lrpet_jax.pipeline import ending
+from lrpet_jax.pipeline import methods
+from lrpet_jax.pipeline import metrics
+from lrpet_jax.pipeline import plots
+from lrpet_jax.pipeline import records
+from lrpet_jax.pipeline import steps as steps_lib
+from lrpet_jax.pipeline.errors import ConfigError, NonFiniteLoss
+from lrpet_jax.pipeline.steps import TrainState
+from lrpet_jax.ranking import selection
+
+
+def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """lr ×decay at each epoch in ``lr_boundaries_epochs``."""
+  return optax.piecewise_constant_schedule(
+      config.learning_rate,
+      {int(e * steps_per_epoch): config.lr_decay
+       for e in config.lr_boundaries_epochs})
+
+
+def model_builder(config):
+  """``build_model(ranks=None, dtype=None)``: the config's model (a zoo name
+  or ``package.module:factory``) called as ``(x, train=...)``, and with
+  ``ranks`` its compact model (``factorized.Factorized``)."""
+  def build_model(ranks=None, dtype=None):
+    dense = models.with_train_flag(
+        models.build(config.model, config.num_classes, dtype),
+        config.model_flag)
+    return dense if ranks is None else factorized.Factorized(dense, ranks)
+  return build_model
+
+
+def decision_step(config, steps_per_epoch: int) -> int:
+  """The update at whose start a rank policy decides: the first projecting
+  one at or after the end of epoch ``rank_decision_epoch``."""
+  every = config.project_every_steps or steps_per_epoch
+  return transform.ProjectionSchedule(every).next_projection(
+      config.rank_decision_epoch * steps_per_epoch - 1)
+
+
+def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
+  """The method's models, ranks (``selection``; a policy decided in
+  training: ``Deferred``), BatchNorm pairs (``tracing.bn_pairs``) and
+  optimizer settings."""
+  build_model = model_builder(config)
+  dense = build_model()
+  abstract = jax.eval_shape(lambda: dense.init(
+      jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), train=False))
+  rule = config_check.part(selection.RankRule, config)
+  check_output(dense, abstract, input_shape, config.num_classes)
+  table = tracing.table(tracing.eval_apply(dense), abstract, input_shape)
+  ranks = selection.select(rule, dense, abstract, input_shape,
+                                table=table)
+  deferred = None
+  if rule.decided_in_training:  # a method that can (``methods.check``)
+    deferred = selection.deferred(
+        rule, dense, abstract, input_shape,
+        decision_step(config, steps_per_epoch), table=table)
+  return methods.Setting(
+      build_model=build_model, dtype=jnp.dtype(config.compute_dtype),
+      dense_abstract=abstract, ranks=ranks,
+      pairing=tracing.Pairing.of(table), table=table,
+      unranked=selection.unranked(rule, table),
+      learning_rate=learning_rate_schedule(config, steps_per_epoch),
+      momentum=config.momentum, weight_decay=config.weight_decay,
+      nesterov=config.nesterov,
+      project_every=config.project_every_steps or steps_per_epoch,
+      energy_transfer=config.energy_transfer,
+      residual_scale=config.residual_scale,
+      bn_rectification=config.bn_rectification, init_from=config.init_from,
+      deferred=deferred)
+
+
+def check_output(model, variables, input_shape, num_classes) -> None:
+  """The model returns logits (batch, num_classes), or a one-line
+  ValueError naming the shape it returns."""
+  x = jax.ShapeDtypeStruct((2,) + tuple(input_shape), jnp.float32)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False),
+                       variables, x)
+  shape = getattr(out, "shape", None)
+  if shape != (2, num_classes) or not jnp.issubdtype(out.dtype, jnp.floating):
+    got = (f"shape {tuple(shape)}" if shape is not None
+           else f"a {type(out).__name__}")
+    raise ValueError(
+        f"model: returns {got} for a batch of 2 images; it must return"
+        f" logits of shape (batch, num_classes) = (2, {num_classes})")
+
+
+def initial_state(model, tx, seed, input_shape, variables=None) -> TrainState:
+  """Step 0: ``variables`` (e.g. ``methods.decomposed_variables``) or a
+  random init."""
+  if variables is None:
+    variables = model.init(jax.random.key(seed),
+                           jnp.zeros((1,) + tuple(input_shape)), train=False)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                    batch_stats=variables["batch_stats"],
+                    opt_state=tx.init(variables["params"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run's pieces, built before anything is written."""
+
+  method: methods.Method
+  source: inputs.TrainInput
+  input_config: inputs.InputConfig
+  identity: dict
+  total_steps: int
+  replicated: NamedSharding
+
+
+def make_run(config) -> Run:
+  """Loads the data and builds the method; bad input is a ``ConfigError``."""
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = NamedSharding(mesh, P())
+  input_config = config_check.part(inputs.InputConfig, config)
+  started = time.time()
+  logging.info("reading %s", config.dataset)
+  try:
+    source = inputs.load(input_config, NamedSharding(mesh, P("data")))
+  except ValueError as e:  # data sets that cannot be found or prepared
+    raise ConfigError(str(e)) from None
+  logging.info("data ready in %.0fs: %s training examples",
+               time.time() - started, f"{source.num_train:,}")
+  if source.num_classes != config.num_classes:
+    raise ConfigError(f"num_classes: {config.num_classes} but the data set has"
+                      f" {source.num_classes}")
+  if source.steps_per_epoch < 1:
+    raise ConfigError(f"batch_size: {config.batch_size} exceeds the"
+                      f" {source.num_train} training examples")
+  try:
+    setting = make_setting(config, source.input_shape, source.steps_per_epoch)
+    method = methods.method_for(config.method, setting)
+  except ValueError as e:  # e.g. an unreachable macs_reduction
+    raise ConfigError(str(e)) from None
+  total_steps = config.num_steps or config.num_epochs * source.steps_per_epoch
+  late = [e for e in config.lr_boundaries_epochs
+          if e * source.steps_per_epoch > total_steps]
+  if late:
+    raise ConfigError(
+        f"lr_boundaries_epochs: {late[0]} is after the end of the run"
+        f" ({total_steps} steps = {total_steps / source.steps_per_epoch:g}"
+        " epochs)")
+  if setting.deferred is not None and setting.deferred.step >= total_steps:
+    raise ConfigError(
+        f"rank_decision_epoch: {config.rank_decision_epoch} decides at step"
+        f" {setting.deferred.step + 1}, after the run's {total_steps} steps")
+  return Run(
+      method=method, source=source, input_config=input_config,
+      identity=checkpointing.run_identity(
+          config.model, config.num_classes, method.NAME,
+          None if setting.deferred else setting.ranks),
+      total_steps=total_steps, replicated=replicated)
+
+
+def with_ranks(run: Run, ranks) -> Run:
+  """``run`` once its rank policy has decided: these ranks from now on."""
+  setting = dataclasses.replace(run.method.setting, ranks=ranks,
+                                deferred=None)
+  return dataclasses.replace(
+      run, method=methods.method_for(run.method.NAME, setting),
+      identity={**run.identity, "ranks": ranks_lib.ranks_to_dict(ranks)})
+
+
+def restore_or_init(run: Run, checkpoints, seed: int
+                    ) -> tuple[Run, TrainState]:
+  """The newest readable checkpoint, else the method's starting point; a
+  checkpoint taken after a rank policy decided brings its ranks."""
+  method, shape = run.method, run.source.input_shape
+  abstract = jax.eval_shape(
+      lambda: initial_state(method.model, method.tx, seed, shape))
+  state, saved = checkpointing.restore_latest(checkpoints, abstract,
+                                              run.identity)
+  if state is None:
+    try:
+      variables = method.initial_variables()
+    except ValueError as e:  # an init_from that cannot be read
+      raise ConfigError(str(e)) from None
+    state = initial_state(method.model, method.tx, seed, shape, variables)
+  elif run.identity["ranks"] is None and saved["ranks"] is not None:
+    run = with_ranks(run, ranks_lib.ranks_from_dict(
+        method.setting.dense_abstract["params"], saved["ranks"]))
+  return run, jax.device_put(state, run.replicated)
+
+
+def decide_ranks(run: Run, tools, state, writer_dir: pathlib.Path) -> Run:
+  """The rank policy's decision from the params now (BN-rectified as the
+  projection sees them), logged in one line and recorded in
+  ``rank_decision.json``; ``tools.stepper`` compiles for the new ranks."""
+  setting = run.method.setting
+  out_scales = (bn.bn_out_scales(state.params, state.batch_stats,
+                                 setting.pairing.pairs)
+                if setting.bn_rectification else None)
+  ranks, record = selection.decide(setting.deferred, state.params,
+                                        setting.ranks, out_scales)
+  run = with_ranks(run, ranks)
+  tools.stepper = make_stepper(run, tools.stepper)
+  chosen = [l["rank"] for l in record["layers"].values()]
+  logging.info("after step %d: ranks decided by the %s policy: %d layers, ranks"
+               " %d-%d, %.1f%% fewer MACs (rank_decision.json)",
+               setting.deferred.step, record["policy"], len(chosen),
+               min(chosen), max(chosen), 100 * record["macs_reduction"])
+  if hosts.is_writer():
+    (writer_dir / "rank_decision.json").write_text(
+        json.dumps(record, indent=1) + "\n")
+  if tools.spectra is not None:
+    tools.spectra = metrics.SpectraLog(writer_dir, ranks)
+  return run
+
+
+class StopRequested:
+  """While entered: SIGTERM/SIGINT become a flag the loop checks between
+  calls; on exit the previous handlers are back (a notebook or test process
+  that calls ``train_and_evaluate`` keeps its own)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signum
+
+  def __enter__(self):
+    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+@dataclasses.dataclass(frozen=True)
+class Every:
+  """The loop's boundaries, in steps."""
+
+  log: int
+  checkpoint: int
+  steps_per_call: int
+
+
+@dataclasses.dataclass
+class Tools:
+  """What the loop works with besides the state."""
+
+  stepper: steps_lib.Stepper
+  evaluate: Any  # steps.make_eval_fn's
+  checkpoints: Any  # the Orbax manager
+  writer: metrics.MetricWriter
+  progress: metrics.Progress
+  learning_rate: optax.Schedule
+  stop: StopRequested
+  spectra: metrics.SpectraLog | None
+  segments: metrics.Segments
+
+
+def _next_multiple(step, every):
+  return (step // every + 1) * every
+
+
+def evaluations_left(step, total_steps, every) -> int:
+  """Evaluation boundaries in (step, total_steps]: multiples of ``every``
+  and the last step."""
+  multiples = total_steps // every - step // every
+  return multiples + (total_steps % every != 0 and step < total_steps)
+
+
+def next_call(run: Run, step: int, every: Every) -> tuple[int, bool | None]:
+  """(length, project) of the call starting at ``step``: a projecting step
+  alone, else up to ``steps_per_call`` steps, ending before the next
+  projection and at the next epoch end, checkpoint or the last step."""
+  project = run.method.projects(step)
+  if project:
+    return 1, True
+  end = min(run.total_steps,
+            _next_multiple(step, run.source.steps_per_epoch),
+            _next_multiple(step, every.checkpoint))
+  projection = run.method.next_projection(step)
+  if projection is not None:
+    end = min(end, projection)
+  return steps_lib.next_call_length(end - step, every.steps_per_call), project
+
+
+def train_loop(run: Run, tools: Tools, state: TrainState, every: Every,
+               workdir: pathlib.Path) -> tuple[Run, TrainState, bool]:
+  """Trains to ``run.total_steps``; (the run, with the ranks a policy
+  decided, the state, whether a signal stopped it)."""
+  window = jax.device_put(steps_lib.empty_window(), run.replicated)
+  step = int(state.step)
+  next_log = _next_multiple(step, every.log)
+  while step < run.total_steps:
+    deferred = run.method.setting.deferred
+    if deferred is not None and step == deferred.step:
+      run = decide_ranks(run, tools, state, workdir)
+    length, project = next_call(run, step, every)
+    state, window, aux = tools.stepper(state, window, step, length, project)
+    step += length
+    if project:
+      log_projection(run.method, tools, step, state, aux)
+    at_checkpoint = step % every.checkpoint == 0 or step == run.total_steps
+    stopping = tools.stop.signal is not None
+    if step >= next_log or at_checkpoint or stopping:
+      window = read_window(
+          window, step, tools, run.total_steps,
+          log=step >= next_log or step == run.total_steps,
+          evaluations_left=evaluations_left(step, run.total_steps,
+                                            every.checkpoint))
+      next_log = _next_multiple(step, every.log)
+      ensure_finite_params(state, step, tools.checkpoints)
+      checkpointing.check_saves(tools.checkpoints)
+      tools.segments.update(step)
+    if at_checkpoint:
+      evaluate_and_save(run, tools, step, state, aux)
+    if stopping:
+      if not at_checkpoint:
+        checkpointing.save(tools.checkpoints, state, run.identity)
+      checkpointing.wait(tools.checkpoints)
+      logging.warning("signal %d: saved step %d and stopped",
+                      tools.stop.signal, step)
+      return run, state, True
+  checkpointing.wait(tools.checkpoints)
+  return run, state, False
+
+
+def log_projection(method, tools: Tools, step, state, aux) -> None:
+  """After a projecting call: what the truncation kept, and the spectra."""
+  energy = method.energy_kept(state.opt_state)
+  unprojected = int(np.isnan(energy).sum())
+  if unprojected:
+    logging.warning("step %d: %d kernel(s) with non-finite entries were"
+                    " left unprojected", step, unprojected)
+  if unprojected < energy.size:
+    logging.info("step %d: projected; energy kept by the truncation: mean"
+                 " %.4f, min %.4f", step, np.nanmean(energy),
+                 np.nanmin(energy))
+    tools.writer.write(step, {
+        "projection_energy_kept_mean": float(np.nanmean(energy)),
+        "projection_energy_kept_min": float(np.nanmin(energy)),
+        "projection_unprojected_kernels": unprojected})
+  if tools.spectra is not None:
+    tools.spectra.log(step, aux["pre_projection_params"], state.params)
+
+
+def read_window(window, step, tools: Tools, total_steps, log,
+                evaluations_left=0):
+  """Reads the metric window (a device→host copy), stops the run if a loss
+  was not finite, logs the window's means if ``log``; returns the window to
+  go on with (emptied after a log)."""
+  host = jax.device_get(window)
+  if host["bad_step"] >= 0:
+    checkpointing.wait(tools.checkpoints)
+    raise NonFiniteLoss(
+        f"loss is {float(host['bad_loss'])} at step {int(host['bad_step'])};"
+        f" stopped, last good checkpoint: {tools.checkpoints.latest_step()}")
+  if not log:
+    return window
+  n = max(int(host["steps"]), 1)
+  rate, eta = tools.progress.report(step, evaluations_left)
+  m = {"loss": float(host["loss"]) / n, "accuracy": float(host["accuracy"]) / n,
+       "lr": float(tools.learning_rate(step - 1)), "images_per_second": rate}
+  tools.writer.write(step, {f"train_{k}": v for k, v in m.items()})
+  logging.info("step %d/%d  loss %.4f  acc %.3f  lr %.4g  %.0f img/s"
+               "  ETA %s", step, total_steps, m["loss"], m["accuracy"],
+               m["lr"], rate, "--" if eta is None else metrics.duration(eta))
+  return jax.device_put(steps_lib.empty_window(), window["loss"].sharding)
+
+
+def ensure_finite_params(state, step, checkpoints):
+  """No checkpoint is ever written from non-finite params."""
+  if not bool(steps_lib.all_finite(state.params)):
+    checkpointing.wait(checkpoints)
+    raise NonFiniteLoss(
+        f"params are not finite at step {step}; stopped, last good"
+        f" checkpoint: {checkpoints.latest_step()}")
+
+
+def evaluation_scalars(evaluate, source, state, aux) -> dict[str, float]:
+  """What the loop logs at an evaluation boundary.
+
+  ``test_top1/5``: the current model (after this step's projection, if it
+  projected; running BatchNorm statistics). ``test_top1/5_pre_projection``
+  (projecting steps only): the same step before its truncation, what the
+  authors' logs report each epoch. ``val_top1/5`` with a validation split.
+  """
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  scalars = {}
+  for name, batches in (("test", source.eval_batches()),
+                        ("val", source.val_batches())):
+    if batches is not None:
+      acc = evaluate(variables, batches)
+      scalars.update({f"{name}_top1": acc["top1"], f"{name}_top5": acc["top5"]})
+  if "pre_projection_params" in aux:
+    acc = evaluate({**variables, "params": aux["pre_projection_params"]},
+                   source.eval_batches())
+    scalars.update(test_top1_pre_projection=acc["top1"],
+                   test_top5_pre_projection=acc["top5"])
+  return scalars
+
+
+def evaluate_and_save(run: Run, tools: Tools, step, state, aux) -> None:
+  """An evaluation boundary: evaluate, log, and start the checkpoint save
+  (with the validation accuracy its preservation policy reads)."""
+  began = time.time()
+  scalars = evaluation_scalars(tools.evaluate, run.source, state, aux)
+  tools.progress.evaluated(time.time() - began)
+  tools.writer.write(step, scalars)
+  logging.info("step %d: %s", step, "  ".join(
+      f"{k} {v:.4f}" for k, v in scalars.items()))
+  checkpointing.save(
+      tools.checkpoints, state, run.identity,
+      {k.replace("_top1", "_accuracy"): v for k, v in scalars.items()
+       if k in ("test_top1", "val_top1")})
+
+
+def make_stepper(run: Run, like: steps_lib.Stepper) -> steps_lib.Stepper:
+  """A ``Stepper`` for ``run``'s method, with ``like``'s seed and inputs."""
+  return steps_lib.Stepper(run.method, run.source, like.seed,
+                           like.normalization)
+
+
+def make_tools(config, run: Run, workdir: pathlib.Path, checkpoints,
+               first_step: int, stop: StopRequested, started: float) -> Tools:
+  normalization = run.input_config.normalization
+  method, setting = run.method, run.method.setting
+  return Tools(
+      stepper=steps_lib.Stepper(method, run.source, config.seed,
+                                normalization),
+      evaluate=steps_lib.make_eval_fn(method.model, normalization),
+      checkpoints=checkpoints,
+      writer=metrics.MetricWriter(workdir, resume_step=first_step,
+                                  enabled=hosts.is_writer()),
+      progress=metrics.Progress(
+          first_step, run.total_steps, config.batch_size,
+          final_steps=config.bn_recompute_batches,
+          final_evaluations=ending.evaluations(method.FINAL_PHASES)),
+      learning_rate=setting.learning_rate,
+      stop=stop,
+      spectra=(metrics.SpectraLog(workdir, setting.ranks)
+               if config.log_spectra and hosts.is_writer() else None),
+      segments=metrics.Segments(workdir, first_step, started,
+                                enabled=hosts.is_writer()))
+
+
+def finish(config, run: Run, tools: Tools, workdir, state) -> dict | None:
+  """The method's final phases (``ending``); returns the summary, or None
+  if a signal stopped them at a phase boundary."""
+  method = run.method
+  trained_in_float32 = method.setting.dtype == jnp.float32
+  record = ending.Ending(
+      method=method, state=state, workdir=workdir, source=run.source,
+      bn_recompute_batches=config.bn_recompute_batches,
+      normalization=run.input_config.normalization,
+      input_shape=tuple(run.source.input_shape),
+      description={"model": config.model, "num_classes": config.num_classes,
+                   "dataset": config.dataset,
+                   "project_dense": config.project_dense,
+                   "rank_policy": config.rank_policy,
+                   "val_examples": config.val_examples},
+      evaluate=tools.evaluate if trained_in_float32 else None)
+  total = len(method.FINAL_PHASES)
+  phases, finished = metrics.PhaseLog("final", total), []
+
+  def done(line):
+    phases.done(line)
+    finished.append(line)
+    PHASE[0] = f"the final phase (after final {len(finished)}/{total})"
+
+  summary = ending.finish(record, done, lambda: tools.stop.signal is not None)
+  if summary is not None:
+    summary["steps_per_epoch"] = run.source.steps_per_epoch
+  return summary
+
+
+# What the run is doing, for a one-line report of an unexpected error.
+PHASE = ["setting up"]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       command: list[str] | None = None) -> dict:
+  """Trains, projects, recomputes BN, exports the compact model; returns the summary.
+
+  A workdir whose run finished with the same config is left as it is: its
+  summary is printed and returned; one another run is using is refused. A
+  run stopped by SIGTERM/SIGINT saves at the end of the compiled call under
+  way (in the final phase: at the end of the phase under way) and returns
+  ``{"stopped_at_step": step, "signal": signum}`` (and ``"phase"``).
+  ``command``: the command line to record.
+  """
+  start = time.time()
+  PHASE[0] = "setting up"
+  config_check.check(config)
+  workdir = records.prepare(workdir)
+  done = records.finished_summary(config, workdir)
+  if done is not None:
+    logging.info("%s: finished already (summary.json); nothing to do", workdir)
+    return report_summary(workdir, done)
+  records.check_not_busy(workdir)
+  records.check_same_run(config, workdir)
+  records.check_not_finished_otherwise(config, workdir)
+  run = make_run(config)
+  with records.exclusive(workdir):
+    done = records.finished_summary(config, workdir)
+    if done is not None:  # another run finished it while this one loaded
+      return report_summary(workdir, done)
+    records.check_not_finished_otherwise(config, workdir)
+    return _train(config, run, workdir, command, start)
+
+
+def _train(config, run: Run, workdir: pathlib.Path, command, start) -> dict:
+  """``train_and_evaluate`` once the workdir is this run's."""
+  checkpoints = checkpointing.manager(workdir, config.keep_checkpoints,
+                                      best_by_validation=config.val_examples > 0)
+  run, state = restore_or_init(run, checkpoints, config.seed)
+  first_step = int(state.step)
+  if hosts.is_writer():  # only once the workdir is accepted
+    records.record(config, workdir, command)
+    setting = run.method.setting
+    records.record_pairs(workdir, setting.pairing, setting.ranks,
+                            setting.table, setting.unranked)
+  logging.info("%s %s: %d steps (%d per epoch), starting at step %d on %d %s"
+               " device(s)", run.method.NAME, config.model, run.total_steps,
+               run.source.steps_per_epoch, first_step, jax.device_count(),
+               jax.devices()[0].platform)
+  every = Every(log=config.log_every_steps,
+                checkpoint=(config.checkpoint_every_steps
+                            or run.source.steps_per_epoch),
+                steps_per_call=config.steps_per_call)
+  with StopRequested() as stop:
+    tools = make_tools(config, run, workdir, checkpoints, first_step, stop,
+                       start)
+    PHASE[0] = "training"
+    run, state, stopped = train_loop(run, tools, state, every, workdir)
+    PHASE[0] = "the final phase"
+    summary = None if stopped else finish(config, run, tools, workdir, state)
+    if summary is None:
+      tools.writer.close()
+      return {"stopped_at_step": int(state.step), "signal": stop.signal,
+              **({} if stopped else {"phase": PHASE[0]})}
+  tools.segments.update(run.total_steps)
+  summary["wall_time_s"] = tools.segments.total()
+  summary["segments"] = tools.segments.entries
+  tools.writer.write(run.total_steps, {k: v for k, v in summary.items()
+                                       if isinstance(v, float)})
+  tools.writer.close()
+  if hosts.is_writer():
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    plots.write(workdir)
+  logging.info("done in %s: top-1 %.4f, %.1f%% fewer MACs",
+               metrics.duration(summary["wall_time_s"]),
+               summary["final_accuracy"], 100 * summary["macs_reduction"])
+  return report_summary(workdir, summary)
+
+
+def report_summary(workdir: pathlib.Path, summary: dict) -> dict:
+  """Prints the summary and where everything is (one process); returns the
+  summary."""
+  if hosts.is_writer():
+    print(json.dumps(summary, indent=1), flush=True)
+    records.log_contents(workdir)
+  return summary
