@@ -9,6 +9,9 @@ between methods is asked of the object:
   projecting steps);
 - ``projects(step)`` and ``next_projection(step)``: the projection schedule
   (None for methods that never project);
+- ``replan(step, state)``: a ``Replan`` (the method with the ranks a rank
+  policy decided from the state now, and the decision's record) at the step
+  a policy decides, else None; the driver swaps in the new method;
 - ``energy_kept(opt_state)``: what the last projection kept, per kernel;
 - ``initial_variables()``: a starting point other than a random init;
 - ``FINAL_PHASES``: the parts of the end of training, in order (``ending``);
@@ -91,6 +94,15 @@ class Setting:
                 residual_scale=self.residual_scale)
 
 
+@dataclasses.dataclass(frozen=True)
+class Replan:
+  """A rank policy's decision: the method at the decided ranks, and the
+  record of the decision (``selection.decide``'s, for rank_decision.json)."""
+
+  method: "Method"
+  record: dict
+
+
 class Method:
   """The interface, and what every method shares: plain SGD, random init."""
 
@@ -133,6 +145,12 @@ class Method:
     del step
     return None
 
+  def replan(self, step: int, state) -> Replan | None:
+    """The ranks a rank policy decides before update ``step`` from
+    ``state`` (a ``TrainState``), or None: nothing to decide now."""
+    del step, state
+    return None
+
   def energy_kept(self, opt_state) -> np.ndarray | None:
     """(L,) fraction of Σs² each ranked kernel's last truncation kept."""
     del opt_state
@@ -141,6 +159,11 @@ class Method:
   def initial_variables(self) -> Any:
     """Variables to start from, or None for a random init."""
     return None
+
+  def at_ranks(self, ranks) -> "Method":
+    """This method at ``ranks``, decided (no rank policy left to apply)."""
+    return type(self)(dataclasses.replace(self.setting, ranks=ranks,
+                                          deferred=None))
 
 
 class Lrpet(Method):
@@ -187,8 +210,21 @@ class Lrpet(Method):
       return deferred.step
     return self.schedule.next_projection(step)
 
+  def replan(self, step, state):
+    """At the deferred policy's step: its ranks from the params now,
+    BN-rectified as the projection sees them."""
+    s = self.setting
+    if s.deferred is None or step != s.deferred.step:
+      return None
+    out_scales = (bn.bn_out_scales(state.params, state.batch_stats,
+                                   s.pairing.pairs)
+                  if s.bn_rectification else None)
+    ranks, record = selection.decide(s.deferred, state.params, s.ranks,
+                                     out_scales)
+    return Replan(method=self.at_ranks(ranks), record=record)
+
   def energy_kept(self, opt_state):
-    return np.asarray(opt_state[1].inner_state.energy_kept)
+    return np.asarray(optax.tree_utils.tree_get(opt_state, "energy_kept"))
 
 
 class Dense(Method):

@@ -36,7 +36,6 @@ import optax
 from lrpet_jax import models
 from lrpet_jax.analysis import factorized
 from lrpet_jax.analysis import tracing
-from lrpet_jax.core import bn
 from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.core import transform
 from lrpet_jax.data import hosts
@@ -198,13 +197,11 @@ def make_run(config) -> Run:
       total_steps=total_steps, replicated=replicated)
 
 
-def with_ranks(run: Run, ranks) -> Run:
-  """``run`` once its rank policy has decided: these ranks from now on."""
-  setting = dataclasses.replace(run.method.setting, ranks=ranks,
-                                deferred=None)
-  return dataclasses.replace(
-      run, method=methods.method_for(run.method.NAME, setting),
-      identity={**run.identity, "ranks": ranks_lib.ranks_to_dict(ranks)})
+def with_method(run: Run, method: methods.Method) -> Run:
+  """``run`` once its rank policy has decided: ``method``'s ranks from now
+  on."""
+  return dataclasses.replace(run, method=method, identity={
+      **run.identity, "ranks": ranks_lib.ranks_to_dict(method.setting.ranks)})
 
 
 def restore_or_init(run: Run, checkpoints, seed: int
@@ -223,34 +220,29 @@ def restore_or_init(run: Run, checkpoints, seed: int
       raise ConfigError(str(e)) from None
     state = initial_state(method.model, method.tx, seed, shape, variables)
   elif run.identity["ranks"] is None and saved["ranks"] is not None:
-    run = with_ranks(run, ranks_lib.ranks_from_dict(
-        method.setting.dense_abstract["params"], saved["ranks"]))
+    run = with_method(run, method.at_ranks(ranks_lib.ranks_from_dict(
+        method.setting.dense_abstract["params"], saved["ranks"])))
   return run, jax.device_put(state, run.replicated)
 
 
-def decide_ranks(run: Run, tools, state, writer_dir: pathlib.Path) -> Run:
-  """The rank policy's decision from the params now (BN-rectified as the
-  projection sees them), logged in one line and recorded in
-  ``rank_decision.json``; ``tools.stepper`` compiles for the new ranks."""
-  setting = run.method.setting
-  out_scales = (bn.bn_out_scales(state.params, state.batch_stats,
-                                 setting.pairing.pairs)
-                if setting.bn_rectification else None)
-  ranks, record = selection.decide(setting.deferred, state.params,
-                                        setting.ranks, out_scales)
-  run = with_ranks(run, ranks)
-  tools.stepper = make_stepper(run, tools.stepper)
+def replan(run: Run, tools, plan: methods.Replan, writer_dir: pathlib.Path
+           ) -> tuple[Run, "Tools"]:
+  """The run and tools under the method a rank policy's decision returned:
+  logged in one line, recorded in ``rank_decision.json``; the stepper
+  compiles for the new ranks."""
+  run, record = with_method(run, plan.method), plan.record
   chosen = [l["rank"] for l in record["layers"].values()]
   logging.info("after step %d: ranks decided by the %s policy: %d layers, ranks"
                " %d-%d, %.1f%% fewer MACs (rank_decision.json)",
-               setting.deferred.step, record["policy"], len(chosen),
-               min(chosen), max(chosen), 100 * record["macs_reduction"])
+               record["step"], record["policy"], len(chosen), min(chosen),
+               max(chosen), 100 * record["macs_reduction"])
   if hosts.is_writer():
     (writer_dir / "rank_decision.json").write_text(
         json.dumps(record, indent=1) + "\n")
-  if tools.spectra is not None:
-    tools.spectra = metrics.SpectraLog(writer_dir, ranks)
-  return run
+  spectra = tools.spectra and metrics.SpectraLog(writer_dir,
+                                                 plan.method.setting.ranks)
+  return run, dataclasses.replace(
+      tools, stepper=make_stepper(run, tools.stepper), spectra=spectra)
 
 
 class StopRequested:
@@ -286,7 +278,7 @@ class Every:
   steps_per_call: int
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Tools:
   """What the loop works with besides the state."""
 
@@ -329,16 +321,17 @@ def next_call(run: Run, step: int, every: Every) -> tuple[int, bool | None]:
 
 
 def train_loop(run: Run, tools: Tools, state: TrainState, every: Every,
-               workdir: pathlib.Path) -> tuple[Run, TrainState, bool]:
-  """Trains to ``run.total_steps``; (the run, with the ranks a policy
-  decided, the state, whether a signal stopped it)."""
+               workdir: pathlib.Path
+               ) -> tuple[Run, Tools, TrainState, bool]:
+  """Trains to ``run.total_steps``; (the run and tools, with the ranks a
+  policy decided, the state, whether a signal stopped it)."""
   window = jax.device_put(steps_lib.empty_window(), run.replicated)
   step = int(state.step)
   next_log = _next_multiple(step, every.log)
   while step < run.total_steps:
-    deferred = run.method.setting.deferred
-    if deferred is not None and step == deferred.step:
-      run = decide_ranks(run, tools, state, workdir)
+    plan = run.method.replan(step, state)
+    if plan is not None:
+      run, tools = replan(run, tools, plan, workdir)
     length, project = next_call(run, step, every)
     state, window, aux = tools.stepper(state, window, step, length, project)
     step += length
@@ -364,9 +357,9 @@ def train_loop(run: Run, tools: Tools, state: TrainState, every: Every,
       checkpointing.wait(tools.checkpoints)
       logging.warning("signal %d: saved step %d and stopped",
                       tools.stop.signal, step)
-      return run, state, True
+      return run, tools, state, True
   checkpointing.wait(tools.checkpoints)
-  return run, state, False
+  return run, tools, state, False
 
 
 def log_projection(method, tools: Tools, step, state, aux) -> None:
@@ -576,7 +569,8 @@ def _train(config, run: Run, workdir: pathlib.Path, command, start) -> dict:
     tools = make_tools(config, run, workdir, checkpoints, first_step, stop,
                        start)
     PHASE[0] = "training"
-    run, state, stopped = train_loop(run, tools, state, every, workdir)
+    run, tools, state, stopped = train_loop(run, tools, state, every,
+                                            workdir)
     PHASE[0] = "the final phase"
     summary = None if stopped else finish(config, run, tools, workdir, state)
     if summary is None:
