@@ -37,9 +37,8 @@ import cifar  # pylint: disable=g-import-not-at-top
 
 from lrpet_jax.data import datasets as data_lib  # pylint: disable=g-import-not-at-top
 from lrpet_jax.data import inputs
-from lrpet_jax.pipeline import methods
+from lrpet_jax.pipeline import experiment
 from lrpet_jax.pipeline import steps as steps_lib
-from lrpet_jax.pipeline import train
 
 
 class Pipeline:
@@ -48,15 +47,14 @@ class Pipeline:
   def __init__(self, config, source, method_name, dtype, replicated):
     config = config.copy_and_resolve_references()
     config.compute_dtype = dtype
-    setting = train.make_setting(config, (32, 32, 3), source.steps_per_epoch)
-    self.method = methods.method_for(method_name, setting)
-    self.stepper = steps_lib.Stepper(
-        self.method, source, config.seed,
-        data_lib.Normalization(tuple(config.mean), tuple(config.std)))
+    exp = experiment.from_config(config, input_shape=(32, 32, 3),
+                                 steps_per_epoch=source.steps_per_epoch,
+                                 method=method_name)
+    self.method = exp.method
+    self.stepper = exp.stepper(source)
     # Placed as the training loop places them (one compilation per call).
-    self.state = jax.device_put(train.initial_state(
-        self.method.model, self.method.tx, 0, (32, 32, 3)), replicated)
-    self.window = jax.device_put(steps_lib.empty_window(), replicated)
+    self.state = jax.device_put(exp.initial_state(), replicated)
+    self.window = jax.device_put(experiment.empty_window(), replicated)
     self.step = 0
     # Plain steps: False for a method with a projection, None without one.
     self.mode = None if self.method.projects(0) is None else False

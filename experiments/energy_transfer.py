@@ -1,7 +1,7 @@
 r"""Does energy transfer alleviate the gradient vanishing that projection causes?
 
 Trains LRPET with and without energy transfer (same seed, data, schedule and
-ranks; the pipeline's own step, ``steps.make_step_body``) and records, at
+ranks; the pipeline's own step, ``experiment.Experiment.step_fn``) and records, at
 every projection (once per epoch) and for every projected layer:
 
 - the gradient norm over the ``--window`` steps just before the projection
@@ -40,9 +40,7 @@ import optax
 
 from lrpet_jax.core import _trees
 from lrpet_jax.data import datasets as data_lib
-from lrpet_jax.pipeline import methods
-from lrpet_jax.pipeline import steps
-from lrpet_jax.pipeline import train
+from lrpet_jax.pipeline import experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -80,15 +78,12 @@ def one_run(config, d, window, probe_images):
   n = len(d.train_labels)
   steps_per_epoch = n // config.batch_size
   total = config.num_epochs * steps_per_epoch
-  setting = train.make_setting(config, shape, steps_per_epoch)
-  method = methods.method_for("lrpet", setting)
-  model = method.model
-  state = train.initial_state(model, method.tx, config.seed, shape)
-  normalization = data_lib.Normalization(tuple(config.mean), tuple(config.std))
-  calls = {p: jax.jit(steps.make_step_body(method, config.seed, normalization,
-                                           project=p, grad_norms=True))
-           for p in (False, True)}
-  layers = sorted(_trees.leaves_by_path(setting.ranks))
+  exp = experiment.from_config(config, input_shape=shape,
+                               steps_per_epoch=steps_per_epoch, method="lrpet")
+  method, model, normalization = exp.method, exp.method.model, exp.normalization
+  state = exp.initial_state()
+  calls = {p: exp.step_fn(project=p, grad_norms=True) for p in (False, True)}
+  layers = sorted(_trees.leaves_by_path(method.setting.ranks))
   names = ["/".join(k[:-1]) for k in layers]
   probe_x = data_lib.normalize(jnp.asarray(probe_images[0]), normalization)
   probe_y = jnp.asarray(probe_images[1])
@@ -100,7 +95,7 @@ def one_run(config, d, window, probe_images):
     return optax.softmax_cross_entropy_with_integer_labels(
         logits, probe_y).mean()
 
-  window_state = steps.empty_window()
+  window_state = experiment.empty_window()
   norms, projections = [], []
   for step in range(total):
     idx = data_lib.batch_indices(config.seed, step, n, config.batch_size)

@@ -6,7 +6,8 @@
 ``ending`` (the final phases), ``checkpointing`` (Orbax), ``records`` (the
 workdir's own files: lock, config, commands), ``metrics`` (metrics,
 progress, spectra logs), ``plots``, ``saved_run`` (a workdir loaded back,
-``lrpet_jax.load_run``) and ``errors``.
+``lrpet_jax.load_run``), ``errors``, and ``experiment``: the public API for
+experiments and benchmarks (everything else here is internal).
 
 Imports: every other subpackage; nothing imports it but the commands
 (``lrpet_jax.main``, ``lrpet_jax.export``) and ``lrpet_jax.load_run``.
