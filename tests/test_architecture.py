@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "lrpet_jax"
 # Lowest first. ``models`` may use ``analysis.factorized`` (the compact
-# model), ``data`` nothing of the package.
+# model), ``data`` only ``core``'s shim for the flat layout's names.
 ORDER = ("core", "analysis", "ranking", "models", "data", "deploy", "pipeline")
 COMMANDS = ("main", "export", "launch", "__init__")
 
