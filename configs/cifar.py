@@ -40,9 +40,10 @@ def get_config():
   # (BN-rectified) spectrum at the first projection after epoch
   # rank_decision_epoch, the run dense until then (lrpet_jax/ranking/policies.py):
   # "energy": each layer's smallest rank keeping rank_energy of its energy;
-  # "budget": the most energy within macs_reduction.
+  # "budget": the most energy within budget_macs_reduction.
   c.rank_policy = "uniform"
   c.rank_energy = 0.9
+  c.budget_macs_reduction = 0.0  # the "budget" policy's MACs cut, in (0, 1)
   c.rank_decision_epoch = 1
   # --- Projection ---
   c.project_every_steps = 0    # 0: once per epoch

@@ -65,7 +65,7 @@ ARMS = {
     # Ranks from the spectrum at the end of epoch 1 (lrpet_jax/ranking/policies.py)
     # at the MACs cut of the uniform ratio 0.54 (50.3% for ResNet-20).
     "lrpet_budget": dict(log_spectra=True, rank_policy="budget",
-                         macs_reduction=0.503),
+                         budget_macs_reduction=0.503),
 }
 PHASED = ("decompose_dense", "decompose_retrain")
 

@@ -13,7 +13,7 @@ import cifar  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lrpet_jax.pipeline import config_check  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BAD = {
-    "num_classes": 0, "ratio": 1.0, "macs_reduction": -0.1,
+    "num_classes": 0, "ratio": 1.0, "macs_reduction": -0.1, "budget_macs_reduction": 1.0,
     "project_every_steps": -1, "residual_scale": 1.5,
     "bn_recompute_batches": 0, "train_subset": -5, "test_subset": 2.5,
     "val_examples": -1, "rank_floor": -2, "first_rank_floor": 1.5,

@@ -244,8 +244,9 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
     (["--config.ratio=1.5"], "ratio"),
     (["--config.rank_policy=spectral"], "rank_policy: unknown 'spectral'"),
     # Even rank 1 everywhere costs more: known before any training.
-    (["--config.rank_policy=budget", "--config.macs_reduction=0.99"],
-     "macs_reduction: out of reach: even rank 1 in every projected layer"),
+    (["--config.rank_policy=budget", "--config.budget_macs_reduction=0.99"],
+     "budget_macs_reduction: out of reach: even rank 1 in every projected"
+     " layer"),
     (["--config.dataset=image_folder:/nonexistent/cifar"], "dataset"),
     (["--config.dataset=mnist"], "dataset"),
     (["--config.batch_size=0"], "batch_size"),
@@ -486,7 +487,8 @@ def test_a_workdir_that_cannot_be_written_is_refused_before_loading(
   assert (tmp_path / "file").read_text() == "keep me"
 
 
-POLICY = ("--config.rank_policy=budget", "--config.macs_reduction=0.5",
+POLICY = ("--config.rank_policy=budget",
+          "--config.budget_macs_reduction=0.5",
           "--config.project_every_steps=0")
 
 

@@ -52,6 +52,7 @@ FIELDS = {
     "num_classes": (_int_at_least(1), "an int >= 1"),
     "ratio": (_in_unit, "a number in [0, 1)"),
     "macs_reduction": (_in_unit, "a number in [0, 1) (0: use ratio)"),
+    "budget_macs_reduction": (_in_unit, "a number in [0, 1)"),
     "params_reduction": (_in_unit, "a number in [0, 1) (0: use ratio)"),
     "ranks_file": (lambda v: v is None or pathlib.Path(v).is_file(),
                    "None or a JSON file of ranks"),

@@ -266,7 +266,9 @@ def check(name: str, config: Mapping[str, Any]) -> None:
         raise ValueError(f"{field}: only for method {other.NAME!r}, not"
                          f" {name!r}")
   policy = config.get("rank_policy", "uniform")
-  if policy != "uniform" and not REGISTRY[name].DECIDES_RANKS_IN_TRAINING:
+  in_training = getattr(selection.REGISTRY.get(policy), "DECIDED_IN_TRAINING",
+                        False)
+  if in_training and not REGISTRY[name].DECIDES_RANKS_IN_TRAINING:
     able = ", ".join(repr(m.NAME) for m in REGISTRY.values()
                      if m.DECIDES_RANKS_IN_TRAINING)
     raise ValueError(f"rank_policy: {policy!r} decides the ranks during"

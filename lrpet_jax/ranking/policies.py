@@ -90,13 +90,13 @@ def budget_ranks(spectra: dict[str, np.ndarray],
   spent by these layers (see the module docstring).
 
   Raises:
-    ValueError: naming ``macs_reduction`` if rank 1 everywhere is too much.
+    ValueError: naming ``budget_macs_reduction`` if rank 1 everywhere is too much.
   """
   ranks = {name: 1 for name in spectra}
   spent = sum(shapes[name].macs(1) for name in spectra)
   if spent > macs_budget:
     raise ValueError(
-        f"macs_reduction: out of reach: even rank 1 in every projected layer"
+        f"budget_macs_reduction: out of reach: even rank 1 in every projected layer"
         f" costs {spent:,} MACs, over the {macs_budget:,} allowed")
   kept = {name: kept_energy(s) for name, s in spectra.items()}
   full = {name: len(s) for name, s in spectra.items()}

@@ -16,7 +16,7 @@ is refused.
 import dataclasses
 import json
 import pathlib
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -25,8 +25,6 @@ from lrpet_jax.analysis import tracing
 from lrpet_jax.core import projection
 from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.ranking import policies
-
-POLICIES = ("uniform", "energy", "budget")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +45,9 @@ class RankRule:
     rank_policy: "uniform" (all of the above; the paper), or a choice from
       the spectrum during training (``policies``): "energy" (each
       layer's smallest rank keeping ``rank_energy`` of its energy) or
-      "budget" (the most energy within ``macs_reduction``).
+      "budget" (the most energy within ``budget_macs_reduction``).
     rank_energy: the energy policy's threshold, in (0, 1].
+    budget_macs_reduction: the budget policy's MACs cut, in (0, 1).
   """
 
   ratio: float
@@ -60,27 +59,18 @@ class RankRule:
   first_rank_floor: int = 0
   rank_policy: str = "uniform"
   rank_energy: float = 0.9
+  budget_macs_reduction: float = 0.0
 
   def __post_init__(self):
-    if self.rank_policy not in POLICIES:
-      raise ValueError(f"rank_policy: unknown {self.rank_policy!r}; valid:"
-                       f" {', '.join(POLICIES)}")
-    given = [name for name in ("macs_reduction", "params_reduction",
-                               "ranks_file") if getattr(self, name)]
-    if self.rank_policy != "uniform" and set(given) - {"macs_reduction"}:
-      raise ValueError(f"{given[0]}: not with rank_policy"
-                       f" {self.rank_policy!r}")
-    if self.rank_policy == "budget" and not self.macs_reduction:
-      raise ValueError("macs_reduction: rank_policy 'budget' needs a MACs cut"
-                       " in (0, 1)")
-    if len(given) > 1:
-      raise ValueError(f"{given[1]}: give at most one of macs_reduction,"
-                       f" params_reduction and ranks_file (also {given[0]})")
+    policy_for(self)  # one line naming the field, if the fields disagree
+
+  @property
+  def policy(self) -> "RankPolicy":
+    return policy_for(self)
 
   @property
   def decided_in_training(self) -> bool:
-    return self.rank_policy != "uniform"
-
+    return self.policy.DECIDED_IN_TRAINING
 
   @property
   def kinds(self) -> tuple[str, ...]:
@@ -136,15 +126,7 @@ def select(rule: RankRule, model, variables: Any, input_shape, *,
   include = ranks_lib.by_name(l.kernel for l in chosen)
   if rule.decided_in_training:
     return ranks_lib.uniform_ranks(params, 0.0, include=include)
-  if rule.ranks_file:
-    ranks = _from_file(params, rule.ranks_file, table)
-  elif rule.macs_reduction or rule.params_reduction:
-    ranks = accounting.ranks_for_budget(
-        model, variables, input_shape,
-        macs_reduction=rule.macs_reduction or None,
-        params_reduction=rule.params_reduction or None, include=include)
-  else:
-    ranks = ranks_lib.uniform_ranks(params, rule.ratio, include=include)
+  ranks = rule.policy.choose(model, variables, input_shape, table, include)
   if rule.rank_floor or rule.first_rank_floor:
     first = {}
     if rule.first_rank_floor and chosen:
@@ -188,10 +170,7 @@ def deferred(rule: RankRule, model, variables: Any, input_shape,
       shapes[c.name] = policies.LayerShape(m, n, c.positions,
                                                 c.out_positions)
   dense_macs = table.dense_macs
-  if rule.rank_policy == "budget":  # rank 1 everywhere must fit
-    policies.budget_ranks(
-        {k: np.ones(min(s.m, s.n)) for k, s in shapes.items()}, shapes,
-        policies.macs_budget(shapes, dense_macs, rule.macs_reduction))
+  rule.policy.check_plan(shapes, dense_macs)
   uniform = ranks_lib.ranks_to_dict(ranks_lib.uniform_ranks(
       variables["params"], rule.ratio,
       include=ranks_lib.by_name(l.kernel for l in table.selected(rule.kinds))))
@@ -208,19 +187,13 @@ def decide(plan: Deferred, params: Any, ranks: Any, out_scales: Any = None
   """
   spectra = policies.layer_spectra(params, ranks, out_scales)
   rule = plan.rule
-  if rule.rank_policy == "energy":
-    chosen = policies.energy_ranks(spectra, rule.rank_energy)
-  else:
-    chosen = policies.budget_ranks(
-        spectra, plan.shapes, policies.macs_budget(
-            plan.shapes, plan.dense_macs, rule.macs_reduction))
+  chosen = rule.policy.decide(spectra, plan.shapes, plan.dense_macs)
   macs = {k: plan.shapes[k].macs(r) for k, r in chosen.items()}
   compact = plan.dense_macs - sum(s.macs(None) for s in plan.shapes.values())
   compact += sum(macs.values())
   record = {
       "policy": rule.rank_policy, "step": plan.step,
-      **({"rank_energy": rule.rank_energy} if rule.rank_policy == "energy"
-         else {"macs_reduction_target": rule.macs_reduction}),
+      **{f: getattr(rule, f) for f in rule.policy.FIELDS},
       "macs_reduction": 1 - compact / plan.dense_macs,
       "layers": {k: {"rank": r, "full_rank": len(spectra[k]),
                      "uniform_rank": plan.uniform.get(k),
@@ -231,3 +204,155 @@ def decide(plan: Deferred, params: Any, ranks: Any, out_scales: Any = None
   }
   tree = ranks_lib.ranks_from_dict(params, chosen)
   return tree, record
+
+
+class RankPolicy:
+  """A way to choose ranks: ``NAME``; the ``RankRule`` fields it reads
+  (``FIELDS``), of which ``OWN_FIELDS`` only it reads (0 or None when unset:
+  set with another policy, one line names them); whether it decides during
+  training, from the spectra then (``decide``), or up front (``choose``).
+  A new policy is one class and an entry in ``REGISTRY``; ``policy_for``
+  picks the one a rule names."""
+
+  NAME: ClassVar[str]
+  FIELDS: ClassVar[tuple[str, ...]] = ()
+  OWN_FIELDS: ClassVar[tuple[str, ...]] = ()
+  DECIDED_IN_TRAINING: ClassVar[bool] = False
+
+  def __init__(self, rule: RankRule):
+    self.rule = rule
+
+  def check(self) -> None:
+    """Raises a one-line ValueError naming a field out of range."""
+
+  def choose(self, model, variables, input_shape, table, include) -> Any:
+    """The rank tree of the selected kernels (``include``), up front."""
+    raise NotImplementedError(self.NAME)
+
+  def check_plan(self, shapes: dict, dense_macs: int) -> None:
+    """Before training: whether deciding can succeed (in-training only)."""
+    del shapes, dense_macs
+
+  def decide(self, spectra: dict, shapes: dict, dense_macs: int) -> dict:
+    """{kernel: rank} from each layer's singular values (in training)."""
+    raise NotImplementedError(self.NAME)
+
+
+class UniformRatio(RankPolicy):
+  """r = max(1, int(n − n·ratio)) at every selected kernel (the paper)."""
+
+  NAME = "uniform"
+  FIELDS = ("ratio",)
+
+  def choose(self, model, variables, input_shape, table, include):
+    return ranks_lib.uniform_ranks(variables["params"], self.rule.ratio,
+                                   include=include)
+
+
+class RanksFile(RankPolicy):
+  """The ranks of a JSON file {"layer/kernel": rank} (a run's ranks.json)."""
+
+  NAME = "ranks_file"
+  FIELDS = OWN_FIELDS = ("ranks_file",)
+
+  def choose(self, model, variables, input_shape, table, include):
+    return _from_file(variables["params"], self.rule.ranks_file, table)
+
+
+class UniformBudget(RankPolicy):
+  """The uniform ratio whose compact model best meets a MACs or a params
+  cut (a bisection, ``accounting.ranks_for_budget``)."""
+
+  NAME = "uniform_budget"
+  FIELDS = OWN_FIELDS = ("macs_reduction", "params_reduction")
+
+  def check(self):
+    if self.rule.macs_reduction and self.rule.params_reduction:
+      raise ValueError("params_reduction: give at most one of macs_reduction,"
+                       " params_reduction and ranks_file (also"
+                       " macs_reduction)")
+
+  def choose(self, model, variables, input_shape, table, include):
+    return accounting.ranks_for_budget(
+        model, variables, input_shape,
+        macs_reduction=self.rule.macs_reduction or None,
+        params_reduction=self.rule.params_reduction or None, include=include)
+
+
+class Energy(RankPolicy):
+  """In training: each layer's smallest rank keeping ``rank_energy`` of its
+  (BN-rectified) energy."""
+
+  NAME = "energy"
+  FIELDS = ("rank_energy",)
+  DECIDED_IN_TRAINING = True
+
+  def decide(self, spectra, shapes, dense_macs):
+    return policies.energy_ranks(spectra, self.rule.rank_energy)
+
+
+class GreedyBudget(RankPolicy):
+  """In training: the ranks keeping the most energy, summed over layers,
+  within a MACs cut (``policies.budget_ranks``)."""
+
+  NAME = "budget"
+  FIELDS = OWN_FIELDS = ("budget_macs_reduction",)
+  DECIDED_IN_TRAINING = True
+
+  def check(self):
+    if not 0 < self.rule.budget_macs_reduction < 1:
+      raise ValueError("budget_macs_reduction: rank_policy 'budget' needs a"
+                       " MACs cut in (0, 1), got"
+                       f" {self.rule.budget_macs_reduction!r}")
+
+  def _budget(self, shapes, dense_macs):
+    return policies.macs_budget(shapes, dense_macs,
+                                self.rule.budget_macs_reduction)
+
+  def check_plan(self, shapes, dense_macs):
+    # Rank 1 everywhere must fit (else one line naming the field, now).
+    policies.budget_ranks({k: np.ones(min(s.m, s.n))
+                           for k, s in shapes.items()},
+                          shapes, self._budget(shapes, dense_macs))
+
+  def decide(self, spectra, shapes, dense_macs):
+    return policies.budget_ranks(spectra, shapes,
+                                 self._budget(shapes, dense_macs))
+
+
+REGISTRY: dict[str, type[RankPolicy]] = {
+    p.NAME: p for p in (UniformRatio, UniformBudget, RanksFile, Energy,
+                        GreedyBudget)}
+# What ``rank_policy`` may name; "uniform" stands for the up-front policies,
+# told apart by the field set (ranks_file, macs/params_reduction, or none).
+UP_FRONT = ("uniform",)
+
+
+def policy_for(rule: RankRule) -> RankPolicy:
+  """The policy ``rule`` names: ``rank_policy`` an in-training policy, or
+  "uniform" and the up-front policy whose field is set; a field that only
+  another policy reads, when set, is a one-line ValueError naming it."""
+  name = rule.rank_policy
+  in_training = [n for n, p in REGISTRY.items() if p.DECIDED_IN_TRAINING]
+  if name not in (*UP_FRONT, *in_training):
+    raise ValueError(f"rank_policy: unknown {name!r}; valid:"
+                     f" {', '.join((*UP_FRONT, *in_training))}")
+  given = [f for p in REGISTRY.values() for f in p.OWN_FIELDS
+           if getattr(rule, f)]
+  if name in UP_FRONT:
+    named = {p.NAME for p in REGISTRY.values() if not p.DECIDED_IN_TRAINING
+             for f in given if f in p.OWN_FIELDS}
+    if len(named) > 1:
+      raise ValueError(f"{given[1]}: give at most one of macs_reduction,"
+                       f" params_reduction and ranks_file (also {given[0]})")
+    cls = REGISTRY[named.pop()] if named else UniformRatio
+  else:
+    cls = REGISTRY[name]
+  for field in given:
+    if field not in cls.OWN_FIELDS:
+      hint = (" (the budget policy's cut is budget_macs_reduction)"
+              if field == "macs_reduction" and cls is GreedyBudget else "")
+      raise ValueError(f"{field}: not with rank_policy {name!r}{hint}")
+  policy = cls(rule)
+  policy.check()
+  return policy
