@@ -83,7 +83,7 @@ def measure(model_name, sets, *, batch, repeats, log=print) -> dict:
   projected = variables
   add("dense", None)
   for label, mapping in sets.items():
-    ranks = ranks_lib.ranks_from_dict(variables["params"], mapping)
+    ranks = ranks_lib.Ranks(mapping).tree(variables["params"])
     projected = {**variables, "params": projection.project_params(
         variables["params"], ranks)}
     started = time.time()
@@ -117,8 +117,8 @@ def main(argv=None):
     model, args.batch, args.repeats = "resnet8", 2, 1
     params = jax.eval_shape(lambda: models.create(model).init(
         jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))["params"]
-    sets = {"uniform": ranks_lib.ranks_to_dict(
-        ranks_lib.uniform_ranks(params, 0.54))}
+    sets = {"uniform": ranks_lib.Ranks.of_tree(
+        ranks_lib.uniform_ranks(params, 0.54)).to_json()}
     out = QUICK_OUT
   else:
     model = "resnet20"

@@ -42,7 +42,7 @@ Restore the compact model elsewhere (``tests/test_export.py`` runs this):
     x = jnp.zeros((1, 32, 32, 3))
     dense = lrpet_jax.models.create("resnet56")
     dense_params = jax.eval_shape(lambda: dense.init(jax.random.key(0), x, train=False))["params"]
-    ranks = lrpet_jax.core.ranks.ranks_from_dict(dense_params, json.load(open("OUT_DIR/ranks.json")))
+    ranks = lrpet_jax.core.ranks.Ranks.read("OUT_DIR/ranks.json")
     model = lrpet_jax.models.create("resnet56", ranks=ranks)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
     variables = orbax.checkpoint.StandardCheckpointer().restore("OUT_DIR/compact", abstract)

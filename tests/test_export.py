@@ -46,8 +46,7 @@ def saved_projected_dense(name, path):
 
 def restored(name, dense_params, ranks_json, checkpoint):
   """(model, variables) of an exported model, rebuilt from its ranks file."""
-  ranks = ranks_lib.ranks_from_dict(dense_params,
-                                    json.loads(ranks_json.read_text()))
+  ranks = ranks_lib.Ranks.read(ranks_json).tree(dense_params)
   model = models.create(name, ranks=ranks)
   abstract = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
@@ -206,6 +205,6 @@ def test_tuned_export_is_exact_and_served(tmp_path):
 def test_ranks_dict_round_trip():
   params = {"a": {"kernel": np.zeros((3, 3, 4, 8)), "bias": np.zeros(8)}}
   ranks = lrpet_jax.uniform_ranks(params, 0.5)
-  mapping = ranks_lib.ranks_to_dict(ranks)
+  mapping = ranks_lib.Ranks.of_tree(ranks).to_json()
   assert mapping == {"a/kernel": 4}
-  assert ranks_lib.ranks_from_dict(params, mapping) == ranks
+  assert ranks_lib.Ranks(mapping).tree(params) == ranks

@@ -332,7 +332,7 @@ def test_attention_kernels_are_dense_layers_never_convolutions():
   assert jax.tree.leaves(default) == []
   rule = selection.RankRule(ratio=0.5, project_dense=True)
   ranks = selection.select(rule, model, variables, shape, table=t)
-  assert lrpet_jax.core.ranks.ranks_to_dict(ranks) == {"att/out/kernel": 4,
+  assert lrpet_jax.core.ranks.Ranks.of_tree(ranks) == {"att/out/kernel": 4,
                                                   "head/kernel": 1}
   dense = {"params": lrpet_jax.project_params(variables["params"], ranks)}
   small = lrpet_jax.Factorized(model, ranks)
@@ -348,7 +348,7 @@ def test_grouped_conv_is_left_unranked_and_a_rank_for_it_refused(tmp_path):
   assert dw.macs == 6 * 6 * 9 * 1 * 8  # one input channel per output
   rule = selection.RankRule(ratio=0.5)
   ranks = selection.select(rule, model, variables, shape, table=t)
-  assert lrpet_jax.core.ranks.ranks_to_dict(ranks) == {"stem/kernel": 4}
+  assert lrpet_jax.core.ranks.Ranks.of_tree(ranks) == {"stem/kernel": 4}
   assert "grouped" in selection.unranked(rule, t)["dw/kernel"]
   path = tmp_path / "ranks.json"
   path.write_text('{"dw/kernel": 2}')

@@ -110,7 +110,7 @@ def test_pipeline_ranks_every_conv_and_no_classifier(name):
   size = 64 if name in IMAGENET else 32
   abstract = abstract_variables(model, size)
   ranks = select_ranks(config, model, abstract, (size, size, 3))
-  ranked = ranks_lib.ranks_to_dict(ranks)
+  ranked = ranks_lib.Ranks.of_tree(ranks).to_json()
   kernels = {"/".join(k.key for k in p): x.ndim for p, x in
              jax.tree_util.tree_leaves_with_path(abstract["params"])
              if p[-1].key == "kernel"}
@@ -118,8 +118,8 @@ def test_pipeline_ranks_every_conv_and_no_classifier(name):
   assert "head/kernel" in kernels and kernels["head/kernel"] == 2
   # The option: the classifier too.
   config.project_dense = True
-  with_head = ranks_lib.ranks_to_dict(
-      select_ranks(config, model, abstract, (size, size, 3)))
+  with_head = ranks_lib.Ranks.of_tree(
+      select_ranks(config, model, abstract, (size, size, 3))).to_json()
   assert set(with_head) == set(kernels)
 
 
@@ -127,8 +127,8 @@ def test_vgg16_config_has_the_authors_rank_floors():
   config = pipeline_config("vgg16")
   model = models.create("vgg16")
   abstract = abstract_variables(model, 32)
-  ranks = ranks_lib.ranks_to_dict(
-      select_ranks(config, model, abstract, (32, 32, 3)))
+  ranks = ranks_lib.Ranks.of_tree(
+      select_ranks(config, model, abstract, (32, 32, 3))).to_json()
   # Ratio 0.54: conv0 (27x64) int(27 - 14.58) = 12 -> floor 18; conv1
   # (576x64) int(64 - 34.56) = 29 -> floor 43; a 512-wide layer
   # int(512 - 276.48) = 235, above the floor.

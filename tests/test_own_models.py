@@ -318,8 +318,8 @@ def test_pipeline_trains_and_exports_an_own_model(tiny_config, tmp_path):
   model = models.with_train_flag(own_model.make(4), "training")
   dense_params = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False))["params"]
-  ranks = lrpet_jax.core.ranks.ranks_from_dict(
-      dense_params, json.loads((workdir / "ranks.json").read_text()))
+  ranks = lrpet_jax.core.ranks.Ranks.read(workdir / "ranks.json").tree(
+      dense_params)
   small = lrpet_jax.Factorized(model, ranks)
   small_vars = ocp.StandardCheckpointer().restore(workdir / "compact")
   pixels = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3))

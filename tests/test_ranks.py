@@ -1,5 +1,7 @@
 """uniform_ranks against hand-computed ranks."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,47 @@ def test_round_ranks():
                      8)["k"]["kernel"] == 10  # 16 capped at min(12, 10)
   with pytest.raises(ValueError, match="multiple"):
     round_ranks(ranks, PARAMS, 0)
+
+
+def test_one_ranks_value_in_its_three_forms(tmp_path):
+  """A ``Ranks`` ↔ its JSON object ↔ its rank pytree, and every entry point
+  that takes a rank pytree takes it too, with the same result."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import lrpet_jax  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.core.ranks import Ranks  # pylint: disable=g-import-not-at-top
+  model = lrpet_jax.models.create("resnet8", num_classes=4)
+  x = jnp.ones((1, 8, 8, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  params = variables["params"]
+  tree = lrpet_jax.uniform_ranks(params, 0.5)
+  ranks = Ranks.of_tree(tree)
+  assert ranks.tree(params) == tree and Ranks.of_tree(ranks) is ranks
+  assert ranks == ranks.to_json() == dict(ranks) and len(ranks) == 7  # stem + 3 blocks x 2
+  assert ranks["conv/kernel"] == ranks[("conv", "kernel")] == 8  # 16 → 8
+  (tmp_path / "ranks.json").write_text(json.dumps(ranks.to_json()))
+  assert Ranks.read(tmp_path / "ranks.json") == ranks
+  with pytest.raises(ValueError, match="^ranks name 'nope/kernel', which is"
+                     " not in params$"):
+    Ranks({"nope/kernel": 2}).tree(params)
+  with pytest.raises(ValueError, match=r"^ranks: 'conv/kernel' has rank 0,"):
+    Ranks({"conv/kernel": 0})
+  # The same projection, compact model and optimizer from either form.
+  a = lrpet_jax.project_params(params, tree)
+  b = lrpet_jax.project_params(params, ranks)
+  assert all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a),
+                                                  jax.tree.leaves(b)))
+  dense = {**variables, "params": a}
+  for form in (tree, ranks):
+    compact = lrpet_jax.models.create("resnet8", num_classes=4, ranks=form)
+    logits = compact.apply(lrpet_jax.factorize(dense, form), x, train=False)
+    np.testing.assert_allclose(logits, model.apply(dense, x, train=False),
+                               rtol=1e-4, atol=1e-5)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates = []
+  for form in (tree, ranks):
+    tx = lrpet_jax.lrpet(0.1, form, every=1)
+    u, _ = tx.update(grads, tx.init(params), params)
+    updates.append(u)
+  assert all(np.array_equal(u, v) for u, v in zip(*map(jax.tree.leaves,
+                                                        updates)))

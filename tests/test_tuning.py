@@ -80,7 +80,7 @@ def test_tune_chooses_the_fastest_and_guards_the_whole_model(projected,
   whole.update(tuned=0.5)  # now the tuned model is faster: kept
   tuned, report = tuning.tune(dense, variables, ranks, pairs, batch=2)
   assert not report["kept_all_dense"]
-  kept = lrpet_jax.core.ranks.ranks_to_dict(tuned)
+  kept = lrpet_jax.core.ranks.Ranks.of_tree(tuned).to_json()
   assert kept and all(r % 8 == 0 for r in kept.values())
 
 

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from lrpet_jax.core import _trees
+from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.core import projection
 
 
@@ -76,14 +77,17 @@ class Factorized:
 
   Args:
     module: a Flax module (the dense model).
-    ranks: a rank tree of the dense model's params (int at each ranked
-      ``kernel`` leaf, None elsewhere).
+    ranks: a ``Ranks`` or a rank tree of the dense model's params (int at
+      each ranked ``kernel`` leaf, None elsewhere).
   """
 
   def __init__(self, module: nn.Module, ranks: Any):
     self.module = module
     self.ranks = {}  # {layer module path: rank}
-    for path, rank in _trees.leaves_by_path(ranks).items():
+    by_path = ({_trees.path_tuple(k): r for k, r in ranks.items()}
+               if isinstance(ranks, ranks_lib.Ranks)
+               else _trees.leaves_by_path(ranks))
+    for path, rank in by_path.items():
       if path[-1] != "kernel":
         raise ValueError(f"ranks[{_trees.path_str(path)}]: only leaves named"
                          " 'kernel' can be split")

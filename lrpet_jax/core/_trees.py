@@ -6,7 +6,7 @@ Paths are written the way Flax names variables: a tuple of keys such as
 names a path.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -34,6 +34,14 @@ def path_str(path: Sequence[Any] | str) -> str:
 def leaves_by_path(tree: Any) -> dict[tuple[str, ...], Any]:
   """{path tuple: leaf} for every array leaf of ``tree``."""
   return {path_tuple(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def rank_tree(ranks: Any, params: Any) -> Any:
+  """The rank pytree of ``params`` from ``ranks``: a ``core.ranks.Ranks``
+  (a mapping with ``tree(params)``) or already a rank pytree."""
+  if isinstance(ranks, Mapping) and callable(getattr(ranks, "tree", None)):
+    return ranks.tree(params)
+  return ranks
 
 
 def align_to(tree: Any, params: Any, name: str) -> list[Any]:

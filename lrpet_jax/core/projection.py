@@ -246,7 +246,7 @@ def project_params(params: Any, ranks: Any, *, out_scales: Any = None,
   Args:
     params: pytree of arrays.
     ranks: pytree like ``params`` with an int rank at projected leaves and
-      ``None`` elsewhere (as from ``uniform_ranks``).
+      ``None`` elsewhere (as from ``uniform_ranks``), or a ``ranks.Ranks``.
     out_scales: optional pytree like ``params`` with a (c_out,) BN factor at
       kernels that feed a BatchNorm and ``None`` elsewhere (``bn_out_scales``).
     energy_transfer, residual_scale, eps, min_sigma: as in ``project_kernel``.
@@ -260,6 +260,7 @@ def project_params(params: Any, ranks: Any, *, out_scales: Any = None,
   """
   check_hyperparameters(residual_scale, eps, min_sigma)
   leaves, treedef = jax.tree.flatten(params)
+  ranks = _trees.rank_tree(ranks, params)
   rank_leaves = check_rank_tree(ranks, params)
   if out_scales is None:
     scale_leaves = [None] * len(leaves)

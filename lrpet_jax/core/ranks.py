@@ -5,8 +5,10 @@ leaf and ``None`` elsewhere. Map over it with
 ``jax.tree.map(f, ranks, is_leaf=lambda x: x is None)`` to keep the ``None``s.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+import json
 import numbers
+import pathlib
 from typing import Any
 
 import jax
@@ -121,22 +123,73 @@ def floor_ranks(ranks: Any, params: Any, floor: int,
                                           is_leaf=lambda r: r is None)
 
 
-def ranks_to_dict(ranks: Any) -> dict[str, int]:
-  """{"block/conv/kernel": rank} for the ranked leaves (JSON-friendly)."""
-  return {_trees.path_str(p): int(r)
-          for p, r in jax.tree_util.tree_leaves_with_path(ranks)}
+class Ranks(Mapping[str, int]):
+  """A model's ranks: kernel path ("block/conv/kernel") → rank, in the order
+  of the params' leaves.
 
+  The one value the package passes around, with its two other forms: the
+  JSON object of ``ranks.json`` (``to_json``, ``Ranks(mapping)``) and the
+  rank pytree the transform and the math take (``tree(params)``: the rank at
+  each ranked leaf, ``None`` elsewhere; ``Ranks.of_tree`` back). Functions
+  that take a rank pytree take a ``Ranks`` too (``_trees.rank_tree``).
+  """
 
-def ranks_from_dict(params: Any, mapping: dict[str, int]) -> Any:
-  """The rank pytree for ``params`` from ``ranks_to_dict``'s format."""
-  wanted = {_trees.path_tuple(k): v for k, v in mapping.items()}
-  known = set(_trees.leaves_by_path(params))
-  missing = [k for k in wanted if k not in known]
-  if missing:
-    raise ValueError(
-        f"ranks name {_trees.path_str(missing[0])!r}, which is not in params")
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: wanted.get(_trees.path_tuple(path)), params)
+  def __init__(self, mapping: Mapping[str, int]):
+    self._ranks = {}
+    for path, rank in mapping.items():
+      if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or (
+          rank < 1):
+        raise ValueError(f"ranks: {_trees.path_str(path)!r} has rank {rank!r}, not"
+                         " an int >= 1")
+      self._ranks[_trees.path_str(path)] = int(rank)
+
+  @classmethod
+  def of_tree(cls, tree: Any) -> "Ranks":
+    """The ranks of a rank pytree (its non-``None`` leaves)."""
+    if isinstance(tree, Ranks):
+      return tree
+    return cls({_trees.path_str(p): r
+                for p, r in jax.tree_util.tree_leaves_with_path(tree)})
+
+  def tree(self, params: Any) -> Any:
+    """The rank pytree of ``params``; a path not in ``params`` is a
+    one-line ValueError naming it."""
+    wanted = {_trees.path_tuple(k): v for k, v in self._ranks.items()}
+    known = set(_trees.leaves_by_path(params))
+    missing = [k for k in wanted if k not in known]
+    if missing:
+      raise ValueError(f"ranks name {_trees.path_str(missing[0])!r}, which is"
+                       " not in params")
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: wanted.get(_trees.path_tuple(path)), params)
+
+  @classmethod
+  def read(cls, path) -> "Ranks":
+    """The ranks of a JSON file (a run's ``ranks.json``)."""
+    return cls(json.loads(pathlib.Path(path).read_text()))
+
+  def to_json(self) -> dict[str, int]:
+    """{"block/conv/kernel": rank} (``ranks.json``)."""
+    return dict(self._ranks)
+
+  def __getitem__(self, path) -> int:
+    return self._ranks[_trees.path_str(path)]
+
+  def __iter__(self):
+    return iter(self._ranks)
+
+  def __len__(self) -> int:
+    return len(self._ranks)
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, Mapping) and self._ranks == {
+        _trees.path_str(k): v for k, v in other.items()}
+
+  def __hash__(self):
+    return hash(tuple(self._ranks.items()))
+
+  def __repr__(self) -> str:
+    return f"Ranks({self._ranks!r})"
 
 
 def round_ranks(ranks: Any, params: Any, multiple: int = 8) -> Any:

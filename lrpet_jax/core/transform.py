@@ -12,6 +12,7 @@ leaves pass ``u`` through. ``lrpet`` is the paper's full optimizer: PyTorch-styl
 SGD followed by the projection.
 """
 
+from collections.abc import Mapping
 import dataclasses
 import numbers
 from typing import Any, NamedTuple
@@ -58,6 +59,10 @@ class ProjectionSchedule:
 
 
 def _check_rank_values(ranks: Any) -> None:
+  if isinstance(ranks, Mapping) and callable(getattr(ranks, "tree", None)):
+    if not ranks:  # a Ranks: its values are checked ints >= 1
+      raise ValueError("ranks selects no leaf: the Ranks are empty")
+    return
   leaves = jax.tree.leaves(ranks)
   if not leaves:
     raise ValueError("ranks selects no leaf: every leaf is None")
@@ -91,7 +96,8 @@ def project_updates(ranks: Any, *, energy_transfer: bool = True,
   projection.check_hyperparameters(residual_scale, eps, min_sigma)
 
   def init_fn(params):
-    aligned = projection.check_rank_tree(ranks, params)
+    aligned = projection.check_rank_tree(_trees.rank_tree(ranks, params),
+                                         params)
     return ProjectionState(energy_kept=jnp.ones(
         (sum(r is not None for r in aligned),), jnp.float32))
 
@@ -106,7 +112,8 @@ def project_updates(ranks: Any, *, energy_transfer: bool = True,
         stepped, ranks, out_scales=out_scales, energy_transfer=energy_transfer,
         residual_scale=residual_scale, eps=eps, min_sigma=min_sigma,
         return_energy=True)
-    rank_leaves = _trees.align_to(ranks, params, "ranks")
+    rank_leaves = _trees.align_to(_trees.rank_tree(ranks, params), params,
+                                  "ranks")
     treedef = jax.tree.structure(params)
     new_updates = [
         u if r is None else (new - p).astype(jnp.result_type(u))

@@ -82,6 +82,7 @@ def factorize(variables: Any, ranks: Any) -> dict[str, Any]:
     as needed).
   """
   variables = _plain(jax.device_get(variables))
+  ranks = _trees.rank_tree(ranks, variables["params"])
   projection.check_rank_tree(ranks, variables["params"])
   return {**variables,
           "params": _factorize_tree(variables["params"], _plain(ranks), ())}
@@ -270,13 +271,14 @@ def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
   if not hosts.is_writer():
     return report, compact_variables
   (out / "ranks.json").write_text(
-      json.dumps(ranks_lib.ranks_to_dict(ranks), indent=1))
+      json.dumps(ranks_lib.Ranks.of_tree(ranks).to_json(), indent=1))
   if normalization is not None:
     compact_model = factorized.Factorized(dense_model, ranks)
     artifact = serving.write(
         out / "serving", compact_model, folded,
         input_shape=input_shape, mean=normalization[0], std=normalization[1],
-        description={**description, "ranks": ranks_lib.ranks_to_dict(ranks),
+        description={**description,
+                     "ranks": ranks_lib.Ranks.of_tree(ranks).to_json(),
                      "form": "compact (LRPET factorization), BatchNorm folded"})
     report["export_check"] = checked(
         out / "serving", check_images, normalization, input_shape,

@@ -133,7 +133,7 @@ def write_tuned(out: pathlib.Path, model, variables, ranks, pairs, *,
   checkpointer.save(out / "tuned", tuned_vars, force=True)
   checkpointer.wait_until_finished()
   (out / "tuned_ranks.json").write_text(json.dumps(
-      ranks_lib.ranks_to_dict(tuned_ranks), indent=1))
+      ranks_lib.Ranks.of_tree(tuned_ranks).to_json(), indent=1))
   dtype = None if report["dtype"] == "float32" else jnp.dtype(report["dtype"])
   tuned = factorized.Factorized(model, tuned_ranks)
   folded = folding.fold(tuned_vars, pairs)
@@ -141,7 +141,7 @@ def write_tuned(out: pathlib.Path, model, variables, ranks, pairs, *,
       out / "serving", tuned, folded, input_shape=input_shape,
       mean=normalization[0], std=normalization[1], dtype=dtype,
       description={**description,
-                   "ranks": ranks_lib.ranks_to_dict(tuned_ranks),
+                   "ranks": ranks_lib.Ranks.of_tree(tuned_ranks).to_json(),
                    "form": f"tuned for {report['backend']} ({report['device']})"
                            f" at batch {batch}, {report['dtype']}; BatchNorm"
                            " folded"})

@@ -47,7 +47,8 @@ def run_identity(model: str, num_classes: int, method: str, ranks) -> dict:
   """What a resumed run must match: the checkpoint's ``identity`` item.
   ``ranks`` None: a rank policy has not decided them yet."""
   return {"model": model, "num_classes": num_classes, "method": method,
-          "ranks": None if ranks is None else ranks_lib.ranks_to_dict(ranks)}
+          "ranks": (None if ranks is None
+                    else ranks_lib.Ranks.of_tree(ranks).to_json())}
 
 
 def _same_run(saved: dict, identity: dict) -> bool:

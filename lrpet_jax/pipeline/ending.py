@@ -97,7 +97,7 @@ def _final_projection(e: Ending) -> str:
   project = jax.jit(lambda params, scales: projection.project_params(
       params, s.ranks, out_scales=scales, **s.projection_kwargs()))
   e.params = project(e.params, out_scales)
-  return (f"projected {len(ranks_lib.ranks_to_dict(s.ranks))} kernels to"
+  return (f"projected {len(ranks_lib.Ranks.of_tree(s.ranks))} kernels to"
           " their ranks")
 
 
@@ -137,7 +137,7 @@ def _compact_export(e: Ending) -> str:
   s = e.method.setting
   kept = e.method.energy_kept(e.state.opt_state)
   energy = (None if kept is None else
-            dict(zip(ranks_lib.ranks_to_dict(s.ranks), kept.tolist())))
+            dict(zip(ranks_lib.Ranks.of_tree(s.ranks), kept.tolist())))
   e.report, e.compact_variables = compact.write(
       e.workdir, e.model(False), s.ranks, s.pairing,
       input_shape=e.input_shape,

@@ -63,8 +63,7 @@ class SavedRun:
     if not path.is_file():
       return None
     abstract = _abstract(self.dense_model, self.input_shape)
-    return ranks_lib.ranks_from_dict(abstract["params"],
-                                     json.loads(path.read_text()))
+    return ranks_lib.Ranks.read(path).tree(abstract["params"])
 
   @functools.cached_property
   def compact_model(self):

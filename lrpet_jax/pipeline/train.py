@@ -201,7 +201,8 @@ def with_method(run: Run, method: methods.Method) -> Run:
   """``run`` once its rank policy has decided: ``method``'s ranks from now
   on."""
   return dataclasses.replace(run, method=method, identity={
-      **run.identity, "ranks": ranks_lib.ranks_to_dict(method.setting.ranks)})
+      **run.identity,
+      "ranks": ranks_lib.Ranks.of_tree(method.setting.ranks).to_json()})
 
 
 def restore_or_init(run: Run, checkpoints, seed: int
@@ -220,8 +221,8 @@ def restore_or_init(run: Run, checkpoints, seed: int
       raise ConfigError(str(e)) from None
     state = initial_state(method.model, method.tx, seed, shape, variables)
   elif run.identity["ranks"] is None and saved["ranks"] is not None:
-    run = with_method(run, method.at_ranks(ranks_lib.ranks_from_dict(
-        method.setting.dense_abstract["params"], saved["ranks"])))
+    run = with_method(run, method.at_ranks(ranks_lib.Ranks(
+        saved["ranks"]).tree(method.setting.dense_abstract["params"])))
   return run, jax.device_put(state, run.replicated)
 
 

@@ -98,7 +98,7 @@ def _from_file(params: Any, path: str, table) -> Any:
     if layer is not None and not layer.rankable:
       raise ValueError(f"ranks_file: {name} cannot have a rank: {layer.reason}")
   try:
-    return ranks_lib.ranks_from_dict(params, mapping)
+    return ranks_lib.Ranks(mapping).tree(params)
   except ValueError as e:
     raise ValueError(f"ranks_file: {e}") from None
 
@@ -162,7 +162,7 @@ def deferred(rule: RankRule, model, variables: Any, input_shape,
   table = table or tracing.table(tracing.eval_apply(model), variables,
                                  input_shape)
   full = select(rule, model, variables, input_shape, table=table)
-  ranked = set(ranks_lib.ranks_to_dict(full))
+  ranked = set(ranks_lib.Ranks.of_tree(full))
   shapes = {}
   for c in table.layers:
     if c.name in ranked:
@@ -171,9 +171,9 @@ def deferred(rule: RankRule, model, variables: Any, input_shape,
                                                 c.out_positions)
   dense_macs = table.dense_macs
   rule.policy.check_plan(shapes, dense_macs)
-  uniform = ranks_lib.ranks_to_dict(ranks_lib.uniform_ranks(
+  uniform = ranks_lib.Ranks.of_tree(ranks_lib.uniform_ranks(
       variables["params"], rule.ratio,
-      include=ranks_lib.by_name(l.kernel for l in table.selected(rule.kinds))))
+      include=ranks_lib.by_name(l.kernel for l in table.selected(rule.kinds)))).to_json()
   return Deferred(rule, step, shapes, dense_macs, uniform)
 
 
@@ -202,7 +202,7 @@ def decide(plan: Deferred, params: Any, ranks: Any, out_scales: Any = None
                      "macs_share": macs[k] / compact}
                  for k, r in chosen.items()},
   }
-  tree = ranks_lib.ranks_from_dict(params, chosen)
+  tree = ranks_lib.Ranks(chosen).tree(params)
   return tree, record
 
 
