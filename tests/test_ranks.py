@@ -89,15 +89,26 @@ def test_one_ranks_value_in_its_three_forms(tmp_path):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import lrpet_jax  # pylint: disable=g-import-not-at-top
   from lrpet_jax.core.ranks import Ranks  # pylint: disable=g-import-not-at-top
-  model = lrpet_jax.models.create("resnet8", num_classes=4)
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      del train
+      x = nn.relu(nn.Conv(16, (3, 3), name="conv")(x))
+      x = nn.Conv(8, (3, 3), strides=2, name="down")(x)
+      return nn.Dense(4, name="head")(x.mean((1, 2)))
+
+  model = Net()
   x = jnp.ones((1, 8, 8, 3))
-  variables = model.init(jax.random.key(0), x, train=False)
+  variables = model.init(jax.random.key(0), x)
   params = variables["params"]
   tree = lrpet_jax.uniform_ranks(params, 0.5)
   ranks = Ranks.of_tree(tree)
   assert ranks.tree(params) == tree and Ranks.of_tree(ranks) is ranks
-  assert ranks == ranks.to_json() == dict(ranks) and len(ranks) == 7  # stem + 3 blocks x 2
-  assert ranks["conv/kernel"] == ranks[("conv", "kernel")] == 8  # 16 → 8
+  # min(27, 16) → 8 and min(144, 8) → 4; the Dense head unranked.
+  assert ranks == ranks.to_json() == {"conv/kernel": 8, "down/kernel": 4}
+  assert ranks["conv/kernel"] == ranks[("conv", "kernel")] == 8
   (tmp_path / "ranks.json").write_text(json.dumps(ranks.to_json()))
   assert Ranks.read(tmp_path / "ranks.json") == ranks
   with pytest.raises(ValueError, match="^ranks name 'nope/kernel', which is"
@@ -106,21 +117,21 @@ def test_one_ranks_value_in_its_three_forms(tmp_path):
   with pytest.raises(ValueError, match=r"^ranks: 'conv/kernel' has rank 0,"):
     Ranks({"conv/kernel": 0})
   # The same projection, compact model and optimizer from either form.
-  a = lrpet_jax.project_params(params, tree)
-  b = lrpet_jax.project_params(params, ranks)
+  # (Compiled: op by op, each of the SVD's primitives would compile alone.)
+  a, b = (jax.jit(lambda p, f=form: lrpet_jax.project_params(p, f))(params)
+          for form in (tree, ranks))
   assert all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a),
                                                   jax.tree.leaves(b)))
   dense = {**variables, "params": a}
   for form in (tree, ranks):
-    compact = lrpet_jax.models.create("resnet8", num_classes=4, ranks=form)
-    logits = compact.apply(lrpet_jax.factorize(dense, form), x, train=False)
-    np.testing.assert_allclose(logits, model.apply(dense, x, train=False),
-                               rtol=1e-4, atol=1e-5)
+    compact = lrpet_jax.Factorized(model, form)
+    logits = compact.apply(lrpet_jax.factorize(dense, form), x)
+    np.testing.assert_allclose(logits, model.apply(dense, x), rtol=1e-4,
+                               atol=1e-5)
   grads = jax.tree.map(jnp.ones_like, params)
   updates = []
   for form in (tree, ranks):
     tx = lrpet_jax.lrpet(0.1, form, every=1)
-    u, _ = tx.update(grads, tx.init(params), params)
-    updates.append(u)
+    updates.append(jax.jit(tx.update)(grads, tx.init(params), params)[0])
   assert all(np.array_equal(u, v) for u, v in zip(*map(jax.tree.leaves,
                                                         updates)))
