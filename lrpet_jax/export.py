@@ -36,7 +36,7 @@ every layer stays dense. Adds ``tuned/`` (Orbax checkpoint),
 (per-layer forms with their measured times), and ``serving/`` holds the
 tuned model.
 
-Restore the compact model elsewhere (``tests/test_export.py`` runs this):
+Restore the compact model elsewhere (``tests/deploy/test_export.py`` runs this):
 
     import json, jax, jax.numpy as jnp, orbax.checkpoint, lrpet_jax
     x = jnp.zeros((1, 32, 32, 3))

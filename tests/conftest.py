@@ -19,6 +19,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))
+# The tests of each subpackage sit in the folder of its name; ``reference``
+# (the independent NumPy references) serves them all.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10"
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not CIFAR.is_dir(),

@@ -23,7 +23,7 @@ from test_train import command  # pylint: disable=unused-import
 from test_train import image_folder  # pylint: disable=unused-import
 from test_train import run
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 

@@ -19,7 +19,7 @@ from lrpet_jax.deploy import from_checkpoint
 from lrpet_jax.ranking import selection
 from reference import rel_err
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # subprocesses
 
 

@@ -7,7 +7,7 @@ import jax
 import ml_collections
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "configs"))
 import cifar  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from lrpet_jax.pipeline import config_check  # pylint: disable=g-import-not-at-top,wrong-import-position

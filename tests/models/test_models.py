@@ -88,7 +88,7 @@ def pipeline_config(name):
   import pathlib  # pylint: disable=g-import-not-at-top
   config_file = "imagenet" if name in IMAGENET else (
       "vgg16" if name == "vgg16" else "cifar")
-  path = pathlib.Path(__file__).parents[1] / "configs" / f"{config_file}.py"
+  path = pathlib.Path(__file__).parents[2] / "configs" / f"{config_file}.py"
   spec = importlib.util.spec_from_file_location(config_file, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -27,7 +27,7 @@ from lrpet_jax.pipeline import train
 from reference import randomized_bn
 from reference import rel_err
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "configs"))
 from examples import own_model  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # subprocesses that train
 
 
@@ -225,7 +225,7 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
   # Resume is exact: the killed-and-resumed run ends bit for bit where the
   # uninterrupted one does (same config, so the same compiled calls; that the
   # number of steps per call does not change results is checked in float64
-  # by tests/test_steps.py, where round-off cannot grow).
+  # by tests/pipeline/test_steps.py, where round-off cannot grow).
   a, b = final_state(straight), final_state(killed)
   import jax  # pylint: disable=g-import-not-at-top
   assert jax.tree.structure(a) == jax.tree.structure(b)
