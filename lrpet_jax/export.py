@@ -92,7 +92,8 @@ _TUNE_FOR = flags.DEFINE_enum(
     " this backend (must be this machine's).")
 _BATCH = flags.DEFINE_integer("batch", 256, "With --tune_for: the batch size"
                               " to tune for.")
-_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
+_DTYPE = flags.DEFINE_enum("compute_dtype", "float32",
+                           list(from_checkpoint.COMPUTE_DTYPES),
                            "With --tune_for: the computation dtype to tune"
                            " and serve in.")
 _MEAN = flags.DEFINE_list("mean", None, "Per-channel input mean of pixels in"

@@ -19,6 +19,10 @@ axis.
 from collections.abc import Callable
 import dataclasses
 import inspect
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 
 from lrpet_jax.analysis import layer_table
 
@@ -36,6 +40,14 @@ def eval_flags(model) -> dict:
   except (TypeError, ValueError):
     return {}
   return {"train": False} if "train" in params else {}
+
+
+def abstract_variables(model, input_shape) -> Any:
+  """The variables of ``model`` (called as ``(x, train=...)``, as the
+  pipeline's models are) as ``ShapeDtypeStruct``s: a ``train=False`` init on
+  one example of ``input_shape``, nothing computed."""
+  return jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), train=False))
 
 
 def eval_apply(model, **flags) -> Callable:

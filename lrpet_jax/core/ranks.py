@@ -192,6 +192,11 @@ class Ranks(Mapping[str, int]):
     return f"Ranks({self._ranks!r})"
 
 
+def round_up(n: int, multiple: int) -> int:
+  """The smallest multiple of ``multiple`` at or above ``n``."""
+  return -(-n // multiple) * multiple
+
+
 def round_ranks(ranks: Any, params: Any, multiple: int = 8) -> Any:
   """Each rank rounded up to a multiple of ``multiple`` (at most full rank).
 
@@ -207,7 +212,7 @@ def round_ranks(ranks: Any, params: Any, multiple: int = 8) -> Any:
   def up(rank, leaf):
     if rank is None:
       return None
-    full = min(projection.matrix_shape(leaf.shape))
-    return min(-(-rank // multiple) * multiple, full)
+    return min(round_up(rank, multiple),
+               min(projection.matrix_shape(leaf.shape)))
 
   return jax.tree.map(up, ranks, params, is_leaf=lambda r: r is None)

@@ -3,7 +3,8 @@
 ``compact`` (the compact checkpoint and report from a projected dense
 model), ``serving`` (the ``jax.export`` serving artifact, BatchNorm folded),
 ``export_check`` (each shipped form against the trained model), ``tuning``
-(per-layer latency tuning of the compact model) and ``from_checkpoint`` (a
+(per-layer latency tuning of the compact model), ``variables_file`` (a
+model's variables as an Orbax directory) and ``from_checkpoint`` (a
 dense checkpoint to all of these: the library behind
 ``python -m lrpet_jax.export``).
 

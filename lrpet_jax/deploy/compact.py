@@ -20,18 +20,19 @@ import shutil
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lrpet_jax.analysis import accounting
 from lrpet_jax.analysis import factorized
 from lrpet_jax.analysis import folding
+from lrpet_jax.analysis import tracing
 from lrpet_jax.core import _trees
 from lrpet_jax.core import projection
 from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.data import hosts
 from lrpet_jax.deploy import export_check
 from lrpet_jax.deploy import serving
+from lrpet_jax.deploy import variables_file
 
 
 def _split(kernel: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -183,12 +184,6 @@ def _summary_line(model_name, report) -> str:
           f" ({report['params_reduction']:.1%} fewer)\n")
 
 
-def abstract_variables(model, input_shape) -> Any:
-  """``model``'s variables as ``ShapeDtypeStruct``s (``train=False`` init)."""
-  return jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), train=False))
-
-
 def build_report(dense_model, ranks: Any, pairs, *,
                  input_shape: tuple[int, ...], dense_variables: Any,
                  compact_variables: Any, energy_kept=None,
@@ -199,7 +194,7 @@ def build_report(dense_model, ranks: Any, pairs, *,
   ``description`` (model name, classes) heads the report.
   """
   compact_model = factorized.Factorized(dense_model, ranks)
-  dense_abstract = abstract_variables(dense_model, input_shape)
+  dense_abstract = tracing.abstract_variables(dense_model, input_shape)
   costs = folded_costs(dense_model, compact_model,
                        dense_variables or dense_abstract, compact_variables,
                        pairs, input_shape)
@@ -256,7 +251,6 @@ def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
     check_images: (b, H, W, C) pixels in [0, 255] for the export check
       (e.g. test images); default: random pixels.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   out = pathlib.Path(out_dir).absolute()
   if compact_variables is None:
     compact_variables = factorize(dense_variables, ranks)
@@ -265,9 +259,7 @@ def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
       dense_variables=dense_variables, compact_variables=compact_variables,
       energy_kept=energy_kept, description=description)
   out.mkdir(parents=True, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()  # every process takes part
-  checkpointer.save(out / "compact", compact_variables, force=overwrite)
-  checkpointer.wait_until_finished()
+  variables_file.save(out / "compact", compact_variables, force=overwrite)
   if not hosts.is_writer():
     return report, compact_variables
   (out / "ranks.json").write_text(

@@ -24,6 +24,7 @@ from lrpet_jax.data import datasets as data_lib
 from lrpet_jax.deploy import compact
 from lrpet_jax.deploy import serving
 from lrpet_jax.deploy import tuning
+from lrpet_jax.deploy import variables_file
 from lrpet_jax.ranking import selection
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -48,12 +49,11 @@ def _check(tune_for, batch, compute_dtype, normalization) -> None:
 def restore_dense(source: pathlib.Path, dense, spec: str, num_classes: int,
                   input_shape):
   """``dense``'s variables restored from ``source``, or a one-line error."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   if not source.is_dir():
     raise ValueError(f"variables: no checkpoint directory at {source}")
-  abstract = compact.abstract_variables(dense, input_shape)
+  abstract = tracing.abstract_variables(dense, input_shape)
   try:
-    return ocp.StandardCheckpointer().restore(source, abstract)
+    return variables_file.restore(source, abstract)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
         f"variables: cannot restore {source} as the variables of --model="
@@ -124,14 +124,11 @@ def write_tuned(out: pathlib.Path, model, variables, ranks, pairs, *,
   """``tuning.tune`` of ``model`` (in the dtype to serve in) here, then
   ``tuned/``, ``tuned_ranks.json``, ``tuning_report.*`` and the tuned model
   in ``serving/``."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   tuned_ranks, report = tuning.tune(
       model, variables, ranks, pairs, input_shape=input_shape, batch=batch,
       log=lambda line: print(f"tuning: {line}", file=sys.stderr, flush=True))
   tuned_vars = compact.factorize(variables, tuned_ranks)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(out / "tuned", tuned_vars, force=True)
-  checkpointer.wait_until_finished()
+  variables_file.save(out / "tuned", tuned_vars)
   (out / "tuned_ranks.json").write_text(json.dumps(
       ranks_lib.Ranks.of_tree(tuned_ranks).to_json(), indent=1))
   dtype = None if report["dtype"] == "float32" else jnp.dtype(report["dtype"])

@@ -32,6 +32,7 @@ from lrpet_jax.analysis import folding
 from lrpet_jax.analysis import tracing
 from lrpet_jax.core import _trees
 from lrpet_jax.core import projection
+from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.deploy import compact
 
 MULTIPLES = (8, 16)
@@ -79,7 +80,7 @@ def candidate_ranks(rank: int, kernel_shape, multiples=MULTIPLES) -> list:
   """None (dense), then each factorized rank ≥ ``rank`` worth trying."""
   full = min(projection.matrix_shape(kernel_shape))
   out = [None]
-  for r in [rank] + [-(-rank // m) * m for m in multiples]:
+  for r in [rank] + [ranks_lib.round_up(rank, m) for m in multiples]:
     if r <= full and r not in out and factorized.is_factorized(r, kernel_shape):
       out.append(r)
   return out

@@ -34,6 +34,7 @@ from lrpet_jax.core import bn
 from lrpet_jax.core import projection
 from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.deploy import compact
+from lrpet_jax.deploy import variables_file
 from lrpet_jax.pipeline import steps as steps_lib
 
 
@@ -122,13 +123,10 @@ def _precise_bn(e: Ending) -> str:
 
 
 def _dense_model(e: Ending) -> str:
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   e.dense_accuracy = e.evaluator(False)(e.dense_variables,
                                         e.source.eval_batches())
   target = e.workdir / "dense_final"
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(target, e.dense_variables, force=True)
-  checkpointer.wait_until_finished()
+  variables_file.save(target, e.dense_variables)
   return (f"dense model: test top-1 {e.dense_accuracy['top1']:.4f}; saved to"
           f" {target}")
 

@@ -44,6 +44,7 @@ from lrpet_jax.core import bn
 from lrpet_jax.core import projection
 from lrpet_jax.core import transform
 from lrpet_jax.deploy import compact
+from lrpet_jax.deploy import variables_file
 from lrpet_jax.pipeline import ending
 from lrpet_jax.ranking import selection
 
@@ -288,10 +289,9 @@ def decomposed_variables(path, dense_abstract, ranks):
     ValueError: naming ``init_from``, for a checkpoint that cannot be read or
       holds another model's variables.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path).absolute()
   try:
-    dense = ocp.StandardCheckpointer().restore(path)
+    dense = variables_file.restore(path)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"init_from: cannot read a checkpoint at {path}"
                      f" ({type(e).__name__})") from None

@@ -22,9 +22,11 @@ import ml_collections
 import numpy as np
 
 from lrpet_jax.analysis import factorized
+from lrpet_jax.analysis import tracing
 from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.data import datasets as data_lib
 from lrpet_jax.data import inputs
+from lrpet_jax.deploy import variables_file
 from lrpet_jax.pipeline import methods
 from lrpet_jax.pipeline import records
 from lrpet_jax.pipeline import steps as steps_lib
@@ -32,10 +34,9 @@ from lrpet_jax.pipeline import train
 
 
 def _restore(path: pathlib.Path, abstract=None):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   if not path.is_dir():
     return None
-  return ocp.StandardCheckpointer().restore(path.absolute(), abstract)
+  return variables_file.restore(path, abstract)
 
 
 @dataclasses.dataclass
@@ -62,7 +63,7 @@ class SavedRun:
     path = self.workdir / "ranks.json"
     if not path.is_file():
       return None
-    abstract = _abstract(self.dense_model, self.input_shape)
+    abstract = tracing.abstract_variables(self.dense_model, self.input_shape)
     return ranks_lib.Ranks.read(path).tree(abstract["params"])
 
   @functools.cached_property
@@ -75,14 +76,14 @@ class SavedRun:
   def dense_variables(self):
     """The final dense model (``dense_final/``: projected, BN recomputed)."""
     return _restore(self.workdir / "dense_final",
-                    _abstract(self.dense_model, self.input_shape))
+                    tracing.abstract_variables(self.dense_model, self.input_shape))
 
   @functools.cached_property
   def compact_variables(self):
     if self.compact_model is None:
       return None
     return _restore(self.workdir / "compact",
-                    _abstract(self.compact_model, self.input_shape))
+                    tracing.abstract_variables(self.compact_model, self.input_shape))
 
   @functools.cached_property
   def serving(self):
@@ -145,12 +146,6 @@ class SavedRun:
     return _restore(folder / str(step) / "state", abstract)
 
 
-def _abstract(model, input_shape):
-  return jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jax.numpy.zeros((1,) + tuple(input_shape)),
-      train=False))
-
-
 def _top_k(logits_fn, batches) -> dict[str, float]:
   top1 = top5 = n = 0
   for images, labels in batches:
@@ -170,5 +165,6 @@ def load_run(workdir: str | pathlib.Path) -> SavedRun:
     raise ValueError(f"workdir: {workdir} holds no config.json (not a run's"
                      " workdir)")
   summary = workdir / "summary.json"
-  return SavedRun(workdir, ml_collections.ConfigDict(json.loads(saved.read_text())),
-             json.loads(summary.read_text()) if summary.is_file() else None)
+  return SavedRun(
+      workdir, ml_collections.ConfigDict(json.loads(saved.read_text())),
+      json.loads(summary.read_text()) if summary.is_file() else None)

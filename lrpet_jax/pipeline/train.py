@@ -87,8 +87,7 @@ def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
   optimizer settings."""
   build_model = model_builder(config)
   dense = build_model()
-  abstract = jax.eval_shape(lambda: dense.init(
-      jax.random.key(0), jnp.zeros((1,) + tuple(input_shape)), train=False))
+  abstract = tracing.abstract_variables(dense, input_shape)
   rule = config_check.part(selection.RankRule, config)
   check_output(dense, abstract, input_shape, config.num_classes)
   table = tracing.table(tracing.eval_apply(dense), abstract, input_shape)
