@@ -105,12 +105,15 @@ def exclusive(workdir: pathlib.Path):
 
 def changed_fields(config, workdir: pathlib.Path) -> list[str]:
   """The fields whose values differ from the workdir's ``config.json``, as
-  ``"name old → new"``."""
+  ``"name old → new"``. A field the saved config lacks (a run of an older
+  version, before the field existed) is unchanged while it is off (0, False,
+  None or empty): new fields default to what the older version did."""
   saved = json.loads((workdir / "config.json").read_text())
   now = json.loads(config.to_json())
   return [f"{k} {saved.get(k)!r} → {now.get(k)!r}"
           for k in sorted(set(saved) | set(now))
-          if k not in NOT_COMPARED and saved.get(k) != now.get(k)]
+          if k not in NOT_COMPARED and saved.get(k) != now.get(k)
+          and (k in saved or now[k])]
 
 
 def finished_summary(config, workdir: pathlib.Path) -> dict | None:
