@@ -202,17 +202,24 @@ def ranks_for_budget(model, variables: Any,
     raise ValueError(
         f"{name}={target} is unreachable: the best achievable with uniform"
         f" ranks is {best:.4f}")
+  return ranks_lib.uniform_ranks(params, _closest_ratio(reduction, target,
+                                                        top),
+                                 include=include)
+
+
+def _closest_ratio(reduction, target: float, top: float) -> float:
+  """The ratio in [0, top] whose ``reduction`` (a non-decreasing step
+  function) is closest to ``target``: bisection for the step just reaching
+  it, then it or the one below."""
   lo, hi = 0.0, top  # reduction(lo) < target <= reduction(hi), unless lo hits
   if reduction(lo) >= target:
-    hi = lo
-  else:
-    for _ in range(60):
-      mid = (lo + hi) / 2
-      if reduction(mid) >= target:
-        hi = mid
-      else:
-        lo = mid
-  ratio = hi
-  if hi > 0.0 and abs(reduction(lo) - target) < abs(reduction(hi) - target):
-    ratio = lo
-  return ranks_lib.uniform_ranks(params, ratio, include=include)
+    return lo
+  for _ in range(60):
+    mid = (lo + hi) / 2
+    if reduction(mid) >= target:
+      hi = mid
+    else:
+      lo = mid
+  if abs(reduction(lo) - target) < abs(reduction(hi) - target):
+    return lo
+  return hi

@@ -232,8 +232,7 @@ def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
 
   Args:
     out_dir: output directory.
-    dense_model: the dense model, ``__call__(x, train)`` (any other flag:
-      ``models.with_train_flag``).
+    dense_model: the dense model, ``__call__(x, train)``.
     ranks: rank pytree of the dense params.
     pairs: the dense model's ``tracing.Pairing`` (``tracing.bn_pairs``),
       for folding.
@@ -265,26 +264,43 @@ def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
   (out / "ranks.json").write_text(
       json.dumps(ranks_lib.Ranks.of_tree(ranks).to_json(), indent=1))
   if normalization is not None:
-    compact_model = factorized.Factorized(dense_model, ranks)
-    artifact = serving.write(
-        out / "serving", compact_model, folded,
-        input_shape=input_shape, mean=normalization[0], std=normalization[1],
-        description={**description,
-                     "ranks": ranks_lib.Ranks.of_tree(ranks).to_json(),
-                     "form": "compact (LRPET factorization), BatchNorm folded"})
-    report["export_check"] = checked(
-        out / "serving", check_images, normalization, input_shape,
-        reference=((dense_model, truncated(dense_variables, ranks))
-                   if dense_variables is not None
-                   else (compact_model, compact_variables)),
-        compact=((compact_model, compact_variables) if dense_variables
-                 is not None else None),
-        folded=(compact_model, folded), serving_file=artifact)
+    report["export_check"] = _write_serving(
+        out / "serving", dense_model, ranks, folded, input_shape=input_shape,
+        normalization=normalization, description=description,
+        dense_variables=dense_variables, compact_variables=compact_variables,
+        check_images=check_images)
+  _write_report(out, report, description.get("model", "model"))
+  return report, compact_variables
+
+
+def _write_report(out: pathlib.Path, report: dict, model: str) -> None:
+  """``compact_report.json``, and ``compact_report.txt``: its rows as a
+  table and a totals line."""
   (out / "compact_report.json").write_text(json.dumps(report, indent=1))
   (out / "compact_report.txt").write_text(
       (format_report(report["layers"]) + "\n\n" if report["layers"] else "")
-      + _summary_line(description.get("model", "model"), report))
-  return report, compact_variables
+      + _summary_line(model, report))
+
+
+def _write_serving(path, dense_model, ranks, folded, *, input_shape,
+                   normalization, description, dense_variables,
+                   compact_variables, check_images) -> dict:
+  """The serving artifact at ``path`` (the compact model, BatchNorm
+  ``folded``), checked against the trained model; returns the check."""
+  compact_model = factorized.Factorized(dense_model, ranks)
+  artifact = serving.write(
+      path, compact_model, folded, input_shape=input_shape,
+      mean=normalization[0], std=normalization[1],
+      description={**description,
+                   "ranks": ranks_lib.Ranks.of_tree(ranks).to_json(),
+                   "form": "compact (LRPET factorization), BatchNorm folded"})
+  trained_dense = dense_variables is not None
+  return checked(
+      path, check_images, normalization, input_shape,
+      reference=((dense_model, truncated(dense_variables, ranks))
+                 if trained_dense else (compact_model, compact_variables)),
+      compact=(compact_model, compact_variables) if trained_dense else None,
+      folded=(compact_model, folded), serving_file=artifact)
 
 
 def truncated(variables: Any, ranks: Any) -> dict[str, Any]:
