@@ -131,7 +131,8 @@ def index_image_folder(root) -> FolderIndex:
       if not images:
         raise ValueError(f"dataset: {root / split / name} holds no images"
                          " (.jpg, .jpeg or .png files)")
-      skipped += sorted(f.path for f in files if f not in images)
+      skipped += sorted(f.path for f in files
+                        if not f.name.lower().endswith(_IMAGE_SUFFIXES))
       counts[split] = counts.get(split, 0) + len(images)
   return FolderIndex(root, tuple(classes), counts, tuple(skipped))
 
@@ -158,40 +159,52 @@ def check_sizes(*, n_train: int, n_test: int, train_subset: int,
                      f" {available - val_examples} training images{of}{held}")
 
 
-def check_images(index: FolderIndex, decode: bool = False) -> None:
+def check_images(index: FolderIndex, decode: bool = False,
+                 files: list[pathlib.Path] | None = None) -> None:
   """Every image opens and all have one size (tfds would zero-pad smaller
   ones to the largest), or a one-line ValueError names the first that does
   not. Reads headers only (about 2 s for CIFAR-10's 60,000 files), or with
-  ``decode`` every pixel (after a failed read, to name the file)."""
+  ``decode`` every pixel (after a failed read, to name the file); ``files``:
+  only these (the ones a subset reads)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   first = None
+  for path in files if files is not None else _image_paths(index):
+    try:
+      with Image.open(path) as im:
+        if decode:
+          im.load()
+        size = im.size
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"dataset: cannot decode {path} ({_cause(e)})"
+                       ) from None
+    if first is None:
+      first = (path, size)
+    elif size != first[1]:
+      raise ValueError(
+          f"dataset: {path} is {size[0]}x{size[1]} but {first[0]} is"
+          f" {first[1][0]}x{first[1][1]}: every image must have one size"
+          " (resize them first)")
+
+
+def _image_paths(index: FolderIndex):
   for split in ("train", "test"):
     for name in index.classes:
       for f in sorted(os.scandir(index.root / split / name),
                       key=lambda f: f.name):
-        if not f.name.lower().endswith(_IMAGE_SUFFIXES):
-          continue
-        try:
-          with Image.open(f.path) as im:
-            if decode:
-              im.load()
-            size = im.size
-        except Exception as e:  # pylint: disable=broad-except
-          raise ValueError(f"dataset: cannot decode {f.path} ({_cause(e)})"
-                           ) from None
-        if first is None:
-          first = (f.path, size)
-        elif size != first[1]:
-          raise ValueError(
-              f"dataset: {f.path} is {size[0]}x{size[1]} but {first[0]} is"
-              f" {first[1][0]}x{first[1][1]}: every image must have one size"
-              " (resize them first)")
+        if f.name.lower().endswith(_IMAGE_SUFFIXES):
+          yield f.path
+
+
+def _subset_index(total: int, n: int, seed: int) -> np.ndarray:
+  """The sorted indices of the seeded subset of ``n`` of ``total`` examples
+  (all of them for n = 0 or n ≥ total)."""
+  if not n or n >= total:
+    return np.arange(total)
+  return np.sort(np.random.default_rng(seed).permutation(total)[:n])
 
 
 def _subset(images, labels, n, seed):
-  if not n or n >= len(labels):
-    return images, labels
-  keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:n])
+  keep = _subset_index(len(labels), n, seed)
   return images[keep], labels[keep]
 
 
@@ -286,37 +299,84 @@ def prepared_builder(dataset: str, data_dir: str | None, hint: str):
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def read_image_folder(root: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
-                                          int]:
-  """``root/<split>/<class>/<image>`` read with Pillow, in the order and with
-  the labels of ``tfds.folder_dataset.ImageFolder``: labels index the sorted
-  class names of all splits; each split's (class, file)-sorted list is shuffled
-  by ``random.Random(split_name)``, as tfds does. The loader where
-  tensorflow-datasets is not installed. Pixels may differ from tfds' by a few
-  levels: TensorFlow decodes JPEG with the fast integer DCT, Pillow with the
-  accurate one.
-
-  Returns:
-    ({split: (uint8 (N, H, W, 3) images, int32 (N,) labels)}, num_classes).
-  """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+def folder_files(root) -> tuple[dict[str, list[tuple[pathlib.Path, int]]],
+                                int]:
+  """({split: [(file, label)]}, num_classes) of ``root/<split>/<class>/<image>``
+  in the order and with the labels of ``tfds.folder_dataset.ImageFolder``:
+  labels index the sorted class names of all splits; each split's (class,
+  file)-sorted list is shuffled by ``random.Random(split_name)``, as tfds
+  does."""
   root = pathlib.Path(root)
   splits = {d.name: sorted(c for c in d.iterdir() if c.is_dir())
             for d in sorted(root.iterdir()) if d.is_dir()}
   names = sorted({c.name for classes in splits.values() for c in classes})
-  arrays = {}
+  out = {}
   for split, classes in splits.items():
     files = [(f, names.index(c.name)) for c in classes
              for f in sorted(c.iterdir())
              if f.suffix.lower() in _IMAGE_SUFFIXES]
     random.Random(split).shuffle(files)
-    images = []
+    out[split] = files
+  return out, len(names)
+
+
+def _decode(files: list[tuple[pathlib.Path, int]], with_tensorflow: bool
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 (N, H, W, 3) images, int32 (N,) labels) of ``files``: decoded by
+  TensorFlow as tfds does (the same pixels), or by Pillow."""
+  images = []
+  if with_tensorflow:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    for f, _ in files:
+      images.append(tf.image.decode_image(
+          tf.io.read_file(str(f)), channels=3, expand_animations=False).numpy())
+  else:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
     for f, _ in files:
       with Image.open(f) as im:
         images.append(np.asarray(im.convert("RGB"), np.uint8))
-    arrays[split] = (np.stack(images),
-                     np.asarray([label for _, label in files], np.int32))
-  return arrays, len(names)
+  return (np.stack(images).astype(np.uint8),
+          np.asarray([label for _, label in files], np.int32))
+
+
+def read_image_folder(root: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
+                                          int]:
+  """``root/<split>/<class>/<image>`` read with Pillow, in the order and with
+  the labels of ``tfds.folder_dataset.ImageFolder`` (``folder_files``). The
+  loader where tensorflow-datasets is not installed. Pixels may differ from
+  tfds' by a few levels: TensorFlow decodes JPEG with the fast integer DCT,
+  Pillow with the accurate one.
+
+  Returns:
+    ({split: (uint8 (N, H, W, 3) images, int32 (N,) labels)}, num_classes).
+  """
+  files, num_classes = folder_files(root)
+  return {split: _decode(f, False) for split, f in files.items()}, num_classes
+
+
+def subset_files(root, subsets: dict[str, tuple[int, int]]
+                 ) -> tuple[dict[str, list[tuple[pathlib.Path, int]]], int]:
+  """({split: [(file, label)]}, num_classes) of the seeded subsets
+  ``{split: (n, seed)}`` of an image folder: the examples ``load`` would cut
+  from the whole folder, in the same order."""
+  files, num_classes = folder_files(root)
+  return {split: [files[split][i] for i in _subset_index(len(files[split]),
+                                                         n, seed)]
+          for split, (n, seed) in subsets.items()}, num_classes
+
+
+def read_folder_subsets(root, subsets: dict[str, tuple[int, int]],
+                        with_tensorflow: bool
+                        ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
+                                   int]:
+  """The seeded subsets ``{split: (n, seed)}`` of an image folder, decoding
+  only their files (``subset_files``): the arrays ``load`` would cut from
+  the whole folder (with TensorFlow, the same pixels as through tfds), in a
+  fraction of the time (CIFAR-10's 1,024 + 1,000 smoke images: 1.8 s to
+  decode, against 16 s for the whole folder)."""
+  chosen, num_classes = subset_files(root, subsets)
+  return ({split: _decode(f, with_tensorflow) for split, f in chosen.items()},
+          num_classes)
 
 
 def _read_with_tfds(dataset: str, data_dir: str | None):
@@ -343,9 +403,20 @@ def load(dataset: str, data_dir: str | None = None, train_subset: int = 0,
   """Loads a whole small data set as uint8 arrays (optionally a seeded subset).
 
   Through tfds; an ``image_folder:PATH`` is read with Pillow
-  (``read_image_folder``) where tensorflow-datasets is not installed.
+  (``read_image_folder``) where tensorflow-datasets is not installed, and
+  with both subsets given, only their files are decoded
+  (``read_folder_subsets``: the same arrays).
   """
   check_dataset_name(dataset)
+  if dataset.startswith("image_folder:") and train_subset and test_subset:
+    index = index_image_folder(dataset.split(":", 1)[1])
+    check_sizes(n_train=index.counts["train"], n_test=index.counts["test"],
+                train_subset=train_subset, test_subset=test_subset,
+                val_examples=0, batch_size=0, where=dataset)
+    arrays, num_classes = _read_folder(index, {
+        "train": (train_subset, seed), "test": (test_subset, seed + 1)})
+    return InMemoryData(*arrays["train"], *arrays["test"],
+                        num_classes=num_classes)
   if dataset.startswith("image_folder:"):
     arrays, num_classes = _read_folder(
         index_image_folder(dataset.split(":", 1)[1]))
@@ -364,23 +435,35 @@ def load(dataset: str, data_dir: str | None = None, train_subset: int = 0,
   return InMemoryData(*train, *test, num_classes=num_classes)
 
 
-def _read_folder(index: FolderIndex):
-  """An image folder's arrays: through tfds, or Pillow without it; its
-  images checked first, and a read that fails diagnosed by name
-  (``check_images``)."""
+def _read_folder(index: FolderIndex, subsets=None):
+  """An image folder's arrays: through tfds, or Pillow without it (with
+  ``subsets``, {split: (n, seed)}, only those examples:
+  ``read_folder_subsets``); its images checked first, and a read that fails
+  diagnosed by name (``check_images``)."""
   if index.skipped:
     logging.getLogger("absl").warning(
         "%d file(s) in %s are not .jpg/.jpeg/.png images and are skipped, e.g."
         " %s", len(index.skipped), index.root, index.skipped[0])
-  check_images(index)
+  chosen = files = None
+  if subsets:
+    chosen, num_classes = subset_files(index.root, subsets)
+    files = [f for split in chosen.values() for f, _ in split]
+  check_images(index, files=files)
   try:
     try:
       tfds_module()
+      with_tensorflow = True
     except ImportError:
-      return read_image_folder(index.root)
-    return _read_with_tfds(f"image_folder:{index.root}", None)
+      with_tensorflow = False
+    if chosen is not None:
+      return ({split: _decode(f, with_tensorflow)
+               for split, f in chosen.items()}, num_classes)
+    if with_tensorflow:
+      return _read_with_tfds(f"image_folder:{index.root}", None)
+    return read_image_folder(index.root)
   except Exception as e:  # pylint: disable=broad-except
-    check_images(index, decode=True)  # names the file, if Pillow agrees
+    check_images(index, decode=True, files=files)  # names the file, if
+    # Pillow agrees
     raise ValueError(f"dataset: cannot read {index.root} ({_cause(e)})"
                      ) from None
 

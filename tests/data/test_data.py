@@ -1,5 +1,6 @@
 """Data loading (tfds path under mock_data, image folders) and augmentation."""
 
+import pathlib
 import re
 import shutil
 import sys
@@ -315,3 +316,43 @@ def test_a_corrupt_jpeg_is_named(tmp_path):
   bad.write_bytes(bad.read_bytes()[:400])
   with pytest.raises(ValueError, match=f"^dataset: cannot decode {bad} "):
     datasets.load(f"image_folder:{tmp_path}")
+
+
+def test_subsets_of_an_image_folder_read_alone_are_the_subsets_of_the_whole(
+    tmp_path):
+  """With both subsets, only their files are decoded: the same examples, in
+  the same order, with the same pixels (real CIFAR-10 JPEGs when the shared
+  copy is there, else generated ones) as cut from the whole folder."""
+  tf = pytest.importorskip("tensorflow")
+  cifar = (pathlib.Path(__file__).resolve().parents[3] / "shared" / "datasets"
+           / "cifar10")
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 12), ("test", 4)):
+    for c in ("cat", "ant", "dog"):
+      d = tmp_path / split / c
+      d.mkdir(parents=True)
+      real = sorted((cifar / split / c).glob("*.jpg"))[:n] if (
+          cifar / split / c).is_dir() else []
+      for i in range(n):
+        if real:
+          (d / real[i].name).symlink_to(real[i])
+        else:
+          img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+          (d / f"{i}.jpg").write_bytes(tf.io.encode_jpeg(img).numpy())
+  name = f"image_folder:{tmp_path}"
+  whole = datasets.load(name)
+  for seed in (0, 3):
+    alone = datasets.load(name, train_subset=20, test_subset=5, seed=seed)
+    train = np.sort(np.random.default_rng(seed).permutation(36)[:20])
+    test = np.sort(np.random.default_rng(seed + 1).permutation(12)[:5])
+    np.testing.assert_array_equal(alone.train_images, whole.train_images[train])
+    np.testing.assert_array_equal(alone.train_labels, whole.train_labels[train])
+    np.testing.assert_array_equal(alone.test_images, whole.test_images[test])
+    np.testing.assert_array_equal(alone.test_labels, whole.test_labels[test])
+  # Without TensorFlow: the Pillow reader's pixels, subset alone as well.
+  files, _ = datasets.folder_files(tmp_path)
+  pillow = datasets.read_image_folder(str(tmp_path))[0]
+  alone = datasets.read_folder_subsets(tmp_path, {"train": (20, 0)}, False)[0]
+  keep = np.sort(np.random.default_rng(0).permutation(36)[:20])
+  np.testing.assert_array_equal(alone["train"][0], pillow["train"][0][keep])
+  assert len(files["train"]) == 36
