@@ -150,18 +150,23 @@ def test_without_tfds_image_folders_load_and_tfds_names_fail(tmp_path,
     datasets.load("cifar10")
 
 
-def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
-  """Each BN-recompute image is a pad-4 crop (+ flip) of its training image."""
+def two_class_folder(root, n, size, suffix, low=0, **save):
+  """Classes a and b, ``n`` random ``size``² images each in train/ and test/."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from lrpet_jax.data import inputs  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   for split in ("train", "test"):
     for c in ("a", "b"):
-      (tmp_path / split / c).mkdir(parents=True)
-      for i in range(4):
-        Image.fromarray(rng.integers(1, 255, (8, 8, 3), dtype=np.uint8)).save(
-            tmp_path / split / c / f"{i}.png")
+      (root / split / c).mkdir(parents=True)
+      for i in range(n):
+        Image.fromarray(rng.integers(low, 255, (size, size, 3), np.uint8)
+                        ).save(root / split / c / f"{i}{suffix}", **save)
+
+
+def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
+  """Each BN-recompute image is a pad-4 crop (+ flip) of its training image."""
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.data import inputs  # pylint: disable=g-import-not-at-top
+  two_class_folder(tmp_path, 4, 8, ".png", low=1)
   config = inputs.InputConfig(
       dataset=f"image_folder:{tmp_path}", data_dir=None, train_subset=0,
       test_subset=0, val_examples=0, seed=0, batch_size=8, eval_batch_size=8,
@@ -304,14 +309,7 @@ def test_sizes_are_checked_naming_the_field():
 def test_a_corrupt_jpeg_is_named(tmp_path):
   # Its header is fine (sizes pass), its data is cut short: TensorFlow's
   # decoder fails mid-read, and the file is found and named.
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  for split in ("train", "test"):
-    for c in ("a", "b"):
-      (tmp_path / split / c).mkdir(parents=True)
-      for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(
-            tmp_path / split / c / f"{i}.jpg", quality=90)
+  two_class_folder(tmp_path, 2, 32, ".jpg", quality=90)
   bad = tmp_path / "test" / "b" / "1.jpg"
   bad.write_bytes(bad.read_bytes()[:400])
   with pytest.raises(ValueError, match=f"^dataset: cannot decode {bad} "):
