@@ -36,12 +36,16 @@ def leaves_by_path(tree: Any) -> dict[tuple[str, ...], Any]:
   return {path_tuple(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def is_rank_map(ranks: Any) -> bool:
+  """Whether ``ranks`` is a ``core.ranks.Ranks`` (a mapping with
+  ``tree(params)``) rather than a rank pytree (``ranks`` imports this
+  module, so the test is by shape)."""
+  return isinstance(ranks, Mapping) and callable(getattr(ranks, "tree", None))
+
+
 def rank_tree(ranks: Any, params: Any) -> Any:
-  """The rank pytree of ``params`` from ``ranks``: a ``core.ranks.Ranks``
-  (a mapping with ``tree(params)``) or already a rank pytree."""
-  if isinstance(ranks, Mapping) and callable(getattr(ranks, "tree", None)):
-    return ranks.tree(params)
-  return ranks
+  """The rank pytree of ``params`` from a ``Ranks`` or a rank pytree."""
+  return ranks.tree(params) if is_rank_map(ranks) else ranks
 
 
 def align_to(tree: Any, params: Any, name: str) -> list[Any]:

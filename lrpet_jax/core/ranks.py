@@ -127,11 +127,11 @@ class Ranks(Mapping[str, int]):
   """A model's ranks: kernel path ("block/conv/kernel") → rank, in the order
   of the params' leaves.
 
-  The one value the package passes around, with its two other forms: the
-  JSON object of ``ranks.json`` (``to_json``, ``Ranks(mapping)``) and the
-  rank pytree the transform and the math take (``tree(params)``: the rank at
-  each ranked leaf, ``None`` elsewhere; ``Ranks.of_tree`` back). Functions
-  that take a rank pytree take a ``Ranks`` too (``_trees.rank_tree``).
+  Ranks in their three forms: this mapping, the JSON object of
+  ``ranks.json`` (``to_json``, ``read``, ``Ranks(mapping)``) and the rank
+  pytree the math works on (``tree(params)``: the rank at each ranked leaf,
+  ``None`` elsewhere; ``Ranks.of_tree`` back). The public functions that
+  take a rank pytree take a ``Ranks`` too (``_trees.rank_tree``).
   """
 
   def __init__(self, mapping: Mapping[str, int]):
@@ -139,8 +139,8 @@ class Ranks(Mapping[str, int]):
     for path, rank in mapping.items():
       if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or (
           rank < 1):
-        raise ValueError(f"ranks: {_trees.path_str(path)!r} has rank {rank!r}, not"
-                         " an int >= 1")
+        raise ValueError(f"ranks: {_trees.path_str(path)!r} has rank"
+                         f" {rank!r}, not an int >= 1")
       self._ranks[_trees.path_str(path)] = int(rank)
 
   @classmethod

@@ -12,7 +12,6 @@ leaves pass ``u`` through. ``lrpet`` is the paper's full optimizer: PyTorch-styl
 SGD followed by the projection.
 """
 
-from collections.abc import Mapping
 import dataclasses
 import numbers
 from typing import Any, NamedTuple
@@ -59,7 +58,7 @@ class ProjectionSchedule:
 
 
 def _check_rank_values(ranks: Any) -> None:
-  if isinstance(ranks, Mapping) and callable(getattr(ranks, "tree", None)):
+  if _trees.is_rank_map(ranks):
     if not ranks:  # a Ranks: its values are checked ints >= 1
       raise ValueError("ranks selects no leaf: the Ranks are empty")
     return
@@ -107,13 +106,13 @@ def project_updates(ranks: Any, *, energy_transfer: bool = True,
       raise ValueError(
           "low_rank_projection needs the params: call"
           " tx.update(updates, state, params) (it projects params + updates)")
+    tree = _trees.rank_tree(ranks, params)
     stepped = optax.apply_updates(params, updates)
     projected, energy = projection.project_params(
-        stepped, ranks, out_scales=out_scales, energy_transfer=energy_transfer,
+        stepped, tree, out_scales=out_scales, energy_transfer=energy_transfer,
         residual_scale=residual_scale, eps=eps, min_sigma=min_sigma,
         return_energy=True)
-    rank_leaves = _trees.align_to(_trees.rank_tree(ranks, params), params,
-                                  "ranks")
+    rank_leaves = _trees.align_to(tree, params, "ranks")
     treedef = jax.tree.structure(params)
     new_updates = [
         u if r is None else (new - p).astype(jnp.result_type(u))
@@ -137,7 +136,8 @@ def low_rank_projection(ranks: Any, *, every: int,
 
   Args:
     ranks: rank pytree (``uniform_ranks``): int at projected leaves, ``None``
-      elsewhere. Checked against the params at ``init``.
+      elsewhere; or a ``ranks.Ranks``. Checked against the params at
+      ``init``.
     every: project on the every-th, 2·every-th, … update (calls 1..every−1
       pass the updates through). Once per epoch on CIFAR = steps per epoch.
     energy_transfer: rescale kept singular values to preserve ‖W‖_F.

@@ -268,9 +268,7 @@ class UniformBudget(RankPolicy):
 
   def check(self):
     if self.rule.macs_reduction and self.rule.params_reduction:
-      raise ValueError("params_reduction: give at most one of macs_reduction,"
-                       " params_reduction and ranks_file (also"
-                       " macs_reduction)")
+      raise _more_than_one(["macs_reduction", "params_reduction"])
 
   def choose(self, model, variables, input_shape, table, include):
     return accounting.ranks_for_budget(
@@ -328,6 +326,14 @@ REGISTRY: dict[str, type[RankPolicy]] = {
 UP_FRONT = ("uniform",)
 
 
+def _more_than_one(given: list[str]) -> ValueError:
+  """Two up-front policies' fields set at once: one line naming the second."""
+  fields = [f for p in REGISTRY.values() if not p.DECIDED_IN_TRAINING
+            for f in p.OWN_FIELDS]
+  return ValueError(f"{given[1]}: give at most one of {', '.join(fields[:-1])}"
+                    f" and {fields[-1]} (also {given[0]})")
+
+
 def policy_for(rule: RankRule) -> RankPolicy:
   """The policy ``rule`` names: ``rank_policy`` an in-training policy, or
   "uniform" and the up-front policy whose field is set; a field that only
@@ -343,8 +349,7 @@ def policy_for(rule: RankRule) -> RankPolicy:
     named = {p.NAME for p in REGISTRY.values() if not p.DECIDED_IN_TRAINING
              for f in given if f in p.OWN_FIELDS}
     if len(named) > 1:
-      raise ValueError(f"{given[1]}: give at most one of macs_reduction,"
-                       f" params_reduction and ranks_file (also {given[0]})")
+      raise _more_than_one(given)
     cls = REGISTRY[named.pop()] if named else UniformRatio
   else:
     cls = REGISTRY[name]
