@@ -39,3 +39,20 @@ def test_a_projecting_step_leaves_each_ranked_kernel_at_its_rank(tiny_config):
         -1, w.shape[-1]), compute_uv=False)
     if rank < len(s0):  # the projection removed something
       assert s0[rank] > 1e-3 * s0[0], key
+
+
+def test_the_readme_block_runs(tiny_config):
+  """The README's experiment-API block, as written, on the tiny config."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  readme = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+  blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+  block = next(b for b in blocks if "experiment.from_config" in b)
+  rng = np.random.default_rng(0)
+  ns = {"config": tiny_config(model="resnet8"),
+        "images_uint8": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+        "labels": rng.integers(0, 4, 8).astype(np.int32)}
+  exec(block, ns)  # pylint: disable=exec-used
+  assert int(ns["state"].step) == 1
+  assert set(ns["aux"]) == {"grad_norms"}  # update 0 does not project
+  assert int(ns["window"]["steps"]) == 1
