@@ -12,10 +12,13 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent compilation cache for the session, set before jax is
-# imported: the many short training runs (subprocesses inherit it) compile the
-# same programs. A tiny pipeline run measured 61 s cold and 26 s warm.
-_CACHE = tempfile.mkdtemp(prefix="lrpet_jax_tests_xla_cache_")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+# imported: the many short training runs (subprocesses and pytest-xdist
+# workers inherit it) compile the same programs. A tiny pipeline run measured
+# 61 s cold and 26 s warm. The process that made it removes it.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+      prefix="lrpet_jax_tests_xla_cache_")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))
@@ -60,4 +63,5 @@ def tiny_config(png_folder):
 
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
-  shutil.rmtree(_CACHE, ignore_errors=True)
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
