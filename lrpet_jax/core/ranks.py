@@ -21,8 +21,8 @@ IncludeFn = Callable[[tuple[Any, ...], Any], bool]
 
 def is_kernel(path: tuple[Any, ...], leaf: Any) -> bool:
   """Conv and dense kernels: leaves named ``kernel`` with ndim ≥ 2."""
-  return (bool(path) and _trees.key_name(path[-1]) == "kernel"
-          and getattr(leaf, "ndim", 0) >= 2)
+  path = _trees.path_tuple(path)
+  return bool(path) and path[-1] == "kernel" and getattr(leaf, "ndim", 0) >= 2
 
 
 def is_conv_kernel(path: tuple[Any, ...], leaf: Any) -> bool:
@@ -59,7 +59,8 @@ def uniform_ranks(params: Any, ratio: float, *,
   """The same compression ``ratio`` for every selected kernel.
 
   Args:
-    params: pytree of arrays (or ``jax.ShapeDtypeStruct``s).
+    params: pytree of arrays (or ``jax.ShapeDtypeStruct``s); or a Flax NNX
+      module, whose ``nnx.Param`` state is meant.
     ratio: fraction of each kernel's rank removed, in [0, 1).
     include: ``include(path, leaf) -> bool`` selects the projected leaves
       (``path`` is a jax key path); default ``is_conv_kernel`` (the authors'
@@ -72,6 +73,7 @@ def uniform_ranks(params: Any, ratio: float, *,
       or not 0.0 <= ratio < 1.0):
     raise ValueError(f"ratio must be a number in [0, 1), got {ratio!r}")
   include = include or is_conv_kernel
+  params = _trees.params_of(params)
 
   def rank_of(path, leaf):
     if not include(path, leaf):
