@@ -21,7 +21,10 @@ grouped convolution (``feature_group_count`` > 1) cannot: its matrix view
 is not a grouped conv; leave it unranked.
 
 ``Factorized`` has ``init`` and ``apply`` with the module's own arguments
-(e.g. ``train=False``), so it stands wherever the module does.
+(e.g. ``train=False``), so it stands wherever the module does. For a Flax
+NNX model (``nnx_models.NnxModel``) it is the ``nnx.Module`` with each split
+layer replaced by an ``nnx_models.SplitLayer`` (the same two factors, the
+same variables).
 """
 
 from collections.abc import Sequence
@@ -32,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lrpet_jax.analysis import nnx_models
 from lrpet_jax.core import _trees
 from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.core import projection
@@ -93,17 +97,33 @@ class Factorized:
                          " 'kernel' can be split")
       self.ranks[path[:-1]] = int(rank)
     self._inside = threading.local()  # computing a split layer's halves
+    self._nnx = None
+    if isinstance(module, nnx_models.NnxModel):
+      shapes = module.kernel_shapes()
+      self._nnx = module.with_split_layers({
+          path: rank for path, rank in self.ranks.items()
+          if is_factorized(rank, shapes.get(path + ("kernel",), (1, 1)))})
 
   def __repr__(self):
     return f"Factorized({type(self.module).__name__}, {len(self.ranks)} ranks)"
 
   def init(self, *args, **kwargs):
+    if self._nnx is not None:
+      return self._nnx.init(*args, **kwargs)
     with nn.intercept_methods(self._intercept):
       return self.module.init(*args, **kwargs)
 
   def apply(self, *args, **kwargs):
+    if self._nnx is not None:
+      return self._nnx.apply(*args, **kwargs)
     with nn.intercept_methods(self._intercept):
       return self.module.apply(*args, **kwargs)
+
+  @property
+  def nnx_model(self):
+    """For an NNX model: the compact model as an ``NnxModel`` (its
+    ``module(variables)`` is the ``nnx.Module``); else None."""
+    return self._nnx
 
   def _intercept(self, next_fun, args, kwargs, context):
     rank = self.ranks.get(tuple(context.module.path))

@@ -24,11 +24,13 @@ own epsilon and the kernel's output axis as the op uses it.
 from collections.abc import Mapping
 from typing import Any
 
+from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lrpet_jax.analysis import nnx_models
 from lrpet_jax.analysis import tracing
 from lrpet_jax.core import _trees
 
@@ -148,18 +150,26 @@ def folded_apply(model, folded: Mapping[str, Any], x: jax.Array,
   biases = _trees.leaves_by_path(folded[BIAS])
   stats = _trees.leaves_by_path(folded.get("batch_stats", {}))
 
-  def intercept(next_fun, args, kw, context):
-    path = tuple(context.module.path)
-    if context.method_name != "__call__":
-      return next_fun(*args, **kw)
-    if (isinstance(context.module, nn.BatchNorm)
+  def on_call(module, path, call, args, kw):
+    if (isinstance(module, (nn.BatchNorm, nnx.BatchNorm))
         and path + ("mean",) not in stats):
       return args[0]
-    out = next_fun(*args, **kw)
+    out = call(*args, **kw)
     if path + ("bias",) in biases:
       out = out + jnp.asarray(biases[path + ("bias",)], out.dtype)
     return out
 
+  def intercept(next_fun, args, kw, context):
+    if context.method_name != "__call__":
+      return next_fun(*args, **kw)
+    return on_call(context.module, tuple(context.module.path), next_fun, args,
+                   kw)
+
   variables = {k: v for k, v in folded.items() if k != BIAS}
+  kwargs = kwargs or tracing.eval_flags(model)
+  nnx_model = getattr(model, "nnx_model", None) or model
+  if isinstance(nnx_model, nnx_models.NnxModel):  # the folded BatchNorms'
+    with nnx_models.intercept_calls(on_call):     # variables are gone
+      return nnx_model.apply(variables, x, partial=True, **kwargs)
   with nn.intercept_methods(intercept):
-    return model.apply(variables, x, **(kwargs or tracing.eval_flags(model)))
+    return model.apply(variables, x, **kwargs)

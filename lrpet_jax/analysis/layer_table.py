@@ -2,7 +2,8 @@
 
 ``build(apply_fn, variables, input_shape)`` runs the model's eval-mode
 forward pass once, abstractly (``jax.make_jaxpr``: nothing is computed), with
-every variable an input of the jaxpr, and Flax method interception marking
+every variable an input of the jaxpr, and Flax method interception (for NNX
+models run by ``nnx_models.NnxModel``, its call interception) marking
 module boundaries with an identity primitive (``lrpet_tag``): the output of
 every module call that owns a ``kernel``, and the input of every
 ``nn.BatchNorm`` call. Calls of ``jit``, ``remat`` and custom-derivative
@@ -27,7 +28,8 @@ stacked kernels sliced per iteration. Then, for every ``kernel`` leaf:
 - whether it can be ranked (``rankable``, else ``reason``): an exact
   two-layer factorization exists here only for a convolution, transposed
   convolution or dense layer of a module with ``features`` (``nn.Conv``,
-  ``nn.ConvTranspose``, ``nn.Dense``, ``nn.DenseGeneral``) with one group,
+  ``nn.ConvTranspose``, ``nn.Dense``, ``nn.DenseGeneral``; in NNX
+  ``nnx.Conv``, ``nnx.ConvTranspose``, ``nnx.Linear``) with one group,
   its output features on the kernel's last axis, not stacked by ``nn.scan``,
   used by nothing else;
 - whether its BatchNorm can be folded into it (``LayerTable.folds``): only
@@ -46,6 +48,7 @@ import dataclasses
 import math
 from typing import Any
 
+from flax import nnx
 import flax.linen as nn
 import jax
 from jax.extend import core as jcore
@@ -53,6 +56,7 @@ from jax.interpreters import batching
 from jax.interpreters import mlir
 import jax.numpy as jnp
 
+from lrpet_jax.analysis import nnx_models
 from lrpet_jax.core import _trees
 
 KINDS = ("conv", "transposed_conv", "grouped_conv", "dense", "other", "unused")
@@ -382,6 +386,8 @@ def _rankable(kernel_shape, use: _Use, stacked, module) -> str | None:
             " the last axis alone (e.g. ConvTranspose(transpose_kernel=True)"
             " or DenseGeneral with several output axes): not factorized"
             " here")
+  if isinstance(module, nnx.Module):
+    return nnx_models.split_reason(module)
   if not hasattr(module, "features"):
     return (f"its module ({type(module).__name__}) has no `features` to"
             " clone with r outputs (nn.Conv, nn.ConvTranspose, nn.Dense and"
@@ -395,17 +401,23 @@ def _consumer_name(op: _Op) -> str:
   return op.prim
 
 
+def _is_norm(module) -> bool:
+  return isinstance(module, (nn.BatchNorm, nnx.BatchNorm))
+
+
+def _owns_kernel(module) -> bool:
+  if isinstance(module, nnx.Module):
+    return isinstance(getattr(module, "kernel", None), nnx.Param)
+  return "kernel" in module.variables.get("params", {})
+
+
 def _trace(apply_fn, variables, input_shape):
   """(graph, {variable path: node}, {module path: (first module seen, its
   input shape without the batch)}, {BatchNorm path: Norm})."""
   modules, norms = {}, {}
 
-  def intercept(next_fun, args, kwargs, context):
-    module = context.module
-    if context.method_name != "__call__":
-      return next_fun(*args, **kwargs)
-    path = tuple(module.path)
-    if isinstance(module, nn.BatchNorm) and args and hasattr(args[0], "ndim"):
+  def on_call(module, path, call, args, kwargs):
+    if _is_norm(module) and args and hasattr(args[0], "ndim"):
       axis = module.axis if isinstance(module.axis, int) else None
       if axis is not None and axis >= 0:
         axis -= args[0].ndim
@@ -414,16 +426,21 @@ def _trace(apply_fn, variables, input_shape):
                                   bool(module.use_bias),
                                   axis if axis is not None else 0))
       args = (_tag_p.bind(args[0], label=("norm_in", path)),) + tuple(args[1:])
-      return next_fun(*args, **kwargs)
-    out = next_fun(*args, **kwargs)
-    params = module.variables.get("params", {})
-    if "kernel" in params and hasattr(out, "ndim"):
+      return call(*args, **kwargs)
+    out = call(*args, **kwargs)
+    if _owns_kernel(module) and hasattr(out, "ndim"):
       modules.setdefault(path, (module, tuple(getattr(
           args[0], "shape", (0,))[1:]) if args else ()))
       out = _tag_p.bind(out, label=("out", path))
     return out
 
-  with nn.intercept_methods(intercept):
+  def intercept(next_fun, args, kwargs, context):
+    if context.method_name != "__call__":
+      return next_fun(*args, **kwargs)
+    return on_call(context.module, tuple(context.module.path), next_fun,
+                   args, kwargs)
+
+  with nn.intercept_methods(intercept), nnx_models.intercept_calls(on_call):
     closed = jax.make_jaxpr(lambda v, x: apply_fn(v, x))(
         variables, example(input_shape))
   graph = _Graph()
@@ -480,8 +497,28 @@ def _link(layer: Layer, norm: Norm) -> str | None:
   return None
 
 
+def _nnx_or_refused(apply_fn, variables):
+  """(apply_fn, variables) of an ``nnx.Module`` given as ``apply_fn`` (its
+  own variables); a one-line ValueError for variables whose kernels are not
+  in a ``params`` collection (they would be analysed as no layers)."""
+  if isinstance(apply_fn, nnx.Module):
+    model = nnx_models.NnxModel.of(apply_fn)
+    return (lambda v, x: model.apply(v, x)), nnx_models.variables(apply_fn)
+  stray = [k for k in _trees.leaves_by_path(variables)
+           if k[-1] == "kernel" and k[0] != "params"]
+  if stray:
+    raise ValueError(
+        f"variables: a kernel outside a 'params' collection"
+        f" ({'/'.join(stray[0])}): pass Linen variables ({{'params': ...}});"
+        " for a Flax NNX model pass the nnx.Module itself, or"
+        " nnx_models.NnxModel and its variables")
+  return apply_fn, variables
+
+
 def build(apply_fn: Callable, variables: Any, input_shape) -> LayerTable:
-  """The layer table of the model ``apply_fn`` runs (module docstring)."""
+  """The layer table of the model ``apply_fn`` runs (module docstring);
+  ``apply_fn`` may be an ``nnx.Module`` (``variables``: ignored, its own)."""
+  apply_fn, variables = _nnx_or_refused(apply_fn, variables)
   graph, nodes, modules, norms = _trace(apply_fn, variables, input_shape)
   shapes = {_trees.path_tuple(p): tuple(x.shape) for p, x in
             jax.tree_util.tree_leaves_with_path(variables)}

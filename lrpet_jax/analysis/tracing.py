@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from lrpet_jax.analysis import layer_table
+from lrpet_jax.analysis import nnx_models
 
 Layer = layer_table.Layer
 example = layer_table.example
@@ -35,6 +36,8 @@ def eval_flags(model) -> dict:
   no flags (a model whose BatchNorms are set to eval mode at construction,
   ``nn.Sequential``). ``Factorized`` models: their module's."""
   inner = getattr(model, "module", model)
+  if isinstance(inner, nnx_models.NnxModel):
+    return {"train": False}
   try:
     params = inspect.signature(type(inner).__call__).parameters
   except (TypeError, ValueError):

@@ -47,20 +47,23 @@ def _split(kernel: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
   return first.astype(kernel.dtype), second.astype(kernel.dtype)
 
 
-def _factorize_tree(tree: Any, ranks: Any, path: tuple[str, ...]) -> Any:
+def _factorize_tree(tree: Any, ranks: dict, path: tuple[str, ...]) -> Any:
+  """``tree`` with each ranked ``kernel`` (``ranks``: {path tuple: rank})
+  split into ``first_kernel`` and ``second_kernel``."""
   if not isinstance(tree, dict):
     return tree
   out = {}
   for key, value in tree.items():
-    rank = ranks.get(key) if isinstance(ranks, dict) else None
-    if key == "kernel" and isinstance(rank, int) and factorized.is_factorized(
+    here = path + (str(key),)
+    rank = ranks.get(here)
+    if key == "kernel" and rank is not None and factorized.is_factorized(
         rank, np.shape(value)):
       projection.check_rank(rank, np.shape(value),
-                            f"ranks[{_trees.path_str(path + (key,))}]")
+                            f"ranks[{_trees.path_str(here)}]")
       out["first_kernel"], out["second_kernel"] = _split(np.asarray(value),
                                                          rank)
     else:
-      out[key] = _factorize_tree(value, rank, path + (key,))
+      out[key] = _factorize_tree(value, ranks, here)
   return out
 
 
@@ -83,10 +86,11 @@ def factorize(variables: Any, ranks: Any) -> dict[str, Any]:
     as needed).
   """
   variables = _plain(jax.device_get(variables))
-  ranks = _trees.rank_tree(ranks, variables["params"])
-  projection.check_rank_tree(ranks, variables["params"])
-  return {**variables,
-          "params": _factorize_tree(variables["params"], _plain(ranks), ())}
+  params = variables["params"]
+  aligned = projection.check_rank_tree(_trees.rank_tree(ranks, params), params)
+  by_path = {_trees.path_tuple(p): r for (p, _), r in zip(
+      jax.tree_util.tree_leaves_with_path(params), aligned) if r is not None}
+  return {**variables, "params": _factorize_tree(params, by_path, ())}
 
 
 def layer_report(variables: Any, ranks: Any, costs: list[Any],
