@@ -21,7 +21,8 @@ def get_config():
   c.init_from = ml_collections.config_dict.placeholder(str)
   # --- Model ---
   # A zoo name (lrpet_jax/models) or your own model: "package.module:factory",
-  # a function (num_classes=, dtype=) -> nn.Module.
+  # a function (num_classes=, dtype=) -> nn.Module, or a Flax NNX factory
+  # (num_classes=, dtype=, rngs=) -> nnx.Module (README "Your own NNX model").
   c.model = "resnet56"
   c.model_flag = "train"       # the name of the model's training flag
   c.num_classes = 10

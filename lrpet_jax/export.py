@@ -6,8 +6,9 @@ standalone inference artifact, optionally tuned for latency.
         [--tune_for=cpu --batch=256]
 
 ``--model`` is a zoo name or ``package.module:factory``: your own model, a
-function ``(num_classes=, dtype=) -> nn.Module`` (``--model_flag`` names its
-training flag if that is not ``train``; ``--dataset`` or ``--mean``/``--std``
+function ``(num_classes=, dtype=) -> nn.Module`` or a Flax NNX factory
+``(num_classes=, dtype=, rngs=) -> nnx.Module`` (``--model_flag`` names a
+Linen model's training flag if that is not ``train``; ``--dataset`` or ``--mean``/``--std``
 give its input normalization). ``DENSE_DIR`` is an Orbax
 ``StandardCheckpointer`` checkpoint of the dense
 model's ``{"params", "batch_stats"}`` (LRPET-projected: the factorization is
@@ -67,7 +68,8 @@ _VARIABLES = flags.DEFINE_string("variables", None, "Dense Orbax checkpoint.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 _MODEL = flags.DEFINE_string(
     "model", None, f"One of {', '.join(models.NAMES)}, or"
-    " package.module:factory (a function (num_classes=, dtype=) -> nn.Module).")
+    " package.module:factory (a function (num_classes=, dtype=) -> nn.Module,"
+    " or (num_classes=, dtype=, rngs=) -> nnx.Module).")
 _MODEL_FLAG = flags.DEFINE_string(
     "model_flag", "train", "The name of the model's training flag.")
 _DATASET = flags.DEFINE_string(

@@ -8,6 +8,12 @@ name (``NAMES``) or ``package.module:factory``, a function
 and with ``ranks`` its compact model: ``factorized.Factorized``, the one
 compact form of every model. Which BatchNorm follows which layer is found by
 tracing (``tracing.bn_pairs``), whatever the names.
+
+A factory that takes ``rngs`` makes a Flax NNX model:
+``factory(num_classes=..., dtype=..., rngs=nnx.Rngs) -> nnx.Module``, called
+as ``model(x)``, its modes set by ``train()``/``eval()``; ``build`` returns it
+as an ``nnx_models.NnxModel`` (Linen-style ``init``/``apply`` on the same
+variables), so both kinds go through one pipeline.
 """
 
 import functools
@@ -18,9 +24,11 @@ from typing import Any
 import flax.linen as nn
 
 from lrpet_jax.analysis import factorized
+from lrpet_jax.analysis import nnx_models
 from lrpet_jax.models import cifar_resnet
 from lrpet_jax.models import imagenet_resnet
 from lrpet_jax.models import layers
+from lrpet_jax.models import nnx_cifar_resnet
 from lrpet_jax.models import vgg
 
 _ZOO = {
@@ -30,6 +38,9 @@ _ZOO = {
     "resnet32": functools.partial(cifar_resnet.CifarResNet, depth=32),
     "resnet56": functools.partial(cifar_resnet.CifarResNet, depth=56),
     "resnet110": functools.partial(cifar_resnet.CifarResNet, depth=110),
+    # The same ResNets as Flax NNX modules (the same variables).
+    "resnet8_nnx": functools.partial(nnx_cifar_resnet.make, depth=8),
+    "resnet20_nnx": functools.partial(nnx_cifar_resnet.make, depth=20),
     "vgg16": vgg.VGG,
     "resnet18": functools.partial(imagenet_resnet.ImageNetResNet,
                                   stage_sizes=(2, 2, 2, 2),
@@ -84,15 +95,42 @@ def build(spec: str, num_classes: int = 10, dtype: Any = None) -> nn.Module:
       num_classes < 1):
     raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
   factory = _factory(spec)
+  if _takes_rngs(factory):
+    return _nnx_model(spec, factory, num_classes, dtype)
   try:
     module = factory(num_classes=num_classes, dtype=dtype)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"model: {spec}(num_classes={num_classes}, dtype={dtype})"
                      f" failed ({type(e).__name__}: {e})") from None
+  if nnx_models.is_nnx_module(module):
+    raise ValueError(f"model: {spec} returned an nnx.Module; an NNX factory"
+                     " takes rngs: factory(num_classes=, dtype=, rngs=)")
   if not isinstance(module, nn.Module):
     raise ValueError(f"model: {spec} returned a {type(module).__name__}, not a"
                      " flax.linen Module")
   return module
+
+
+def _takes_rngs(factory) -> bool:
+  try:
+    return "rngs" in inspect.signature(factory).parameters
+  except (TypeError, ValueError):
+    return False
+
+
+def _nnx_model(spec, factory, num_classes, dtype) -> nnx_models.NnxModel:
+  """The NNX model ``factory(num_classes=, dtype=, rngs=)`` makes, as an
+  ``NnxModel`` (its ``init`` draws from the seed it is given)."""
+  build = lambda rngs: factory(num_classes=num_classes, dtype=dtype,
+                               rngs=rngs)
+  try:
+    return nnx_models.NnxModel(build)
+  except ValueError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"model: {spec}(num_classes={num_classes},"
+                     f" dtype={dtype}, rngs=...) failed"
+                     f" ({type(e).__name__}: {e})") from None
 
 
 def create(name: str, num_classes: int = 10, ranks: Any = None,
@@ -106,7 +144,14 @@ def create(name: str, num_classes: int = 10, ranks: Any = None,
 
 def check_flag(module: nn.Module, flag: str) -> None:
   """``module.__call__`` takes the training flag ``flag``, or a one-line
-  ValueError naming ``model_flag``."""
+  ValueError naming ``model_flag``. An NNX model has no flag (its
+  ``train()``/``eval()`` modes are set for it): ``flag`` must be "train"."""
+  if isinstance(module, nnx_models.NnxModel):
+    if flag != "train":
+      raise ValueError(
+          f"model_flag: {flag!r} is for Linen models; an NNX model's modes"
+          " are set by Module.train()/eval(): leave model_flag unset")
+    return
   params = inspect.signature(type(module).__call__).parameters
   if flag not in params:
     names = ", ".join(p for p in params if p != "self")
