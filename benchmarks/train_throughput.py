@@ -99,6 +99,24 @@ def epoch_time(pipeline, steps_per_epoch, k, projecting):
   return time.perf_counter() - t
 
 
+def synthetic_source(batch, steps, seed=0):
+  """(``InMemoryInput`` of ``steps`` random CIFAR-sized batches, held on the
+  device as the real input is; the replicated sharding of the states)."""
+  rng = np.random.default_rng(0)
+  n = batch * steps
+  data = data_lib.InMemoryData(
+      rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+      rng.integers(0, 10, n).astype(np.int32),
+      np.zeros((1, 32, 32, 3), np.uint8), np.zeros((1,), np.int32), 10)
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  source = inputs.InMemoryInput(
+      data, batch_size=batch, eval_batch_size=1, seed=seed,
+      normalization=data_lib.NORMALIZATION["cifar10"],
+      batch_sharding=NamedSharding(mesh, P("data")))
+  return source, NamedSharding(mesh, P())
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="resnet56")
@@ -116,19 +134,7 @@ def main(argv=None):
 
   config = cifar.get_config()
   config.model, config.batch_size = args.model, args.batch
-  rng = np.random.default_rng(0)
-  n = args.batch * args.epoch_steps
-  data = data_lib.InMemoryData(
-      rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-      rng.integers(0, 10, n).astype(np.int32),
-      np.zeros((1, 32, 32, 3), np.uint8), np.zeros((1,), np.int32), 10)
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  replicated = NamedSharding(mesh, P())
-  source = inputs.InMemoryInput(
-      data, batch_size=config.batch_size, eval_batch_size=1,
-      seed=config.seed, normalization=data_lib.NORMALIZATION["cifar10"],
-      batch_sharding=NamedSharding(mesh, P("data")))
+  source, replicated = synthetic_source(args.batch, args.epoch_steps)
   k, spe = args.steps_per_call, args.epoch_steps
   device = jax.devices()[0]
   print(f"device: {jax.device_count()}x {device.device_kind}"

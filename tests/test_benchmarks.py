@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow  # subprocesses
     # benchmarks.train_throughput runs in process below.
     ("benchmarks.projection", "speed-up"),
     ("benchmarks.compact_inference", "speed-up = dense latency"),
+    ("benchmarks.nnx_step", "nnx/linen ="),
 ])
 def test_benchmark_quick_mode(script, expected):
   result = subprocess.run(
