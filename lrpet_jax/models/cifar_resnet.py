@@ -28,12 +28,18 @@ class BasicBlock(nn.Module):
     y = nn.relu(layers.batch_norm(train, "bn1", self.dtype)(y))
     y = conv("conv2", 1)(y)
     y = layers.batch_norm(train, "bn2", self.dtype)(y)
-    if self.strides != 1 or x.shape[-1] != self.features:
-      # Option A: subsample, then zero-pad the new channels on both sides.
-      x = x[:, ::self.strides, ::self.strides, :]
-      extra = self.features - x.shape[-1]
-      x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
-    return nn.relu(y + x.astype(y.dtype))
+    return nn.relu(y + shortcut(x, self.strides, self.features).astype(
+        y.dtype))
+
+
+def shortcut(x, strides: int, features: int):
+  """Option A: the identity, or where the shape changes x subsampled and its
+  new channels zero-padded on both sides."""
+  if strides == 1 and x.shape[-1] == features:
+    return x
+  x = x[:, ::strides, ::strides, :]
+  extra = features - x.shape[-1]
+  return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
 class CifarResNet(nn.Module):

@@ -12,6 +12,7 @@ from typing import Any
 from flax import nnx
 import jax.numpy as jnp
 
+from lrpet_jax.models import cifar_resnet
 from lrpet_jax.models import layers
 
 
@@ -40,11 +41,8 @@ class BasicBlock(nnx.Module):
   def __call__(self, x):
     y = nnx.relu(self.bn1(self.conv1(x)))
     y = self.bn2(self.conv2(y))
-    if self.strides != 1 or x.shape[-1] != self.features:
-      x = x[:, ::self.strides, ::self.strides, :]
-      extra = self.features - x.shape[-1]
-      x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
-    return nnx.relu(y + x.astype(y.dtype))
+    return nnx.relu(y + cifar_resnet.shortcut(x, self.strides,
+                                              self.features).astype(y.dtype))
 
 
 class CifarResNet(nnx.Module):
