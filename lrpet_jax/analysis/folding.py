@@ -151,6 +151,8 @@ def folded_apply(model, folded: Mapping[str, Any], x: jax.Array,
   stats = _trees.leaves_by_path(folded.get("batch_stats", {}))
 
   def on_call(module, path, call, args, kw):
+    if path is None:
+      return call(*args, **kw)
     if (isinstance(module, (nn.BatchNorm, nnx.BatchNorm))
         and path + ("mean",) not in stats):
       return args[0]

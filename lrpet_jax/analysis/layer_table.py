@@ -417,6 +417,14 @@ def _trace(apply_fn, variables, input_shape):
   modules, norms = {}, {}
 
   def on_call(module, path, call, args, kwargs):
+    if path is None:  # an NNX module outside the model's graph as given
+      if _is_norm(module) or _owns_kernel(module):
+        raise ValueError(
+            f"model: an nnx.{type(module).__name__} ran as a module the layer"
+            " table cannot name (re-created by an NNX transform such as"
+            " nnx.remat or nnx.scan, or made during the call): its pairs and"
+            " MACs would be wrong; call such layers outside NNX transforms")
+      return call(*args, **kwargs)
     if _is_norm(module) and args and hasattr(args[0], "ndim"):
       axis = module.axis if isinstance(module.axis, int) else None
       if axis is not None and axis >= 0:

@@ -194,7 +194,9 @@ def variables(module: nnx.Module) -> dict:
 def intercept_calls(fn: Callable[..., Any]) -> Iterator[None]:
   """While active, every module call inside ``NnxModel.apply`` goes through
   ``fn(module, path, call, args, kwargs)`` (``path``: the module's tuple of
-  names; ``call(*args, **kwargs)`` runs it)."""
+  names, None for a module that is not in the model's graph as given: one an
+  NNX transform such as ``nnx.remat`` re-created, or one made during the
+  call; ``call(*args, **kwargs)`` runs it)."""
   previous = getattr(_hook, "fn", None)
   _hook.fn = fn
   try:
@@ -215,12 +217,12 @@ def _call(model: nnx.Module, x, *args, **kwargs):
   def wrap(original):
     def call(self, *a, **k):
       key = id(self)
-      if key not in paths or key in inside:
+      if key in inside:
         return original(self, *a, **k)
       inside.add(key)
       try:
-        return fn(self, paths[key], lambda *a2, **k2: original(self, *a2,
-                                                               **k2), a, k)
+        return fn(self, paths.get(key), lambda *a2, **k2: original(
+            self, *a2, **k2), a, k)
       finally:
         inside.discard(key)
     return call

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from lrpet_jax import models
 from lrpet_jax.analysis import factorized
 from lrpet_jax.analysis import folding
+from lrpet_jax.analysis import nnx_models
 from lrpet_jax.analysis import tracing
 from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.data import datasets as data_lib
@@ -100,6 +101,9 @@ def compact_from_checkpoint(
                      " replace)")
   shape = (input_size, input_size, 3)
   dense = models.with_train_flag(models.build(spec, num_classes), model_flag)
+  if tune_for is not None and isinstance(dense, nnx_models.NnxModel):
+    raise ValueError("tune_for: latency tuning times each layer as a Linen"
+                     " module; it does not take an NNX model yet")
   variables = restore_dense(pathlib.Path(variables_dir).absolute(), dense,
                             spec, num_classes, shape)
   table = tracing.table(tracing.eval_apply(dense), variables, shape)

@@ -252,3 +252,30 @@ def test_readme_nnx_block_runs_and_serves(tmp_path, monkeypatch):
       np.float32)
   want = ns["compact"](((pixels / 255 - 0.5) / 0.25).astype(np.float32))
   assert rel_err(served.call(pixels), want) <= 1e-4
+
+
+def test_layers_an_nnx_transform_recreates_are_refused_not_unpaired():
+  class Remat(nnx.Module):
+    def __init__(self, rngs):
+      self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+      self.bn = nnx.BatchNorm(8, rngs=rngs)
+
+    def __call__(self, x):
+      return self.bn(nnx.remat(lambda conv, x: conv(x))(self.conv, x))
+
+  with pytest.raises(ValueError, match=r"^model: an nnx.Conv ran as a module"
+                     r" the layer table cannot name \(re-created by an NNX"
+                     r" transform such as nnx.remat"):
+    tracing.table(Remat(nnx.Rngs(0)), None, (8, 8, 3))
+
+
+def test_latency_tuning_of_an_nnx_model_is_refused_before_anything_is_read(
+    tmp_path):
+  from lrpet_jax.deploy import from_checkpoint  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.ranking import selection  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r"^tune_for: latency tuning .* NNX"):
+    from_checkpoint.compact_from_checkpoint(
+        str(tmp_path / "absent"), str(tmp_path / "out"),
+        "examples.own_nnx_model:make", rule=selection.RankRule(ratio=0.5),
+        tune_for="cpu", dataset="cifar10")
+  assert not (tmp_path / "out").exists()
