@@ -9,6 +9,7 @@ from lrpet_jax.analysis import tracing
 from lrpet_jax.analysis.accounting import cost
 from lrpet_jax.analysis.accounting import ranks_for_budget
 from lrpet_jax.analysis.factorized import Factorized
+from lrpet_jax.analysis.nnx_models import NnxModel
 from lrpet_jax.core.bn import bn_out_scales
 from lrpet_jax.core.bn import recompute_batch_stats
 from lrpet_jax.core.projection import energy_kept
@@ -63,6 +64,7 @@ def load_run(workdir):
 
 __all__ = [
     "Factorized",
+    "NnxModel",
     "bn_out_scales",
     "cost",
     "energy_kept",

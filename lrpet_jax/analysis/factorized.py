@@ -80,12 +80,15 @@ class Factorized:
   """``module`` with each layer of ``ranks`` run as its factorization.
 
   Args:
-    module: a Flax module (the dense model).
+    module: a Flax module (the dense model): Linen, an ``nnx.Module`` or an
+      ``nnx_models.NnxModel``.
     ranks: a ``Ranks`` or a rank tree of the dense model's params (int at
       each ranked ``kernel`` leaf, None elsewhere).
   """
 
   def __init__(self, module: nn.Module, ranks: Any):
+    if nnx_models.is_nnx_module(module):
+      module = nnx_models.NnxModel.of(module)
     self.module = module
     self.ranks = {}  # {layer module path: rank}
     by_path = ({_trees.path_tuple(k): r for k, r in ranks.items()}

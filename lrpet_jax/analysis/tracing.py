@@ -55,7 +55,10 @@ def abstract_variables(model, input_shape) -> Any:
 
 def eval_apply(model, **flags) -> Callable:
   """``apply_fn`` of ``model`` in evaluation mode: ``flags`` (e.g.
-  ``training=False``), by default ``eval_flags(model)``."""
+  ``training=False``), by default ``eval_flags(model)``. An ``nnx.Module``
+  runs as ``nnx_models.NnxModel.of(model)`` (on Linen-layout variables)."""
+  if nnx_models.is_nnx_module(model):
+    model = nnx_models.NnxModel.of(model)
   flags = flags or eval_flags(model)
   return lambda variables, x: model.apply(variables, x, **flags)
 

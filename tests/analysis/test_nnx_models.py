@@ -154,6 +154,8 @@ def test_hand_counted_macs_and_pairs_of_nnx_models(case):
   module, macs, pairs = _hand_counted()[case]
   table = tracing.table(module, None, (32, 32, 3))
   assert {l.name: l.macs for l in table.layers} == macs
+  assert lrpet_jax.cost(module, nnx_models.variables(module), (32, 32, 3))[
+      "macs"] == sum(macs.values())  # from the jaxpr, the module as given
   assert table.pairs == pairs
   assert all(l.rankable for l in table.layers)
   if case == 1:  # the BatchNorm's own epsilon, as Linen's
