@@ -85,8 +85,8 @@ class NnxModel:
 
   @classmethod
   def of(cls, module: nnx.Module) -> "NnxModel":
-    """The architecture of a built ``module`` (``init`` draws new values;
-    ``variables(module)`` gives its own)."""
+    """A built ``module`` (copied: later changes to it are not seen); its
+    ``init`` returns the module's own values, whatever the key."""
     return cls(lambda rngs: nnx.clone(module))
 
   def __repr__(self):
