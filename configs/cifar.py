@@ -35,6 +35,10 @@ def get_config():
   # Convolutions only, as the authors' code; True also projects Dense kernels
   # (the classifier).
   c.project_dense = False
+  # "" (the above), or the layers to rank by role: comma-separated "conv",
+  # "mlp", "attention", "classifier", "embedding"; or "re:REGEX" on kernel
+  # paths (README "Which layers are ranked, folded and counted").
+  c.project_layers = ""
   c.rank_floor = 0             # > 0: every rank at least this (configs/vgg16.py)
   c.first_rank_floor = 0       # > 0: the first conv's rank at least this
   # "uniform": the ratio above (the paper). Or decided from each layer's

@@ -84,6 +84,10 @@ _RANKS = flags.DEFINE_string("ranks", None, "JSON file of ranks.")
 _PROJECT_DENSE = flags.DEFINE_bool(
     "project_dense", False, "With --ratio/--macs_reduction/--params_reduction:"
     " rank Dense kernels (the classifier) too, not only convolutions.")
+_PROJECT_LAYERS = flags.DEFINE_string(
+    "project_layers", "", "The layers to rank by role (comma-separated conv,"
+    " mlp, attention, classifier, embedding) or re:REGEX on kernel paths, as"
+    " --config.project_layers in training; default: convolutions.")
 _FLOOR = flags.DEFINE_integer("rank_floor", 0, "> 0: every rank at least"
                               " this (as --config.rank_floor in training).")
 _FIRST_FLOOR = flags.DEFINE_integer("first_rank_floor", 0, "> 0: the first"
@@ -127,7 +131,7 @@ def _rank_rule() -> selection.RankRule:
                      " --params_reduction and --ranks")
   return selection.RankRule(
       **{"ratio": 0.0, **chosen}, project_dense=_PROJECT_DENSE.value,
-      rank_floor=_FLOOR.value, first_rank_floor=_FIRST_FLOOR.value)
+      project_layers=_PROJECT_LAYERS.value, rank_floor=_FLOOR.value, first_rank_floor=_FIRST_FLOOR.value)
 
 
 def main(argv):

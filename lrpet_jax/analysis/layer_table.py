@@ -60,6 +60,14 @@ from lrpet_jax.analysis import nnx_models
 from lrpet_jax.core import _trees
 
 KINDS = ("conv", "transposed_conv", "grouped_conv", "dense", "other", "unused")
+# What a layer does, from the graph around it (``_role``): a convolution of
+# any kind; a dense layer whose output meets another activation in a batched
+# matrix product, or whose input comes from one, before any other layer
+# (attention's projections: q, k, v, out); whose output is the model's
+# output with no layer after it (the classifier); whose input is the model's
+# input with no layer before it (a patch or token embedding); any other
+# dense layer (the feed-forward/MLP layers); or none of these.
+ROLES = ("conv", "attention", "classifier", "embedding", "mlp", "other")
 FACTORIZABLE_KINDS = ("conv", "transposed_conv", "dense")
 CONV_KINDS = ("conv", "transposed_conv", "grouped_conv")
 
@@ -102,6 +110,8 @@ class _Graph:
   def __init__(self):
     self.ops: list[_Op] = []
     self.users: dict[int, list[tuple[_Op, int]]] = defaultdict(list)
+    self.producer: dict[int, _Op] = {}
+    self.input_node: int | None = None  # the model's input x
     self._count = 0
 
   def new(self) -> int:
@@ -112,6 +122,8 @@ class _Graph:
     op = _Op(prim, params, ins, [self.new() for _ in out_avals], in_avals,
              out_avals, times)
     self.ops.append(op)
+    for n in op.outs:
+      self.producer[n] = op
     for k, n in enumerate(ins):
       if n is not None:
         self.users[n].append((op, k))
@@ -216,6 +228,7 @@ class Layer:
   consumers: tuple[tuple[str, ...], ...]  # per call: who reads its output
   groups: int = 1
   channel_last: bool = True  # its output features are its output's last axis
+  role: str = ""  # one of ROLES: what the layer does in the model
 
   @property
   def kernel(self) -> tuple[str, ...]:
@@ -454,6 +467,7 @@ def _trace(apply_fn, variables, input_shape):
   graph = _Graph()
   jaxpr = closed.jaxpr
   env = {v: graph.new() for v in jaxpr.invars + jaxpr.constvars}
+  graph.input_node = env[jaxpr.invars[-1]]
   graph.walk(jaxpr, env, 1)
   graph.add("output", {}, [None if isinstance(v, jcore.Literal) else env[v]
                            for v in jaxpr.outvars],
@@ -575,7 +589,64 @@ def build(apply_fn: Callable, variables: Any, input_shape) -> LayerTable:
       pairs[l.name] = NormPath("/".join(bn), norms[bn].epsilon)
   feeds = {node: l for l in layers for node in outs[l.kernel]}
   folds, kept = _folds(graph, norm_inputs, norms, feeds, links)
+  layer_ops = {l.kernel: [(op, k) for op, k, _, _ in _uses(
+      graph, nodes[("params",) + l.kernel], tuple(range(len(l.kernel_shape))))]
+               for l in layers}
+  every_op = {id(op) for ops in layer_ops.values() for op, _ in ops}
+  layers = [dataclasses.replace(l, role=_role(graph, l, layer_ops[l.kernel],
+                                              every_op)) for l in layers]
   return LayerTable(tuple(layers), norms, pairs, unpaired, folds, kept)
+
+
+def _batched(op: _Op) -> bool:
+  return op.prim == "dot_general" and bool(
+      op.params["dimension_numbers"][1][0])
+
+
+def _meets(graph: _Graph, starts, layer_ops: set, forward: bool) -> set:
+  """What the values at ``starts`` reach (``forward``: their users; else
+  what they are computed from) before any layer's op: "batched" (a batched
+  matrix product of activations), "output", "input" (the model's input)."""
+  found, seen, stack = set(), set(), list(starts)
+  while stack:
+    node = stack.pop()
+    if node is None or node in seen:
+      continue
+    seen.add(node)
+    if forward:
+      ops = [op for op, _ in graph.users.get(node, ())]
+    else:
+      if node == graph.input_node:
+        found.add("input")
+      ops = [graph.producer[node]] if node in graph.producer else []
+    for op in ops:
+      if id(op) in layer_ops:
+        continue
+      if _batched(op):
+        found.add("batched")
+      if op.prim == "output":
+        found.add("output")
+      stack.extend(op.outs if forward else op.ins)
+  return found
+
+
+def _role(graph: _Graph, layer: Layer, ops: list, layer_ops: set) -> str:
+  """The layer's ``ROLES`` entry (see there); ``ops``: (op, kernel operand
+  index) of each use of its kernel; ``layer_ops``: ids of every layer's."""
+  if layer.kind in CONV_KINDS:
+    return "conv"
+  if layer.kind != "dense" or not ops:
+    return "other"
+  after = _meets(graph, [n for op, _ in ops for n in op.outs], layer_ops,
+                 True)
+  before = _meets(graph, [op.ins[1 - k] for op, k in ops], layer_ops, False)
+  if "batched" in after or "batched" in before:
+    return "attention"
+  if "output" in after:
+    return "classifier"
+  if "input" in before:
+    return "embedding"
+  return "mlp"
 
 
 def _first_use(graph, node, ndim) -> int:

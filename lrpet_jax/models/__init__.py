@@ -30,6 +30,7 @@ from lrpet_jax.models import imagenet_resnet
 from lrpet_jax.models import layers
 from lrpet_jax.models import nnx_cifar_resnet
 from lrpet_jax.models import vgg
+from lrpet_jax.models import vit
 
 _ZOO = {
     # ResNet-8: the smallest of the family, for quick benchmark modes.
@@ -42,6 +43,8 @@ _ZOO = {
     "resnet8_nnx": functools.partial(nnx_cifar_resnet.make, depth=8),
     "resnet20_nnx": functools.partial(nnx_cifar_resnet.make, depth=20),
     "vgg16": vgg.VGG,
+    # The authors' CIFAR ViT (their VisionTransformer/models/vit.py).
+    "vit_cifar": vit.ViT,
     "resnet18": functools.partial(imagenet_resnet.ImageNetResNet,
                                   stage_sizes=(2, 2, 2, 2),
                                   block=imagenet_resnet.BasicBlock),

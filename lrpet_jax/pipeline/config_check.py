@@ -94,6 +94,7 @@ FIELDS = {
     "coordinator_address": (
         lambda v: v is None or (isinstance(v, str) and v.rpartition(":")[2]
                                 .isdigit()), "None or HOST:PORT"),
+    "project_layers": (lambda v: isinstance(v, str), "a string"),
     "compute_dtype": (lambda v: v in COMPUTE_DTYPES,
                       f"one of {', '.join(COMPUTE_DTYPES)}"),
     **{name: (lambda v: isinstance(v, bool), "True or False") for name in (

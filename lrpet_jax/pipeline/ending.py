@@ -217,6 +217,7 @@ def summary(e: Ending) -> dict:
   val_batches = e.source.val_batches()
   out.update(
       project_dense=e.description["project_dense"],
+      project_layers=e.description["project_layers"],
       rank_policy=e.description["rank_policy"],
       val_examples=e.description["val_examples"],
       final_val_accuracy=None if val_batches is None else e.evaluator(

@@ -494,6 +494,7 @@ def finish(config, run: Run, tools: Tools, workdir, state) -> dict | None:
       description={"model": config.model, "num_classes": config.num_classes,
                    "dataset": config.dataset,
                    "project_dense": config.project_dense,
+                   "project_layers": config.project_layers,
                    "rank_policy": config.rank_policy,
                    "val_examples": config.val_examples},
       evaluate=tools.evaluate if trained_in_float32 else None)

@@ -16,11 +16,13 @@ is refused.
 import dataclasses
 import json
 import pathlib
+import re
 from typing import Any, ClassVar
 
 import numpy as np
 
 from lrpet_jax.analysis import accounting
+from lrpet_jax.analysis import layer_table
 from lrpet_jax.analysis import tracing
 from lrpet_jax.core import projection
 from lrpet_jax.core import ranks as ranks_lib
@@ -40,6 +42,11 @@ class RankRule:
     ranks_file: a JSON file {"layer/kernel": rank} (``ranks.json`` of a run).
     project_dense: select Dense kernels (the classifier) too, not only
       convolutions (ratio and budgets).
+    project_layers: "" (the default: convolutions, with ``project_dense``
+      dense layers too), or the layers to rank by their role in the model
+      (``layer_table.ROLES``, comma-separated: "conv", "mlp", "attention",
+      "classifier", "embedding"), or "re:REGEX", the kernel paths
+      ("block0/feed_forward/fc1/kernel") it matches in full.
     rank_floor: > 0: every rank at least this (at most the full rank).
     first_rank_floor: > 0: the first layer's rank at least this.
     rank_policy: "uniform" (all of the above; the paper), or a choice from
@@ -55,6 +62,7 @@ class RankRule:
   params_reduction: float = 0.0
   ranks_file: str | None = None
   project_dense: bool = False
+  project_layers: str = ""
   rank_floor: int = 0
   first_rank_floor: int = 0
   rank_policy: str = "uniform"
@@ -63,6 +71,36 @@ class RankRule:
 
   def __post_init__(self):
     policy_for(self)  # one line naming the field, if the fields disagree
+    layer_filter(self.project_layers)
+    if self.project_layers and self.project_dense:
+      raise ValueError("project_layers: give it or project_dense, not both"
+                       " (project_layers=conv,classifier is project_dense on"
+                       " a CNN)")
+
+  def chosen(self, table) -> list:
+    """The table's rankable layers this rule ranks, in call order; a
+    ``project_layers`` that selects none is a one-line ValueError."""
+    if not self.project_layers:
+      return table.selected(self.kinds)
+    wanted = layer_filter(self.project_layers)
+    out = [l for l in table.layers if l.rankable and wanted(l)]
+    if not out:
+      roles = sorted({l.role for l in table.layers if l.rankable})
+      raise ValueError(
+          f"project_layers: {self.project_layers!r} selects no layer that"
+          f" can be ranked (this model's rankable layers are:"
+          f" {', '.join(roles) or 'none'})")
+    return out
+
+  def unranked(self, table) -> dict[str, str]:
+    """{kernel: why} of the layers this rule would rank (and of kinds with
+    no factorized form) that stay unranked."""
+    if not self.project_layers:
+      return {l.name: l.reason for l in table.skipped(self.kinds)}
+    wanted = layer_filter(self.project_layers)
+    return {l.name: l.reason for l in table.layers
+            if not l.rankable and (wanted(l) or l.kind in (
+                "grouped_conv", "other"))}
 
   @property
   def policy(self) -> "RankPolicy":
@@ -79,10 +117,32 @@ class RankRule:
         ("dense",) if self.project_dense else ())
 
 
+def layer_filter(spec: str):
+  """``project_layers`` as a test of a table row (``RankRule``); a one-line
+  ValueError naming the field for an unknown role or a bad regex."""
+  if not isinstance(spec, str):
+    raise ValueError(f"project_layers: must be a string, got {spec!r}")
+  if spec.startswith("re:"):
+    try:
+      pattern = re.compile(spec[3:])
+    except re.error as e:
+      raise ValueError(f"project_layers: {spec!r} is not a regular"
+                       f" expression ({e})") from None
+    return lambda layer: pattern.fullmatch(layer.name) is not None
+  roles = {r.strip() for r in spec.split(",") if r.strip()}
+  unknown = sorted(roles - set(layer_table.ROLES) - {""})
+  if unknown or (spec and not roles):
+    raise ValueError(
+        f"project_layers: unknown role {(unknown or [spec])[0]!r}; give roles"
+        f" from {', '.join(r for r in layer_table.ROLES if r != 'other')}"
+        " (comma-separated) or re:REGEX on kernel paths")
+  return lambda layer: layer.role in roles
+
+
 def unranked(rule: RankRule, table) -> dict[str, str]:
-  """{kernel: why} of the layers of ``rule``'s kinds (and of kinds with no
+  """{kernel: why} of the layers ``rule`` would rank (and of kinds with no
   factorized form) that stay unranked."""
-  return {l.name: l.reason for l in table.skipped(rule.kinds)}
+  return rule.unranked(table)
 
 
 def _from_file(params: Any, path: str, table) -> Any:
@@ -122,7 +182,7 @@ def select(rule: RankRule, model, variables: Any, input_shape, *,
   params = variables["params"]
   table = table or tracing.table(tracing.eval_apply(model), variables,
                                  input_shape)
-  chosen = table.selected(rule.kinds)
+  chosen = rule.chosen(table)
   include = ranks_lib.by_name(l.kernel for l in chosen)
   if rule.decided_in_training:
     return ranks_lib.uniform_ranks(params, 0.0, include=include)
@@ -173,7 +233,7 @@ def deferred(rule: RankRule, model, variables: Any, input_shape,
   rule.policy.check_plan(shapes, dense_macs)
   uniform = ranks_lib.Ranks.of_tree(ranks_lib.uniform_ranks(
       variables["params"], rule.ratio,
-      include=ranks_lib.by_name(l.kernel for l in table.selected(rule.kinds)))).to_json()
+      include=ranks_lib.by_name(l.kernel for l in rule.chosen(table)))).to_json()
   return Deferred(rule, step, shapes, dense_macs, uniform)
 
 

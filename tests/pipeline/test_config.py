@@ -24,6 +24,7 @@ BAD = {
     "eval_batch_size": 0, "log_every_steps": 0, "checkpoint_every_steps": -1,
     "keep_checkpoints": 0, "energy_transfer": "yes", "bn_rectification": 1,
     "log_spectra": "no", "nesterov": None, "project_dense": "False",
+    "project_layers": 3,
     "distributed": 0, "extend": "yes", "num_processes": -1, "process_id": -2,
     "coordinator_address": "localhost", "rank_energy": 0.0,
     "rank_decision_epoch": 0, "rank_policy": "spectral", "compute_dtype": "float16", "image_size": 0,
@@ -70,6 +71,13 @@ def test_good_configs_pass():
     (dict(macs_reduction=0.5, params_reduction=0.5),
      "params_reduction: give at most one of macs_reduction, params_reduction"
      " and ranks_file (also macs_reduction)"),
+    (dict(project_layers="mlp,ffn"),
+     "project_layers: unknown role 'ffn'; give roles from conv, attention,"
+     " classifier, embedding, mlp (comma-separated) or re:REGEX on kernel"
+     " paths"),
+    (dict(project_layers="mlp", project_dense=True),
+     "project_layers: give it or project_dense, not both"
+     " (project_layers=conv,classifier is project_dense on a CNN)"),
 ])
 def test_rules_between_fields(overrides, message):
   values = cifar.get_config().to_dict()
