@@ -73,12 +73,18 @@ def get_config():
   c.num_epochs = 400
   c.num_steps = 0              # > 0 overrides num_epochs
   c.batch_size = 128
+  c.optimizer = "sgd"          # or "adamw" (torch.optim.AdamW; configs/vit.py)
   c.learning_rate = 0.1
+  # "step": ×lr_decay at each of lr_boundaries_epochs. "cosine": linear
+  # warm-up from 0 over warmup_epochs, then cosine to 0 at the last step.
+  c.lr_schedule = "step"
   c.lr_boundaries_epochs = (200, 300)
   c.lr_decay = 0.1
-  c.momentum = 0.9
-  c.nesterov = False
+  c.warmup_epochs = 0
+  c.momentum = 0.9             # SGD only
+  c.nesterov = False           # SGD only
   c.weight_decay = 1e-4
+  c.label_smoothing = 0.0      # s: targets (1 − s)·one-hot + s/classes
   # --- Speed ---
   # Steps per compiled call (a fixed-length lax.scan; results do not depend
   # on it): calls also end at projections, evaluations and epoch ends.

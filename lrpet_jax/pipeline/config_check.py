@@ -95,6 +95,11 @@ FIELDS = {
         lambda v: v is None or (isinstance(v, str) and v.rpartition(":")[2]
                                 .isdigit()), "None or HOST:PORT"),
     "project_layers": (lambda v: isinstance(v, str), "a string"),
+    "optimizer": (lambda v: v in ("sgd", "adamw"), "'sgd' or 'adamw'"),
+    "lr_schedule": (lambda v: v in ("step", "cosine"), "'step' or 'cosine'"),
+    "warmup_epochs": (_int_at_least(0), "an int >= 0"),
+    "label_smoothing": (lambda v: _is_real(v) and 0 <= v < 1,
+                        "a number in [0, 1)"),
     "compute_dtype": (lambda v: v in COMPUTE_DTYPES,
                       f"one of {', '.join(COMPUTE_DTYPES)}"),
     **{name: (lambda v: isinstance(v, bool), "True or False") for name in (
@@ -145,6 +150,11 @@ def check(config) -> None:
     raise ConfigError(f"num_epochs: must be >= 1 (or set num_steps), got"
                       f" {config.num_epochs}")
   bounds = tuple(config.lr_boundaries_epochs)
+  if config.lr_schedule == "cosine" and bounds:
+    raise ConfigError("lr_boundaries_epochs: only for lr_schedule 'step'; with"
+                      " 'cosine' set --config.lr_boundaries_epochs='()'")
+  if config.lr_schedule == "step" and config.warmup_epochs:
+    raise ConfigError("warmup_epochs: only for lr_schedule 'cosine'")
   if list(bounds) != sorted(set(bounds)):
     raise ConfigError(f"lr_boundaries_epochs: must be increasing epochs, got"
                       f" {bounds}")

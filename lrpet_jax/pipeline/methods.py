@@ -61,7 +61,12 @@ class Setting:
     ranks: the run's rank tree of the dense params.
     pairing: which BatchNorm follows which layer (``tracing.Pairing``).
     learning_rate: the schedule.
-    momentum, weight_decay, nesterov: ``transform.pytorch_sgd``'s.
+    momentum, weight_decay, nesterov: ``transform.pytorch_sgd``'s
+      (``optimizer="sgd"``); with ``optimizer="adamw"``, ``optax.adamw``
+      (PyTorch's AdamW: betas 0.9, 0.999, eps 1e-8, ``weight_decay`` on
+      every parameter) and ``momentum``/``nesterov`` unused.
+    label_smoothing: s in [0, 1): the loss is the cross-entropy with targets
+      (1 − s)·one-hot + s/classes (timm's LabelSmoothingCrossEntropy).
     project_every: steps between projections.
     energy_transfer, residual_scale, bn_rectification: the projection's.
     init_from: a dense variables checkpoint to start the compact model from.
@@ -86,6 +91,8 @@ class Setting:
   residual_scale: float
   bn_rectification: bool
   init_from: str | None = None
+  optimizer: str = "sgd"
+  label_smoothing: float = 0.0
   deferred: selection.Deferred | None = None
   table: Any = None
   unranked: dict = dataclasses.field(default_factory=dict)
@@ -105,7 +112,8 @@ class Replan:
 
 
 class Method:
-  """The interface, and what every method shares: plain SGD, random init."""
+  """The interface, and what every method shares: plain SGD (or AdamW),
+  random init."""
 
   NAME: ClassVar[str]
   FIELDS: ClassVar[tuple[str, ...]] = ()
@@ -121,14 +129,18 @@ class Method:
         dtype=setting.dtype)
     self.tx = self._optimizer()
 
-  def _sgd(self) -> optax.GradientTransformation:
+  def _base_optimizer(self) -> optax.GradientTransformation:
+    """SGD as PyTorch's, or AdamW (``Setting.optimizer``)."""
     s = self.setting
+    if s.optimizer == "adamw":
+      return optax.adamw(s.learning_rate, b1=0.9, b2=0.999, eps=1e-8,
+                         weight_decay=s.weight_decay)
     return transform.pytorch_sgd(s.learning_rate, momentum=s.momentum,
                                  weight_decay=s.weight_decay,
                                  nesterov=s.nesterov)
 
   def _optimizer(self) -> optax.GradientTransformation:
-    return self._sgd()
+    return self._base_optimizer()
 
   def update(self, grads, opt_state, params, batch_stats, project):
     """(updates, new opt_state, params before the truncation or None)."""
@@ -179,7 +191,7 @@ class Lrpet(Method):
     """``transform.lrpet``'s chain, its two members kept for ``update``."""
     s = self.setting
     self.schedule = transform.ProjectionSchedule(s.project_every)
-    self._members = (self._sgd(), transform.low_rank_projection(
+    self._members = (self._base_optimizer(), transform.low_rank_projection(
         s.ranks, every=s.project_every, **s.projection_kwargs()))
     return optax.chain(*self._members)
 

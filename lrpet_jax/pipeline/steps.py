@@ -53,6 +53,16 @@ def _add_to_window(window, step, loss, accuracy):
           "bad_loss": jnp.where(first_bad, loss, window["bad_loss"])}
 
 
+def _loss(logits, labels, label_smoothing: float):
+  """Mean cross-entropy, with targets (1 − s)·one-hot + s/classes."""
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, labels).mean()
+  targets = optax.smooth_labels(
+      jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets).mean()
+
+
 def make_step_body(method, seed: int, normalization, device_augment=True,
                    project=None, grad_norms=False):
   """(state, window, images uint8 (B, H, W, 3), labels (B,)) -> (state, window, aux).
@@ -81,7 +91,7 @@ def make_step_body(method, seed: int, normalization, device_augment=True,
           {"params": params, "batch_stats": state.batch_stats}, x, train=True,
           mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(key, 1)})
       logits = logits.astype(jnp.float32)
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      loss = _loss(logits, y, method.setting.label_smoothing)
       return loss, (logits, mutated["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(

@@ -54,7 +54,14 @@ from lrpet_jax.ranking import selection
 
 
 def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
-  """lr ×decay at each epoch in ``lr_boundaries_epochs``."""
+  """``lr_schedule="step"``: lr ×decay at each epoch in
+  ``lr_boundaries_epochs``. "cosine": linear warm-up from 0 over
+  ``warmup_epochs``, then cosine decay to 0 at the run's last step."""
+  if config.lr_schedule == "cosine":
+    total = config.num_steps or config.num_epochs * steps_per_epoch
+    warmup = min(config.warmup_epochs * steps_per_epoch, total)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, warmup, max(total, warmup + 1), 0.0)
   return optax.piecewise_constant_schedule(
       config.learning_rate,
       {int(e * steps_per_epoch): config.lr_decay
@@ -110,6 +117,7 @@ def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
       energy_transfer=config.energy_transfer,
       residual_scale=config.residual_scale,
       bn_rectification=config.bn_rectification, init_from=config.init_from,
+      optimizer=config.optimizer, label_smoothing=config.label_smoothing,
       deferred=deferred)
 
 

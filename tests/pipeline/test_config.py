@@ -24,7 +24,8 @@ BAD = {
     "eval_batch_size": 0, "log_every_steps": 0, "checkpoint_every_steps": -1,
     "keep_checkpoints": 0, "energy_transfer": "yes", "bn_rectification": 1,
     "log_spectra": "no", "nesterov": None, "project_dense": "False",
-    "project_layers": 3,
+    "project_layers": 3, "optimizer": "adam", "lr_schedule": "linear",
+    "warmup_epochs": -1, "label_smoothing": 1.0,
     "distributed": 0, "extend": "yes", "num_processes": -1, "process_id": -2,
     "coordinator_address": "localhost", "rank_energy": 0.0,
     "rank_decision_epoch": 0, "rank_policy": "spectral", "compute_dtype": "float16", "image_size": 0,
@@ -55,6 +56,8 @@ def test_bad_value_is_one_line_naming_the_field(field):
 
 def test_good_configs_pass():
   config_check.check(cifar.get_config())
+  import vit  # pylint: disable=g-import-not-at-top
+  config_check.check(vit.get_config())
   config = cifar.get_config()
   config.num_epochs, config.num_steps = 0, 10  # num_steps overrides epochs
   config_check.check(config)
@@ -71,6 +74,10 @@ def test_good_configs_pass():
     (dict(macs_reduction=0.5, params_reduction=0.5),
      "params_reduction: give at most one of macs_reduction, params_reduction"
      " and ranks_file (also macs_reduction)"),
+    (dict(lr_schedule="cosine"),
+     "lr_boundaries_epochs: only for lr_schedule 'step'; with 'cosine' set"
+     " --config.lr_boundaries_epochs='()'"),
+    (dict(warmup_epochs=5), "warmup_epochs: only for lr_schedule 'cosine'"),
     (dict(project_layers="mlp,ffn"),
      "project_layers: unknown role 'ffn'; give roles from conv, attention,"
      " classifier, embedding, mlp (comma-separated) or re:REGEX on kernel"
