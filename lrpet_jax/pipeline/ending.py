@@ -104,6 +104,13 @@ def _final_projection(e: Ending) -> str:
 
 def _precise_bn(e: Ending) -> str:
   params = jax.device_get(e.params)
+  if not jax.tree.leaves(e.batch_stats):
+    trained = {"params": params, "batch_stats": {}}
+    if e.method.TRAINS_COMPACT:
+      e.compact_variables = trained
+    else:
+      e.dense_variables = trained
+    return "no BatchNorm statistics to recompute (the model has none)"
   model = e.model(e.method.TRAINS_COMPACT)
   # Training mode, as training saw the statistics; a model with dropout
   # draws its masks from one fixed key, so the result is reproducible.

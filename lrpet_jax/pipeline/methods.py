@@ -315,4 +315,4 @@ def decomposed_variables(path, dense_abstract, ranks):
   params = jax.jit(lambda p: projection.project_params(
       p, ranks, energy_transfer=False))(dense["params"])
   return compact.factorize(
-      {"params": params, "batch_stats": dense["batch_stats"]}, ranks)
+      {"params": params, "batch_stats": dense.get("batch_stats", {})}, ranks)

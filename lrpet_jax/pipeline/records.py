@@ -213,7 +213,11 @@ def record_pairs(workdir: pathlib.Path, pairing, ranks, table=None,
   unrectified = [k for k in pairing.unpaired if k in ranked]
   (workdir / "bn_pairs.json").write_text(json.dumps(
       {**pairing.to_json(), "unrectified": unrectified}, indent=1) + "\n")
-  if unrectified:
+  if unrectified and not (pairing.pairs or pairing.folds or pairing.kept):
+    logging.info("the model has no BatchNorm: BN rectification does not"
+                 " apply; its %d projected kernels are projected as they"
+                 " are (bn_pairs.json)", len(unrectified))
+  elif unrectified:
     logging.warning("%d projected kernel(s) feed no BatchNorm, so BN"
                     " rectification leaves them alone: %s (bn_pairs.json)",
                     len(unrectified), ", ".join(unrectified))

@@ -92,7 +92,7 @@ def make_step_body(method, seed: int, normalization, device_augment=True,
           mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(key, 1)})
       logits = logits.astype(jnp.float32)
       loss = _loss(logits, y, method.setting.label_smoothing)
-      return loss, (logits, mutated["batch_stats"])
+      return loss, (logits, mutated.get("batch_stats", {}))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)

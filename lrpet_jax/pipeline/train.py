@@ -143,7 +143,7 @@ def initial_state(model, tx, seed, input_shape, variables=None) -> TrainState:
     variables = model.init(jax.random.key(seed),
                            jnp.zeros((1,) + tuple(input_shape)), train=False)
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                    batch_stats=variables["batch_stats"],
+                    batch_stats=variables.get("batch_stats", {}),
                     opt_state=tx.init(variables["params"]))
 
 
