@@ -59,7 +59,8 @@ def _loss(logits, labels, label_smoothing: float):
     return optax.softmax_cross_entropy_with_integer_labels(
         logits, labels).mean()
   targets = optax.smooth_labels(
-      jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+      jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype),
+      label_smoothing)
   return optax.softmax_cross_entropy(logits, targets).mean()
 
 

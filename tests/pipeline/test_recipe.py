@@ -61,3 +61,61 @@ def test_adamw_decays_every_weight_decoupled_from_the_gradient():
   for name in params:
     np.testing.assert_allclose(updates[name], -0.01 * 0.05 * params[name],
                                rtol=1e-6)
+
+
+@pytest.mark.slow  # two float64 ViT trainings
+def test_vit_recipe_steps_per_call_independent_in_float64():
+  """The ViT recipe (AdamW, warm-up + cosine, label smoothing, stochastic
+  depth keyed by (seed, step), projection of the MLP layers, no BatchNorm):
+  calls of 4 steps give single steps' state, in float64."""
+  from lrpet_jax.analysis import tracing  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.core import ranks as ranks_lib  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.data import datasets as data_lib  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.models import vit  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from test_steps import run_calls  # pylint: disable=g-import-not-at-top
+
+  normalization = data_lib.Normalization((0.5,) * 3, (0.25,) * 3)
+  rng = np.random.default_rng(0)
+  data = data_lib.InMemoryData(
+      rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8),
+      rng.integers(0, 10, 48).astype(np.int32),
+      np.zeros((1, 16, 16, 3), np.uint8), np.zeros((1,), np.int32), 10)
+
+  def train(lengths):
+    model = vit.ViT(dim=16, depth=2, heads=2, dim_head=8, drop_path=0.2,
+                    dtype=jnp.float64)
+    variables = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(
+        jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False))
+    table = tracing.table(tracing.eval_apply(model), variables, (16, 16, 3))
+    mlp = [l.kernel for l in table.layers if l.role == "mlp"]
+    method = methods.method_for("lrpet", methods.Setting(
+        build_model=lambda ranks=None, dtype=None: model, dtype=None,
+        dense_abstract=None, ranks=ranks_lib.uniform_ranks(
+            variables["params"], 0.5, include=ranks_lib.by_name(mlp)),
+        pairing=tracing.Pairing.of(table),
+        learning_rate=optax.warmup_cosine_decay_schedule(0.0, 1e-3, 6, 12),
+        momentum=0.9, weight_decay=5e-2, nesterov=False, project_every=6,
+        energy_transfer=True, residual_scale=0.0, bn_rectification=True,
+        optimizer="adamw", label_smoothing=0.1))
+    return run_calls(method, variables, data, normalization, lengths)
+
+  with jax.enable_x64(True):
+    single = train([1] * 5 + ["project"] + [1] * 5 + ["project"])
+    chunked = train([4, 1, "project", 4, 1, "project"])
+  a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(single[0].params)])
+  b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(chunked[0].params)])
+  assert a.dtype == np.float64
+  assert np.linalg.norm(a - b) <= 1e-12 * np.linalg.norm(a)
+  np.testing.assert_allclose(single[1]["loss"], chunked[1]["loss"],
+                             rtol=1e-10)
+  # The MLP kernels have rank 4 of 8 after the projection at step 12; the
+  # attention kernels were not projected.
+  params = chunked[0].params
+  for b_ in ("block0", "block1"):
+    s = np.linalg.svd(np.asarray(params[b_]["feed_forward"]["fc1"]["kernel"]),
+                      compute_uv=False)
+    assert s[8] <= 1e-9 * s[0]
+    s = np.linalg.svd(np.asarray(params[b_]["attention"]["to_out"]["kernel"]),
+                      compute_uv=False)
+    assert s[-1] > 1e-3 * s[0]

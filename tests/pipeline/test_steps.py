@@ -28,6 +28,32 @@ def test_call_lengths_hand_computed():
   assert steps.next_call_length(5, 8) == 4
 
 
+def run_calls(method, variables, data, normalization, lengths):
+  """(state, window) after the calls ``lengths`` (an int: that many plain
+  steps in one call; "project": one projecting step) from ``variables``, on
+  batches of 8 of ``data``, on one device."""
+  mesh = jax.make_mesh((1,), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  replicated = NamedSharding(mesh, P())
+  source = inputs.InMemoryInput(
+      data, batch_size=8, eval_batch_size=8, seed=0,
+      normalization=normalization,
+      batch_sharding=NamedSharding(mesh, P("data")))
+  stepper = steps.Stepper(method, source, 0, normalization)
+  state = jax.device_put(steps.TrainState(
+      step=jnp.zeros((), jnp.int32), params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=method.tx.init(variables["params"])), replicated)
+  window = jax.device_put(steps.empty_window(), replicated)
+  step = 0
+  for length in lengths:
+    projecting = length == "project"
+    state, window, _ = stepper(state, window, step,
+                               1 if projecting else length, projecting)
+    step += 1 if projecting else length
+  return jax.device_get(state), jax.device_get(window)
+
+
 class Float64Net(nn.Module):
   """Two conv → BatchNorm pairs and a head, every variable in float64."""
 
@@ -57,16 +83,9 @@ def test_k_steps_per_call_equal_single_steps_in_float64():
       rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8),
       rng.integers(0, 10, 48).astype(np.int32),
       np.zeros((1, 16, 16, 3), np.uint8), np.zeros((1,), np.int32), 10)
-  mesh = jax.make_mesh((1,), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  replicated = NamedSharding(mesh, P())
   model = Float64Net()
 
   def train(lengths):
-    source = inputs.InMemoryInput(
-        data, batch_size=8, eval_batch_size=8, seed=0,
-        normalization=normalization,
-        batch_sharding=NamedSharding(mesh, P("data")))
     variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
                            train=False)
     method = methods.method_for("lrpet", methods.Setting(
@@ -78,20 +97,7 @@ def test_k_steps_per_call_equal_single_steps_in_float64():
         learning_rate=0.05, momentum=0.9, weight_decay=1e-4, nesterov=False,
         project_every=6, energy_transfer=True, residual_scale=0.0,
         bn_rectification=True))
-    stepper = steps.Stepper(method, source, 0, normalization)
-    state = jax.device_put(steps.TrainState(
-        step=jnp.zeros((), jnp.int32), params=variables["params"],
-        batch_stats=variables["batch_stats"],
-        opt_state=method.tx.init(variables["params"])), replicated)
-    window = jax.device_put(steps.empty_window(), replicated)
-    step = 0
-    for length in lengths:
-      projecting = length == "project"
-      state, window, _ = stepper(state, window, step,
-                                 1 if projecting else length, projecting)
-      step += 1 if projecting else length
-    assert step == 12
-    return jax.device_get(state), jax.device_get(window)
+    return run_calls(method, variables, data, normalization, lengths)
 
   with jax.enable_x64(True):
     single = train([1] * 5 + ["project"] + [1] * 5 + ["project"])
