@@ -45,6 +45,9 @@ _ZOO = {
     "vgg16": vgg.VGG,
     # The authors' CIFAR ViT (their VisionTransformer/models/vit.py).
     "vit_cifar": vit.ViT,
+    # The same, small (width 32, depth 2, 4 heads of 8): quick modes, tests.
+    "vit_tiny": functools.partial(vit.ViT, dim=32, depth=2, heads=4,
+                                  dim_head=8),
     "resnet18": functools.partial(imagenet_resnet.ImageNetResNet,
                                   stage_sizes=(2, 2, 2, 2),
                                   block=imagenet_resnet.BasicBlock),

@@ -1,0 +1,50 @@
+"""The pipeline with the ViT recipe (AdamW, warm-up + cosine, label
+smoothing, stochastic depth, LRPET on the MLP layers, no BatchNorm): trains,
+resumes bit for bit after SIGKILL, and ships a compact model that passes the
+export check."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from test_train import command, final_state, image_folder, kill_at_checkpoint, run  # pylint: disable=unused-import
+
+pytestmark = pytest.mark.slow  # subprocesses that train
+VIT = ("--config.model=vit_tiny", "--config.optimizer=adamw",
+       "--config.learning_rate=0.001", "--config.weight_decay=0.05",
+       "--config.lr_schedule=cosine", "--config.lr_boundaries_epochs=()",
+       "--config.warmup_epochs=1", "--config.label_smoothing=0.1",
+       "--config.project_layers=mlp", "--config.ratio=0.5",
+       "--config.checkpoint_every_steps=4")
+
+
+def test_vit_recipe_trains_resumes_exactly_and_exports(image_folder,
+                                                       tmp_path):
+  straight = tmp_path / "straight"
+  result = run(command(image_folder, straight, *VIT))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "the model has no BatchNorm: BN rectification does not apply" in (
+      result.stderr)
+  summary = json.loads((straight / "summary.json").read_text())
+  assert summary["steps"] == 12 and summary["project_layers"] == "mlp"
+  assert summary["compact_accuracy"] == summary["dense_accuracy"]
+  check = summary["export_check"]
+  assert max(check["compact"], check["folded"], check["serving"]) < (
+      check["tolerance"])
+  ranks = json.loads((straight / "ranks.json").read_text())
+  assert sorted(ranks) == [f"block{b}/feed_forward/{fc}/kernel"
+                           for b in (0, 1) for fc in ("fc1", "fc2")]
+  assert set(ranks.values()) == {16}  # ratio 0.5 of min(32, 64)
+
+  killed = tmp_path / "killed"
+  killed_command = command(image_folder, killed, *VIT)
+  kill_at_checkpoint(killed_command, killed, 8)
+  result = run(killed_command)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "starting at step" in result.stderr
+  a, b = final_state(straight), final_state(killed)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
+                                                   jax.tree.leaves(b)))
