@@ -126,3 +126,25 @@ def test_project_layers_selects_by_role_or_regex_and_refuses_in_one_line(
   with pytest.raises(ValueError, match=r"^project_layers: give it or"
                      r" project_dense, not both"):
     selection.RankRule(0.5, project_layers="mlp", project_dense=True)
+
+
+def test_vit_config_ranks_give_the_readme_sizes():
+  """configs/vit.py's rule on vit_cifar (abstract: nothing computed): rank
+  58 of 192 in every MLP layer, the README's compact sizes."""
+  import vit as vit_config  # configs/vit.py  pylint: disable=g-import-not-at-top
+  from lrpet_jax.analysis import accounting  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.pipeline import config_check  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.ranking import selection  # pylint: disable=g-import-not-at-top
+  config = vit_config.get_config()
+  model = models.build(config.model)
+  variables = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  table = tracing.table(tracing.eval_apply(model), variables, (32, 32, 3))
+  rule = config_check.part(selection.RankRule, config)
+  ranks = Ranks.of_tree(selection.select(rule, model, variables, (32, 32, 3),
+                                         table=table))
+  assert len(ranks) == 18 and set(ranks.values()) == {58}
+  assert table.dense_macs == 173_115_264
+  compact = accounting.compact_cost(list(table.layers), 2_692_426,
+                                    ranks.tree(variables["params"]))
+  assert compact == {"macs": 125_940_864, "params": 1_966_666}
