@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow  # subprocesses
     ("benchmarks.projection", "speed-up"),
     ("benchmarks.compact_inference", "speed-up = dense latency"),
     ("benchmarks.nnx_step", "nnx/linen ="),
+    ("benchmarks.vit", "speed-up = dense latency / compact latency"),
 ])
 def test_benchmark_quick_mode(script, expected):
   result = subprocess.run(
