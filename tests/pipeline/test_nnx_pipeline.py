@@ -7,13 +7,12 @@ import subprocess
 import sys
 
 from flax import nnx
-import jax
 import numpy as np
 import pytest
 
 import lrpet_jax
 from reference import rel_err
-from test_train import command, final_state, image_folder, kill_at_checkpoint, run  # pylint: disable=unused-import
+from test_train import assert_resumes_bit_for_bit, command, image_folder, run  # pylint: disable=unused-import
 
 pytestmark = pytest.mark.slow  # subprocesses that train
 NNX = ("--config.model=examples.own_nnx_model:make",
@@ -39,16 +38,8 @@ def test_nnx_model_trains_resumes_exactly_and_exports(image_folder,
   pairs = json.loads((straight / "bn_pairs.json").read_text())["pairs"]
   assert pairs == {"stem/kernel": "norms/0", "body/0/kernel": "norms/1"}
 
-  killed = tmp_path / "killed"
-  killed_command = command(image_folder, killed, *NNX)
-  kill_at_checkpoint(killed_command, killed, 8)
-  result = run(killed_command)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "starting at step" in result.stderr
-  a, b = final_state(straight), final_state(killed)
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
-                                                   jax.tree.leaves(b)))
+  assert_resumes_bit_for_bit(image_folder, straight, tmp_path / "killed",
+                             *NNX)
 
   # The saved run as an NNX user gets it back: the compact nnx.Module.
   saved = lrpet_jax.load_run(straight)

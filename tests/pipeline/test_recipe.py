@@ -70,17 +70,11 @@ def test_vit_recipe_steps_per_call_independent_in_float64():
   calls of 4 steps give single steps' state, in float64."""
   from lrpet_jax.analysis import tracing  # pylint: disable=g-import-not-at-top
   from lrpet_jax.core import ranks as ranks_lib  # pylint: disable=g-import-not-at-top
-  from lrpet_jax.data import datasets as data_lib  # pylint: disable=g-import-not-at-top
   from lrpet_jax.models import vit  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from test_steps import run_calls  # pylint: disable=g-import-not-at-top
+  from test_steps import run_calls, tiny_data  # pylint: disable=g-import-not-at-top
 
-  normalization = data_lib.Normalization((0.5,) * 3, (0.25,) * 3)
-  rng = np.random.default_rng(0)
-  data = data_lib.InMemoryData(
-      rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8),
-      rng.integers(0, 10, 48).astype(np.int32),
-      np.zeros((1, 16, 16, 3), np.uint8), np.zeros((1,), np.int32), 10)
+  normalization, data = tiny_data()
 
   def train(lengths):
     model = vit.ViT(dim=16, depth=2, heads=2, dim_head=8, drop_path=0.2,

@@ -28,6 +28,16 @@ def test_call_lengths_hand_computed():
   assert steps.next_call_length(5, 8) == 4
 
 
+def tiny_data():
+  """(normalization, 48 random 16x16 training images of 10 classes)."""
+  rng = np.random.default_rng(0)
+  return data_lib.Normalization((0.5,) * 3, (0.25,) * 3), (
+      data_lib.InMemoryData(
+          rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8),
+          rng.integers(0, 10, 48).astype(np.int32),
+          np.zeros((1, 16, 16, 3), np.uint8), np.zeros((1,), np.int32), 10))
+
+
 def run_calls(method, variables, data, normalization, lengths):
   """(state, window) after the calls ``lengths`` (an int: that many plain
   steps in one call; "project": one projecting step) from ``variables``, on
@@ -77,12 +87,7 @@ def test_k_steps_per_call_equal_single_steps_in_float64():
   # chaotically (1e-7 → 2e-4 over 12 steps of the pipeline test on one
   # processor), so the schedule is compared in float64, where the same
   # round-off stays below 1e-12.
-  normalization = data_lib.Normalization((0.5,) * 3, (0.25,) * 3)
-  rng = np.random.default_rng(0)
-  data = data_lib.InMemoryData(
-      rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8),
-      rng.integers(0, 10, 48).astype(np.int32),
-      np.zeros((1, 16, 16, 3), np.uint8), np.zeros((1,), np.int32), 10)
+  normalization, data = tiny_data()
   model = Float64Net()
 
   def train(lengths):

@@ -77,6 +77,28 @@ def kill_at_checkpoint(cmd, workdir, step):
   proc.wait()
 
 
+def assert_resumes_bit_for_bit(folder, straight, killed, *overrides):
+  """The run of ``overrides`` in ``killed``, SIGKILLed at checkpoint 8 and
+  rerun, ends bit for bit where the finished one in ``straight`` does."""
+  killed_command = command(folder, killed, *overrides)
+  kill_at_checkpoint(killed_command, killed, 8)
+  result = run(killed_command)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "starting at step" in result.stderr
+  assert_same_final_state(straight, killed)
+
+
+def assert_same_final_state(straight, killed):
+  """The two workdirs' step-12 training states are equal bit for bit."""
+  a, b = final_state(straight), final_state(killed)
+  import jax  # pylint: disable=g-import-not-at-top
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  different = [jax.tree_util.keystr(path) for (path, x), y in zip(
+      jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b))
+               if not np.array_equal(x, y)]
+  assert not different, different
+
+
 FINISHED = ("--config.log_spectra=True", "--config.project_every_steps=6",
             "--config.steps_per_call=7")
 
@@ -226,13 +248,7 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
   # uninterrupted one does (same config, so the same compiled calls; that the
   # number of steps per call does not change results is checked in float64
   # by tests/pipeline/test_steps.py, where round-off cannot grow).
-  a, b = final_state(straight), final_state(killed)
-  import jax  # pylint: disable=g-import-not-at-top
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  different = [jax.tree_util.keystr(path) for (path, x), y in zip(
-      jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b))
-               if not np.array_equal(x, y)]
-  assert not different, different
+  assert_same_final_state(straight, killed)
 
 
 @pytest.mark.parametrize("overrides, field", [

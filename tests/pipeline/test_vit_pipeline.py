@@ -5,11 +5,9 @@ export check."""
 
 import json
 
-import jax
-import numpy as np
 import pytest
 
-from test_train import command, final_state, image_folder, kill_at_checkpoint, run  # pylint: disable=unused-import
+from test_train import assert_resumes_bit_for_bit, command, image_folder, run  # pylint: disable=unused-import
 
 pytestmark = pytest.mark.slow  # subprocesses that train
 VIT = ("--config.model=vit_tiny", "--config.optimizer=adamw",
@@ -38,13 +36,5 @@ def test_vit_recipe_trains_resumes_exactly_and_exports(image_folder,
                            for b in (0, 1) for fc in ("fc1", "fc2")]
   assert set(ranks.values()) == {16}  # ratio 0.5 of min(32, 64)
 
-  killed = tmp_path / "killed"
-  killed_command = command(image_folder, killed, *VIT)
-  kill_at_checkpoint(killed_command, killed, 8)
-  result = run(killed_command)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "starting at step" in result.stderr
-  a, b = final_state(straight), final_state(killed)
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
-                                                   jax.tree.leaves(b)))
+  assert_resumes_bit_for_bit(image_folder, straight, tmp_path / "killed",
+                             *VIT)
