@@ -103,9 +103,13 @@ class Factorized:
     self._nnx = None
     if isinstance(module, nnx_models.NnxModel):
       shapes = module.kernel_shapes()
+      for path in self.ranks:
+        if path + ("kernel",) not in shapes:
+          raise ValueError(f"ranks name {_trees.path_str(path)}/kernel,"
+                           " which is not a kernel of the NNX model")
       self._nnx = module.with_split_layers({
           path: rank for path, rank in self.ranks.items()
-          if is_factorized(rank, shapes.get(path + ("kernel",), (1, 1)))})
+          if is_factorized(rank, shapes[path + ("kernel",)])})
 
   def __repr__(self):
     return f"Factorized({type(self.module).__name__}, {len(self.ranks)} ranks)"

@@ -33,6 +33,7 @@ import threading
 from typing import Any
 
 from flax import nnx
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
@@ -137,14 +138,7 @@ class NnxModel:
 
 def _pure(state) -> dict:
   """An ``nnx.State`` as nested dicts of arrays with string keys."""
-  out = {}
-  for path, x in jax.tree_util.tree_leaves_with_path(state):
-    *outer, last = _trees.path_tuple(path)
-    node = out
-    for key in outer:
-      node = node.setdefault(key, {})
-    node[last] = x
-  return out
+  return traverse_util.unflatten_dict(_trees.leaves_by_path(state))
 
 
 def _filled(template, values: dict, name: str, partial: bool = False):

@@ -10,6 +10,7 @@ name their leaves alike.
 """
 
 from collections.abc import Mapping, Sequence
+import sys
 from typing import Any
 
 import jax
@@ -35,11 +36,10 @@ def path_tuple(path: Sequence[Any] | str) -> tuple[str, ...]:
 
 
 def params_of(tree: Any) -> Any:
-  """``tree``, or its ``nnx.Param`` state if it is a Flax NNX module."""
-  if type(tree).__module__.startswith("flax.nnx") or any(
-      c.__module__ == "flax.nnx.module" and c.__name__ == "Module"
-      for c in type(tree).__mro__):
-    from flax import nnx  # pylint: disable=g-import-not-at-top
+  """``tree``, or its ``nnx.Param`` state if it is a Flax NNX module (an
+  NNX module exists only once ``flax.nnx`` is imported)."""
+  nnx = sys.modules.get("flax.nnx")
+  if nnx is not None and isinstance(tree, nnx.Module):
     return nnx.state(tree, nnx.Param)
   return tree
 

@@ -199,6 +199,9 @@ def test_compact_nnx_model_is_the_projected_model():
   assert module.stem.first_kernel.shape == (3, 3, 3, 3)
   assert module.stem.second_kernel.shape == (1, 1, 3, 16)
   assert rel_err(module(x), dense_logits) < 1e-5
+  with pytest.raises(ValueError, match=r"^ranks name stem_typo/kernel, which"
+                     r" is not a kernel of the NNX model"):
+    lrpet_jax.Factorized(model, Ranks({"stem_typo/kernel": 3}))
   dense_cost = lrpet_jax.cost(model, variables, (16, 16, 3))
   compact_cost = lrpet_jax.cost(compact, compact_variables, (16, 16, 3))
   # stem 8x8 x (27*3 + 3*16); body 8x8 x (144*3 + 3*32): the two halves
