@@ -5,12 +5,17 @@ r"""Every arm of the paper-claims comparison at every scale, as a config.
 ``SCALE,ARM`` after the colon (big_vision style). ``experiments/run.py``
 launches these; any of them can be run by hand as above.
 
-Scales (all ResNet-20 on the shared CIFAR-10 copy, ratio 0.54):
+Scales (ResNet-20 on the shared CIFAR-10 copy, ratio 0.54, unless named vit_*):
   cpu       10,000 training / 5,000 test images, 6 epochs (2-core CPU)
   cpu12     the same at 12 epochs: with ``cpu``, the budget ladder's CPU rung
   gpu       all images, 12 epochs
   ladder15  all images, 15 epochs  } the budget ladder for one GPU: does the
   ladder40  all images, 40 epochs  } LRPET–dense gap narrow with training?
+  vit_cpu   configs/vit.py (the authors' ViT, AdamW, warm-up + cosine, label
+            smoothing, LRPET on the MLP layers at 27.4 % fewer MACs) on
+            5,000 training / 2,000 test images for 8 epochs (1 of warm-up);
+            crop + flip only, as configs/vit.py stood when it was run
+  vit_gpu   configs/vit.py itself: all images, their 100 epochs (one GPU)
 
 Arms (same model, data, schedule and ranks; each differs from ``lrpet`` in
 the fields named):
@@ -35,6 +40,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import cifar  # pylint: disable=g-import-not-at-top,wrong-import-position
+import vit  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DATA = "image_folder:../shared/datasets/cifar10"
 SCALES = {
@@ -53,7 +59,13 @@ SCALES = {
     "ladder40": dict(model="resnet20", dataset=_DATA, num_epochs=40,
                      lr_boundaries_epochs=(20, 30), ratio=0.54,
                      bn_recompute_batches=100, log_every_steps=390),
+    "vit_cpu": dict(base="vit", dataset=_DATA, train_subset=5000,
+                    test_subset=2000, num_epochs=8, warmup_epochs=1,
+                    log_every_steps=13),
+    "vit_gpu": dict(base="vit", dataset=_DATA, log_every_steps=390),
 }
+# The config each scale starts from (default configs/cifar.py).
+BASES = {"cifar": cifar, "vit": vit}
 # Decompose-and-retrain decomposes after this fraction of the epochs.
 DECOMPOSE_FRACTION = 2 / 3
 ARMS = {
@@ -113,7 +125,8 @@ def get_config(arg: str = "cpu,lrpet"):
     raise ValueError(
         f"configs/claims.py: want SCALE,ARM with SCALE one of"
         f" {', '.join(SCALES)}; got {arg!r}")
-  c = cifar.get_config()
-  c.update(SCALES[scale])
+  fields = dict(SCALES[scale])
+  c = BASES[fields.pop("base", "cifar")].get_config()
+  c.update(fields)
   c.update(arm_overrides(scale, arm))
   return c

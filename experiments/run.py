@@ -49,7 +49,9 @@ PLAN = {"cpu": dict(seeds=(0, 1), sweep=(0.3, 0.7, 0.8)),
         "cpu12": dict(seeds=(0, 1, 2), sweep=()),
         "gpu": dict(seeds=(0,), sweep=(0.3, 0.7, 0.8)),
         "ladder15": dict(seeds=(0,), sweep=()),
-        "ladder40": dict(seeds=(0,), sweep=())}
+        "ladder40": dict(seeds=(0,), sweep=()),
+        "vit_cpu": dict(seeds=(0, 1, 2), sweep=()),
+        "vit_gpu": dict(seeds=(0,), sweep=())}
 METHODS = ("lrpet", "dense", "decompose_retrain", "compact_scratch",
            "lrpet_no_et", "lrpet_no_bn", "lrpet_budget", "lrpet_energy0.8")
 
