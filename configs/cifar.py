@@ -69,6 +69,17 @@ def get_config():
   # set's constants.
   c.mean, c.std = datasets.NORMALIZATION["cifar10"]
   c.image_size = 32            # streamed data sets (ImageNet): the crop size
+  # --- Augmentation beyond pad-4 crop + flip (in-memory data sets; the
+  # authors' ViT recipe, configs/vit.py; lrpet_jax/data/augmentations.py) ---
+  c.auto_augment = ""          # "" or "cifar10": AutoAugment's CIFAR-10 policy
+  c.random_erasing = 0.0       # probability per image (their 0.25)
+  c.mix_prob = 0.0             # per batch: CutMix or Mixup, even odds (their 0.5)
+  c.mixup_alpha = 1.0          # Mixup's λ ~ Beta(α, α)
+  c.cutmix_beta = 1.0          # CutMix's λ ~ Beta(β, β)
+  # An epoch is this many passes over the training set, each in a new order
+  # (their RASampler's "repeated augmentation" 3): epochs, warm-up and the
+  # once-per-epoch projection all count these longer epochs.
+  c.repeated_augmentation = 1
   # --- Optimization (torch.optim.SGD semantics) ---
   c.num_epochs = 400
   c.num_steps = 0              # > 0 overrides num_epochs

@@ -13,8 +13,9 @@ Scales (ResNet-20 on the shared CIFAR-10 copy, ratio 0.54, unless named vit_*):
   ladder40  all images, 40 epochs  } LRPET–dense gap narrow with training?
   vit_cpu   configs/vit.py (the authors' ViT, AdamW, warm-up + cosine, label
             smoothing, LRPET on the MLP layers at 27.4 % fewer MACs) on
-            5,000 training / 2,000 test images for 8 epochs (1 of warm-up);
-            crop + flip only, as configs/vit.py stood when it was run
+            5,000 training / 2,000 test images for 8 one-pass epochs (1 of
+            warm-up); crop + flip only: without their AutoAugment, random
+            erasing, CutMix/Mixup and repeated augmentation
   vit_gpu   configs/vit.py itself: all images, their 100 epochs (one GPU)
 
 Arms (same model, data, schedule and ranks; each differs from ``lrpet`` in
@@ -61,7 +62,8 @@ SCALES = {
                      bn_recompute_batches=100, log_every_steps=390),
     "vit_cpu": dict(base="vit", dataset=_DATA, train_subset=5000,
                     test_subset=2000, num_epochs=8, warmup_epochs=1,
-                    log_every_steps=13),
+                    log_every_steps=13, auto_augment="", random_erasing=0.0,
+                    mix_prob=0.0, repeated_augmentation=1),
     "vit_gpu": dict(base="vit", dataset=_DATA, log_every_steps=390),
 }
 # The config each scale starts from (default configs/cifar.py).

@@ -489,11 +489,24 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
-  """Indices of the examples of global ``step`` (incomplete last batch dropped)."""
-  steps_per_epoch = n // batch_size
+def epoch_order(seed: int, epoch: int, n: int, passes: int = 1) -> np.ndarray:
+  """The example order of ``epoch`` when an epoch is ``passes`` passes over
+  the ``n`` examples, each in a new order: their ``RASampler(len_factor=passes)``
+  ("repeated augmentation"). One pass is ``epoch_permutation``."""
+  orders = [epoch_permutation(seed, epoch, n)]
+  orders += [np.random.default_rng([seed, epoch, j]).permutation(n)
+             for j in range(1, passes)]
+  return np.concatenate(orders)
+
+
+def batch_indices(seed: int, step: int, n: int, batch_size: int,
+                  passes: int = 1) -> np.ndarray:
+  """Indices of the examples of global ``step``: ``n · passes // batch_size``
+  steps per epoch (``epoch_order``; the incomplete last batch dropped)."""
+  steps_per_epoch = n * passes // batch_size
   epoch, i = divmod(step, steps_per_epoch)
-  return epoch_permutation(seed, epoch, n)[i * batch_size:(i + 1) * batch_size]
+  return epoch_order(seed, epoch, n, passes)[i * batch_size:
+                                             (i + 1) * batch_size]
 
 
 def normalize(images: jax.Array, normalization: Normalization) -> jax.Array:

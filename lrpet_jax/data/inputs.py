@@ -27,6 +27,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from lrpet_jax.data import augmentations
 from lrpet_jax.data import datasets as data_lib
 from lrpet_jax.data import hosts
 
@@ -48,10 +49,25 @@ class InputConfig:
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
   image_size: int  # streamed data sets: the crop size
+  # In-memory data sets: an epoch is this many passes over the training set.
+  repeated_augmentation: int = 1
+  # In-memory data sets: augmentations.Augmentation's fields.
+  auto_augment: str = ""
+  random_erasing: float = 0.0
+  mix_prob: float = 0.0
+  mixup_alpha: float = 1.0
+  cutmix_beta: float = 1.0
 
   @property
   def normalization(self) -> data_lib.Normalization:
     return data_lib.Normalization(tuple(self.mean), tuple(self.std))
+
+  @property
+  def augmentation(self) -> augmentations.Augmentation:
+    return augmentations.Augmentation(
+        auto_augment=self.auto_augment, random_erasing=self.random_erasing,
+        mix_prob=self.mix_prob, mixup_alpha=self.mixup_alpha,
+        cutmix_beta=self.cutmix_beta)
 
 
 class TrainInput(Protocol):
@@ -62,6 +78,8 @@ class TrainInput(Protocol):
   input_shape: tuple[int, ...]  # (H, W, C) of one example
   steps_per_epoch: int
   device_augment: bool  # the step augments (True) or the host did
+  # What the step adds to crop + flip (device_augment only).
+  augmentation: augmentations.Augmentation
 
   def chunk_data(self, start: int, length: int) -> Batch:
     """The global batches of steps ``start .. start + length − 1``, stacked:
@@ -106,12 +124,17 @@ class InMemoryInput:
 
   def __init__(self, data: data_lib.InMemoryData, *, batch_size: int,
                eval_batch_size: int, seed: int,
-               normalization: data_lib.Normalization, batch_sharding):
+               normalization: data_lib.Normalization, batch_sharding,
+               passes: int = 1,
+               augmentation: augmentations.Augmentation = (
+                   augmentations.Augmentation())):
     self.data = data
     self.num_classes = data.num_classes
     self.num_train = len(data.train_labels)
     self.input_shape = tuple(data.train_images.shape[1:])
-    self.steps_per_epoch = self.num_train // batch_size
+    self.augmentation = augmentation
+    self._passes = passes
+    self.steps_per_epoch = self.num_train * passes // batch_size
     self._batch, self._eval_batch = batch_size, eval_batch_size
     self._seed, self._normalization = seed, normalization
     self._sharding = batch_sharding
@@ -125,8 +148,8 @@ class InMemoryInput:
   def _batch_index(self, step: int) -> np.ndarray:
     epoch, i = divmod(step, self.steps_per_epoch)
     if self._order[0] != epoch:
-      self._order = (epoch, data_lib.epoch_permutation(self._seed, epoch,
-                                                       self.num_train))
+      self._order = (epoch, data_lib.epoch_order(self._seed, epoch,
+                                                 self.num_train, self._passes))
     return self._order[1][i * self._batch:(i + 1) * self._batch]
 
   def chunk_data(self, start: int, length: int) -> Any:
@@ -175,6 +198,7 @@ class StreamInput:
   """ImageNet through tf.data, augmented on the host."""
 
   device_augment = False
+  augmentation = augmentations.Augmentation()
 
   def __init__(self, config: InputConfig, batch_sharding):
     from lrpet_jax.data import imagenet  # pylint: disable=g-import-not-at-top
@@ -254,4 +278,6 @@ def load(config: InputConfig, batch_sharding) -> TrainInput:
   return InMemoryInput(
       data, batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size, seed=config.seed,
-      normalization=config.normalization, batch_sharding=batch_sharding)
+      normalization=config.normalization, batch_sharding=batch_sharding,
+      passes=config.repeated_augmentation,
+      augmentation=config.augmentation)

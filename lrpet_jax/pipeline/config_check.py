@@ -15,6 +15,7 @@ import pathlib
 import jax
 
 from lrpet_jax import models
+from lrpet_jax.data import augmentations
 from lrpet_jax.data import datasets as data_lib
 from lrpet_jax.pipeline import methods
 from lrpet_jax.pipeline.errors import ConfigError
@@ -22,6 +23,9 @@ from lrpet_jax.ranking import selection
 
 # float64 is a reference precision for checks (needs JAX_ENABLE_X64=1).
 COMPUTE_DTYPES = ("float32", "bfloat16", "float64")
+# The augmentation fields' "off" values (streamed data sets augment on the host).
+_AUGMENTATION_OFF = (("auto_augment", ""), ("random_erasing", 0),
+                     ("mix_prob", 0), ("repeated_augmentation", 1))
 
 
 def _is_int(v):
@@ -100,6 +104,15 @@ FIELDS = {
     "warmup_epochs": (_int_at_least(0), "an int >= 0"),
     "label_smoothing": (lambda v: _is_real(v) and 0 <= v < 1,
                         "a number in [0, 1)"),
+    "auto_augment": (lambda v: v in ("", *augmentations.POLICIES),
+                     "'' or one of "
+                     + ", ".join(repr(k) for k in augmentations.POLICIES)),
+    "random_erasing": (lambda v: _is_real(v) and 0 <= v <= 1,
+                       "a number in [0, 1]"),
+    "mix_prob": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "mixup_alpha": (lambda v: _is_real(v) and v > 0, "a number > 0"),
+    "cutmix_beta": (lambda v: _is_real(v) and v > 0, "a number > 0"),
+    "repeated_augmentation": (_int_at_least(1), "an int >= 1"),
     "compute_dtype": (lambda v: v in COMPUTE_DTYPES,
                       f"one of {', '.join(COMPUTE_DTYPES)}"),
     **{name: (lambda v: isinstance(v, bool), "True or False") for name in (
@@ -136,9 +149,11 @@ def check(config) -> None:
     part(selection.RankRule, config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if config.val_examples and config.dataset in data_lib.STREAMED:
-    raise ConfigError(f"val_examples: only for in-memory data sets, not"
-                      f" {config.dataset!r}")
+  if config.dataset in data_lib.STREAMED:
+    for field, off in (("val_examples", 0), *_AUGMENTATION_OFF):
+      if config[field] != off:
+        raise ConfigError(f"{field}: only for in-memory data sets, not"
+                          f" {config.dataset!r}")
   if config.compute_dtype == "float64" and not jax.config.jax_enable_x64:
     raise ConfigError("compute_dtype: float64 needs 64-bit JAX (set"
                       " JAX_ENABLE_X64=1 in the environment)")

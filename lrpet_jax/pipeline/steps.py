@@ -23,6 +23,7 @@ from jax import lax
 import jax.numpy as jnp
 import optax
 
+from lrpet_jax.data import augmentations as augment_lib
 from lrpet_jax.data import datasets as data_lib
 
 
@@ -64,8 +65,29 @@ def _loss(logits, labels, label_smoothing: float):
   return optax.softmax_cross_entropy(logits, targets).mean()
 
 
+def _augmented(images, key, normalization, augmentation):
+  """(normalized images, λ, permutation or None) of a uint8 batch: crop +
+  flip, then ``augmentation``'s steps in their recipe's order, each from its
+  own fold of the step's key (crop + flip keep the key itself)."""
+  images = data_lib.augment(images, key)
+  if augmentation.auto_augment:
+    images = augment_lib.auto_augment(
+        images, jax.random.fold_in(key, 2),
+        augment_lib.POLICIES[augmentation.auto_augment])
+  x = data_lib.normalize(images, normalization)
+  if augmentation.random_erasing:
+    x = augment_lib.random_erasing(x, jax.random.fold_in(key, 3),
+                                   augmentation.random_erasing,
+                                   normalization.mean)
+  if not augmentation.mixes:
+    return x, None, None
+  return augment_lib.mix(x, jax.random.fold_in(key, 4), augmentation.mix_prob,
+                         augmentation.mixup_alpha, augmentation.cutmix_beta)
+
+
 def make_step_body(method, seed: int, normalization, device_augment=True,
-                   project=None, grad_norms=False):
+                   project=None, grad_norms=False,
+                   augmentation=augment_lib.Augmentation()):
   """(state, window, images uint8 (B, H, W, 3), labels (B,)) -> (state, window, aux).
 
   ``method`` (``methods.Method``) gives the model and the optimizer update;
@@ -76,14 +98,20 @@ def make_step_body(method, seed: int, normalization, device_augment=True,
   end of each epoch), as the projection received them; ``aux`` is empty
   otherwise. With ``grad_norms``, ``aux["grad_norms"]`` is the tree of each
   gradient leaf's Frobenius norm (for experiments on gradient flow).
+  ``augmentation`` (``augmentations.Augmentation``) adds to crop + flip when
+  ``device_augment``; with CutMix/Mixup the loss is λ·CE(labels) +
+  (1 − λ)·CE(labels[perm]), the accuracy against the labels.
   """
   model = method.model
 
   def body(state, window, images, labels):
     key = jax.random.fold_in(jax.random.key(seed), state.step)
+    lam = perm = None
     if device_augment:
-      images = data_lib.augment(images, key)
-    x, y = data_lib.normalize(images, normalization), labels
+      x, lam, perm = _augmented(images, key, normalization, augmentation)
+    else:
+      x = data_lib.normalize(images, normalization)
+    y, smoothing = labels, method.setting.label_smoothing
 
     def loss_fn(params):
       # A model with nn.Dropout draws from (seed, step): the same masks at
@@ -92,7 +120,10 @@ def make_step_body(method, seed: int, normalization, device_augment=True,
           {"params": params, "batch_stats": state.batch_stats}, x, train=True,
           mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(key, 1)})
       logits = logits.astype(jnp.float32)
-      loss = _loss(logits, y, method.setting.label_smoothing)
+      loss = _loss(logits, y, smoothing)
+      if lam is not None:
+        lam_ = lam.astype(loss.dtype)
+        loss = lam_ * loss + (1 - lam_) * _loss(logits, y[perm], smoothing)
       return loss, (logits, mutated.get("batch_stats", {}))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(
@@ -130,7 +161,8 @@ class Stepper:
 
   def _compile(self, project, length):
     body = make_step_body(self._method, self.seed, self.normalization,
-                          self._source.device_augment, project)
+                          self._source.device_augment, project,
+                          augmentation=self._source.augmentation)
 
     if project or length == 1:
       def call(state, window, data):

@@ -26,6 +26,8 @@ BAD = {
     "log_spectra": "no", "nesterov": None, "project_dense": "False",
     "project_layers": 3, "optimizer": "adam", "lr_schedule": "linear",
     "warmup_epochs": -1, "label_smoothing": 1.0,
+    "auto_augment": "imagenet", "random_erasing": 1.5, "mix_prob": -0.5,
+    "mixup_alpha": 0.0, "cutmix_beta": -1.0, "repeated_augmentation": 0,
     "distributed": 0, "extend": "yes", "num_processes": -1, "process_id": -2,
     "coordinator_address": "localhost", "rank_energy": 0.0,
     "rank_decision_epoch": 0, "rank_policy": "spectral", "compute_dtype": "float16", "image_size": 0,
@@ -78,6 +80,12 @@ def test_good_configs_pass():
      "lr_boundaries_epochs: only for lr_schedule 'step'; with 'cosine' set"
      " --config.lr_boundaries_epochs='()'"),
     (dict(warmup_epochs=5), "warmup_epochs: only for lr_schedule 'cosine'"),
+    # ImageNet is augmented on the host: the device's steps would not run.
+    (dict(dataset="imagenet2012", auto_augment="cifar10"),
+     "auto_augment: only for in-memory data sets, not 'imagenet2012'"),
+    (dict(dataset="imagenet2012", repeated_augmentation=3),
+     "repeated_augmentation: only for in-memory data sets, not"
+     " 'imagenet2012'"),
     (dict(project_layers="mlp,ffn"),
      "project_layers: unknown role 'ffn'; give roles from conv, attention,"
      " classifier, embedding, mlp (comma-separated) or re:REGEX on kernel"

@@ -66,8 +66,10 @@ def test_adamw_decays_every_weight_decoupled_from_the_gradient():
 @pytest.mark.slow  # two float64 ViT trainings
 def test_vit_recipe_steps_per_call_independent_in_float64():
   """The ViT recipe (AdamW, warm-up + cosine, label smoothing, stochastic
-  depth keyed by (seed, step), projection of the MLP layers, no BatchNorm):
-  calls of 4 steps give single steps' state, in float64."""
+  depth keyed by (seed, step), AutoAugment, random erasing, CutMix/Mixup,
+  repeated augmentation, projection of the MLP layers, no BatchNorm): calls
+  of 4 steps give single steps' state, in float64."""
+  from lrpet_jax.data import augmentations  # pylint: disable=g-import-not-at-top
   from lrpet_jax.analysis import tracing  # pylint: disable=g-import-not-at-top
   from lrpet_jax.core import ranks as ranks_lib  # pylint: disable=g-import-not-at-top
   from lrpet_jax.models import vit  # pylint: disable=g-import-not-at-top
@@ -92,7 +94,10 @@ def test_vit_recipe_steps_per_call_independent_in_float64():
         momentum=0.9, weight_decay=5e-2, nesterov=False, project_every=6,
         energy_transfer=True, residual_scale=0.0, bn_rectification=True,
         optimizer="adamw", label_smoothing=0.1))
-    return run_calls(method, variables, data, normalization, lengths)
+    return run_calls(method, variables, data, normalization, lengths,
+                     passes=3, augmentation=augmentations.Augmentation(
+                         auto_augment="cifar10", random_erasing=0.25,
+                         mix_prob=0.5))
 
   with jax.enable_x64(True):
     single = train([1] * 5 + ["project"] + [1] * 5 + ["project"])

@@ -38,17 +38,18 @@ def tiny_data():
           np.zeros((1, 16, 16, 3), np.uint8), np.zeros((1,), np.int32), 10))
 
 
-def run_calls(method, variables, data, normalization, lengths):
+def run_calls(method, variables, data, normalization, lengths, **source):
   """(state, window) after the calls ``lengths`` (an int: that many plain
   steps in one call; "project": one projecting step) from ``variables``, on
-  batches of 8 of ``data``, on one device."""
+  batches of 8 of ``data``, on one device; ``source``: more arguments of
+  ``inputs.InMemoryInput`` (passes, augmentation)."""
   mesh = jax.make_mesh((1,), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   replicated = NamedSharding(mesh, P())
   source = inputs.InMemoryInput(
       data, batch_size=8, eval_batch_size=8, seed=0,
       normalization=normalization,
-      batch_sharding=NamedSharding(mesh, P("data")))
+      batch_sharding=NamedSharding(mesh, P("data")), **source)
   stepper = steps.Stepper(method, source, 0, normalization)
   state = jax.device_put(steps.TrainState(
       step=jnp.zeros((), jnp.int32), params=variables["params"],

@@ -1,5 +1,6 @@
 """The pipeline with the ViT recipe (AdamW, warm-up + cosine, label
-smoothing, stochastic depth, LRPET on the MLP layers, no BatchNorm): trains,
+smoothing, stochastic depth, AutoAugment, random erasing, CutMix/Mixup,
+repeated augmentation, LRPET on the MLP layers, no BatchNorm): trains,
 resumes bit for bit after SIGKILL, and ships a compact model that passes the
 export check."""
 
@@ -15,7 +16,9 @@ VIT = ("--config.model=vit_tiny", "--config.optimizer=adamw",
        "--config.lr_schedule=cosine", "--config.lr_boundaries_epochs=()",
        "--config.warmup_epochs=1", "--config.label_smoothing=0.1",
        "--config.project_layers=mlp", "--config.ratio=0.5",
-       "--config.checkpoint_every_steps=4")
+       "--config.checkpoint_every_steps=4", "--config.auto_augment=cifar10",
+       "--config.random_erasing=0.25", "--config.mix_prob=0.5",
+       "--config.repeated_augmentation=2")
 
 
 def test_vit_recipe_trains_resumes_exactly_and_exports(image_folder,
@@ -27,6 +30,7 @@ def test_vit_recipe_trains_resumes_exactly_and_exports(image_folder,
       result.stderr)
   summary = json.loads((straight / "summary.json").read_text())
   assert summary["steps"] == 12 and summary["project_layers"] == "mlp"
+  assert summary["steps_per_epoch"] == 15  # 120 images × 2 passes // 16
   assert summary["compact_accuracy"] == summary["dense_accuracy"]
   check = summary["export_check"]
   assert max(check["compact"], check["folded"], check["serving"]) < (
