@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import cifar  # pylint: disable=g-import-not-at-top
 
+from lrpet_jax.data import augmentations
 from lrpet_jax.data import datasets as data_lib  # pylint: disable=g-import-not-at-top
 from lrpet_jax.data import inputs
 from lrpet_jax.pipeline import experiment
@@ -99,9 +100,10 @@ def epoch_time(pipeline, steps_per_epoch, k, projecting):
   return time.perf_counter() - t
 
 
-def synthetic_source(batch, steps, seed=0):
+def synthetic_source(batch, steps, seed=0, **augmentation):
   """(``InMemoryInput`` of ``steps`` random CIFAR-sized batches, held on the
-  device as the real input is; the replicated sharding of the states)."""
+  device as the real input is; the replicated sharding of the states);
+  ``augmentation``: ``augmentations.Augmentation`` fields beyond crop + flip."""
   rng = np.random.default_rng(0)
   n = batch * steps
   data = data_lib.InMemoryData(
@@ -113,7 +115,8 @@ def synthetic_source(batch, steps, seed=0):
   source = inputs.InMemoryInput(
       data, batch_size=batch, eval_batch_size=1, seed=seed,
       normalization=data_lib.NORMALIZATION["cifar10"],
-      batch_sharding=NamedSharding(mesh, P("data")))
+      batch_sharding=NamedSharding(mesh, P("data")),
+      augmentation=augmentations.Augmentation(**augmentation))
   return source, NamedSharding(mesh, P())
 
 

@@ -9,11 +9,21 @@
 # run saves the step it stopped at and the next call resumes it):
 #   1. ladder15  the six arms of configs/claims.py at 15 epochs, six at once
 #   2. ladder40  dense and LRPET at 40 epochs, two at once (the LRPET–dense gap)
-#   3. benchmarks/compact_inference.py on ResNet-56 with the time left
+#   3. vit_gpu   the authors' ViT, dense and LRPET (MLP layers, 27.4 % fewer
+#                MACs), their whole recipe (configs/vit.py), two at once
+#   4. benchmarks/compact_inference.py on ResNet-56 with the time left
 # Sizing (not yet measured after the speed work): four ResNet-20 runs at once
 # made ~160 steps/s together on one H200 at commit af4846b, so ladder15 is
 # ~35,000 steps (~4 min) and ladder40's two runs ~31,000 (~3.5 min), plus ~30 s
 # start-up each.
+# vit_gpu is far longer than a call: 100 epochs of 3 passes are 117,100 steps
+# of batch 128 per run. On the 2-core CPU a step takes ~2.3 s (crop + flip;
+# benchmarks/vit.py), i.e. ~75 h per run; the GPU's rate for it is not
+# measured yet. Scaling the ResNet-20 rate above by MACs per image (40.6M →
+# 187.7M, ×4.6) gives ~35 steps/s together, ~17 per run two at once: ~1.9 h,
+# about 13 calls of 9 minutes, each resuming from the last checkpoint (one
+# per epoch, 1,171 steps). A rough guess (small models on a GPU are bound by
+# launches, not MACs): the first call's logs measure the real rate.
 #
 # The device returns at most 8 files, 2 folders deep, so everything is packed:
 #   $OUT/results.tgz   runs/results/<scale>/*.json   (tar xzf into experiments/)
@@ -30,7 +40,7 @@ export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 : "${OUT:?OUT must name the folder whose files come back}"
 budget=${DEVICE_SECONDS:-560}
-ladder=${LADDER:-"ladder15:all:6 ladder40:lrpet,dense:2"}
+ladder=${LADDER:-"ladder15:all:6 ladder40:lrpet,dense:2 vit_gpu:lrpet,dense:2"}
 bench_args=${BENCH_ARGS:-"--model=resnet56 --batches=1,256,1024 --repeats=10"}
 start=$SECONDS
 log="$OUT/session.txt"

@@ -229,7 +229,6 @@ def test_repeated_augmentation_epochs_are_passes_in_new_orders():
 def test_mixed_step_loss_is_their_mixup_criterion():
   """The training step's loss with mix_prob=1 equals λ·CE(y) + (1−λ)·CE(y[perm])
   computed in NumPy from the model's logits on the mixed batch."""
-  import optax  # pylint: disable=g-import-not-at-top
   from flax import linen as nn  # pylint: disable=g-import-not-at-top
   from lrpet_jax.pipeline import methods, steps  # pylint: disable=g-import-not-at-top
 

@@ -60,6 +60,15 @@ def test_good_configs_pass():
   config_check.check(cifar.get_config())
   import vit  # pylint: disable=g-import-not-at-top
   config_check.check(vit.get_config())
+  import claims  # pylint: disable=g-import-not-at-top
+  for scale in ("vit_cpu", "vit_gpu"):  # the ViT experiment and GPU arm
+    for arm in ("dense", "lrpet"):
+      config = claims.get_config(f"{scale},{arm}")
+      if not pathlib.Path(config.dataset.split(":", 1)[1]).is_dir():
+        config.dataset = "cifar10"  # no shared copy: the fields still checked
+      config_check.check(config)
+  assert claims.get_config("vit_gpu,lrpet").repeated_augmentation == 3
+  assert claims.get_config("vit_cpu,lrpet").auto_augment == ""
   config = cifar.get_config()
   config.num_epochs, config.num_steps = 0, 10  # num_steps overrides epochs
   config_check.check(config)
