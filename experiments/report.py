@@ -16,6 +16,7 @@ import statistics
 
 from experiments import mechanisms
 from experiments import policies
+from experiments import vit_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -579,6 +580,15 @@ def render(results_dir, out_dir):
     lines.append("No results yet: run `python -m experiments.run --scale=cpu`.")
   for name, scale, project_dense, records in sections(data):
     groups = by_method(records)
+    if vit_results.is_vit(records):
+      plots = [f"![{p.stem}](plots/{p.name})"
+               for p in plot_all(groups, out_dir / "plots", name)]
+      command = display_command(next(
+          (r for r in records if method_of(r) == "lrpet"), records[0]
+      )["commands"][0])
+      lines += vit_results.lines(scale, records, main_table(groups), plots,
+                                 command)
+      continue
     heading = f"## Scale `{scale}`" + (
         ", classifier projected (before the faithful default)"
         if project_dense else "")

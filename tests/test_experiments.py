@@ -378,3 +378,49 @@ def test_latency_rank_sets_take_uniform_ranks_from_a_decision(tmp_path):
   write("lrpet_seed0", ranks={"a/kernel": 6, "b/kernel": 6})  # its own ranks
   assert policy_latency.rank_sets(tmp_path, "cpu12")["uniform"] == {
       "a/kernel": 6, "b/kernel": 6}
+
+
+def test_vit_verdict_by_hand():
+  from experiments import vit_results  # pylint: disable=g-import-not-at-top
+  # mean −0.5, sd 0.5, t(2) 4.303: half 4.303·0.5/√3 = 1.242 → [−1.74, +0.74].
+  assert vit_results.verdict({0: -1.0, 1: -0.5, 2: 0.0}) == (
+      "consistent with theirs (mean -0.50 pt, 95 % interval [-1.74, +0.74]"
+      " over 3 seeds; theirs -0.58 pt)")
+  # mean −3, sd 0.2: half 0.497 → [−3.50, −2.50], all below −0.58.
+  assert vit_results.verdict({0: -3.0, 1: -3.2, 2: -2.8}).startswith(
+      "LRPET loses more than in their table")
+  assert vit_results.verdict({0: 1.0, 1: 1.2, 2: 0.8}).startswith(
+      "LRPET loses less than in their table")
+  assert vit_results.verdict({0: -1.0}).startswith("not decided")
+
+
+def test_report_gives_a_vit_scale_its_own_section(tmp_path):
+  results = tmp_path / "results" / "vit_cpu"
+  results.mkdir(parents=True)
+  config = run.CONFIGS.get_config("vit_cpu,lrpet").to_dict()
+  for method, accuracies in (("dense", (0.44, 0.45)), ("lrpet", (0.43, 0.46))):
+    for seed, accuracy in enumerate(accuracies):
+      final = {"final_accuracy": accuracy, "dense_accuracy": accuracy,
+               "compact_accuracy": accuracy, "dense_macs": 187.7e6,
+               "final_macs": 140.5e6, "dense_params": 2.69e6,
+               "final_params": 1.97e6, "device": "1x cpu",
+               "wall_time_s": 10.0}
+      name = f"{method}_seed{seed}"
+      (results / f"{name}.json").write_text(json.dumps({
+          "run": name, "seed": seed, "project_dense": False,
+          "commands": [["-m", "lrpet_jax.main",
+                        f"--config=configs/claims.py:vit_cpu,{method}",
+                        "--workdir=/x"]],
+          "configs": [config], "phases": [final], "final": final,
+          "wall_time_s": 10.0, "steps_per_epoch": 39, "commits": ["abc"],
+          "spectra": None, "energy_kept": [],
+          "test_curve": [{"step": 39, "test_top1": accuracy}]}))
+  text = report.render(tmp_path / "results", tmp_path).read_text()
+  section = text.split("## Scale `vit_cpu`: the authors' ViT, dense against"
+                       " LRPET")[1]
+  # Paired: 43 − 44 = −1, 46 − 45 = +1: mean 0, sd 1.414, t(1) 12.706 → ±12.71.
+  assert "-1.00 pt (seed 0), +1.00 pt (seed 1)" in section
+  assert ("consistent with theirs (mean +0.00 pt, 95 % interval [-12.71,"
+          " +12.71] over 2 seeds; theirs -0.58 pt)") in section
+  assert "crop + flip only" in section and "93.27" not in section
+  assert "no BatchNorm to rectify" in section
