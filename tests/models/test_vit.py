@@ -148,3 +148,47 @@ def test_vit_config_ranks_give_the_readme_sizes():
   compact = accounting.compact_cost(list(table.layers), 2_692_426,
                                     ranks.tree(variables["params"]))
   assert compact == {"macs": 125_940_864, "params": 1_966_666}
+
+
+def test_energy_and_budget_policies_rank_only_the_selected_mlp_layers(
+    small_vit):
+  """The in-training policies on the ViT's MLP layers (no BatchNorm: no
+  factors): energy ranks against a float64 NumPy SVD of each kernel; the
+  budget policy meets its MACs cut of the layers' MACs (as macs_reduction
+  counts them: attention's two activation products are not layers), from
+  the jaxpr counts of the dense and compact models."""
+  from lrpet_jax.ranking import selection  # pylint: disable=g-import-not-at-top
+  model, variables, _ = small_vit
+  mlp = sorted(f"block{b}/feed_forward/{fc}/kernel" for b in (0, 1)
+               for fc in ("fc1", "fc2"))
+  params = variables["params"]
+  for fields in (dict(rank_policy="energy", rank_energy=0.8),
+                 dict(rank_policy="budget", budget_macs_reduction=0.05)):
+    rule = selection.RankRule(ratio=0.5, project_layers="mlp", **fields)
+    full = selection.select(rule, model, variables, (32, 32, 3))
+    assert sorted(Ranks.of_tree(full)) == mlp  # full rank until the decision
+    plan = selection.deferred(rule, model, variables, (32, 32, 3), step=4)
+    tree, record = selection.decide(plan, params, full)
+    ranks = Ranks.of_tree(tree)
+    assert sorted(ranks) == mlp
+    if rule.rank_policy == "energy":
+      for name, rank in ranks.items():
+        block, _, fc, _ = name.split("/")
+        s = np.linalg.svd(np.asarray(params[block]["feed_forward"][fc]
+                                     ["kernel"], np.float64),
+                          compute_uv=False)
+        kept = np.cumsum(s ** 2) / (s ** 2).sum()
+        assert rank == int(np.argmax(kept >= 0.8)) + 1, name
+    else:
+      compact = lrpet_jax.cost(lrpet_jax.Factorized(model, tree),
+                               lrpet_jax.factorize(
+                                   {"params": lrpet_jax.project_params(
+                                       params, tree)}, tree), (32, 32, 3))
+      dense = lrpet_jax.cost(model, variables, (32, 32, 3))
+      table = tracing.table(tracing.eval_apply(model), variables, (32, 32, 3))
+      products = dense["macs"] - table.dense_macs  # q·kᵀ and attn·v
+      # 2 blocks × 4 heads × 65² × 8, twice: by hand.
+      assert products == 2 * 2 * 4 * 65 * 65 * 8
+      layer_cut = 1 - (compact["macs"] - products) / table.dense_macs
+      assert layer_cut >= 0.05
+      assert record["macs_reduction"] == pytest.approx(layer_cut)
