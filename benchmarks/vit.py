@@ -3,8 +3,9 @@ r"""The authors' ViT with LRPET on its MLP layers (configs/vit.py), timed in one
 - Training, the pipeline's own compiled steps (``steps.Stepper``) on
   synthetic CIFAR-sized data: the dense step (AdamW alone), LRPET's plain
   step and its projecting step, with crop + flip; then the dense step with
-  their whole augmentation (AutoAugment, random erasing, CutMix/Mixup) to
-  show what it adds; ms/step and the ratios to dense.
+  their whole augmentation (AutoAugment, random erasing, CutMix/Mixup), and
+  the augmentation alone, jitted, against crop + flip alone (interleaved);
+  ms/step and the ratios to dense.
 - Inference, jitted, float32: the projected dense model against the compact
   one (each MLP layer as two Dense layers of rank r) at batch 1, 32 and 256;
   latency (interleaved medians), the speed-up and the logits' agreement.
@@ -33,6 +34,7 @@ from benchmarks import train_throughput
 from lrpet_jax import models
 from lrpet_jax.analysis import tracing
 from lrpet_jax.data import augmentations
+from lrpet_jax.data import datasets as data_lib
 from lrpet_jax.deploy import tuning
 from lrpet_jax.pipeline import config_check
 from lrpet_jax.ranking import selection
@@ -53,8 +55,8 @@ def training(config, args):
           pipeline, 1, args.repeats, project=True)
   source, replicated = train_throughput.synthetic_source(
       args.batch, args.steps_per_call + 1,
-      **{f.name: config[f.name]
-         for f in dataclasses.fields(augmentations.Augmentation)})
+      **dataclasses.asdict(config_check.part(augmentations.Augmentation,
+                                             config)))
   pipeline = train_throughput.Pipeline(config, source, "dense", "float32",
                                        replicated)
   rows["dense, + their augmentations"] = train_throughput.per_step(
@@ -63,6 +65,22 @@ def training(config, args):
   for label, seconds in rows.items():
     print(f"  {label:34} {1e3 * seconds:9.1f} ms/step  {seconds / dense:5.2f}x"
           " dense", flush=True)
+  # The augmentations alone, jitted, interleaved: crop + flip vs theirs.
+  images = jnp.asarray(np.random.default_rng(0).integers(
+      0, 256, (args.batch, 32, 32, 3), np.uint8))
+  normalization = data_lib.NORMALIZATION["cifar10"]
+  calls = {}
+  for label, augmentation in (
+      ("crop + flip", augmentations.Augmentation()),
+      ("their augmentations", config_check.part(augmentations.Augmentation,
+                                                config))):
+    fn = jax.jit(lambda x, k, a=augmentation: augmentations.train_batch(
+        x, k, normalization, a)[0])
+    calls[label] = (fn, (images, jax.random.key(0)))
+  times = tuning.interleaved_seconds(calls, max(args.repeats, 5))
+  for label, seconds in times.items():
+    print(f"  augmentation alone, {label:19} {1e3 * seconds:7.1f} ms/batch"
+          f"  {seconds / dense:6.2%} of a dense step", flush=True)
 
 
 def inference(config, args):

@@ -28,6 +28,8 @@ import jax
 from jax import numpy as jnp
 import numpy as np
 
+from lrpet_jax.data import datasets
+
 _FILL = 128.0  # the port's fillcolor
 
 OPERATIONS = ("shearX", "shearY", "translateX", "translateY", "rotate",
@@ -336,3 +338,23 @@ def mix(images, key, prob: float, alpha: float, beta: float):
   blended = lam * images + (1 - lam) * other
   out = jnp.where(mixed, jnp.where(cutmix, cut, blended), images)
   return out, lam, perm
+
+
+def train_batch(images, key, normalization, augmentation: Augmentation):
+  """(normalized images, λ, permutation) of a uint8 training batch: crop +
+  flip (``datasets.augment``), then ``augmentation``'s steps in their
+  recipe's order, each from its own fold of the step's key (crop + flip keep
+  the key itself, as before these existed); λ and the permutation are None
+  without CutMix/Mixup."""
+  images = datasets.augment(images, key)
+  if augmentation.auto_augment:
+    images = auto_augment(images, jax.random.fold_in(key, 2),
+                          POLICIES[augmentation.auto_augment])
+  x = datasets.normalize(images, normalization)
+  if augmentation.random_erasing:
+    x = random_erasing(x, jax.random.fold_in(key, 3),
+                       augmentation.random_erasing, normalization.mean)
+  if not augmentation.mixes:
+    return x, None, None
+  return mix(x, jax.random.fold_in(key, 4), augmentation.mix_prob,
+             augmentation.mixup_alpha, augmentation.cutmix_beta)

@@ -65,26 +65,6 @@ def _loss(logits, labels, label_smoothing: float):
   return optax.softmax_cross_entropy(logits, targets).mean()
 
 
-def _augmented(images, key, normalization, augmentation):
-  """(normalized images, λ, permutation or None) of a uint8 batch: crop +
-  flip, then ``augmentation``'s steps in their recipe's order, each from its
-  own fold of the step's key (crop + flip keep the key itself)."""
-  images = data_lib.augment(images, key)
-  if augmentation.auto_augment:
-    images = augment_lib.auto_augment(
-        images, jax.random.fold_in(key, 2),
-        augment_lib.POLICIES[augmentation.auto_augment])
-  x = data_lib.normalize(images, normalization)
-  if augmentation.random_erasing:
-    x = augment_lib.random_erasing(x, jax.random.fold_in(key, 3),
-                                   augmentation.random_erasing,
-                                   normalization.mean)
-  if not augmentation.mixes:
-    return x, None, None
-  return augment_lib.mix(x, jax.random.fold_in(key, 4), augmentation.mix_prob,
-                         augmentation.mixup_alpha, augmentation.cutmix_beta)
-
-
 def make_step_body(method, seed: int, normalization, device_augment=True,
                    project=None, grad_norms=False,
                    augmentation=augment_lib.Augmentation()):
@@ -108,7 +88,8 @@ def make_step_body(method, seed: int, normalization, device_augment=True,
     key = jax.random.fold_in(jax.random.key(seed), state.step)
     lam = perm = None
     if device_augment:
-      x, lam, perm = _augmented(images, key, normalization, augmentation)
+      x, lam, perm = augment_lib.train_batch(images, key, normalization,
+                                             augmentation)
     else:
       x = data_lib.normalize(images, normalization)
     y, smoothing = labels, method.setting.label_smoothing
