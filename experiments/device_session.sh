@@ -17,8 +17,8 @@
 # ~35,000 steps (~4 min) and ladder40's two runs ~31,000 (~3.5 min), plus ~30 s
 # start-up each.
 # vit_gpu is far longer than a call: 100 epochs of 3 passes are 117,100 steps
-# of batch 128 per run. On the 2-core CPU a step takes ~2.3 s (crop + flip;
-# benchmarks/vit.py), i.e. ~75 h per run; the GPU's rate for it is not
+# of batch 128 per run. On the 2-core CPU a step takes ~2.5 s (2.35 s, +5 %
+# for their augmentations; benchmarks/vit.py), ~80 h per run; the GPU's rate is not
 # measured yet. Scaling the ResNet-20 rate above by MACs per image (40.6M →
 # 187.7M, ×4.6) gives ~35 steps/s together, ~17 per run two at once: ~1.9 h,
 # about 13 calls of 9 minutes, each resuming from the last checkpoint (one
