@@ -85,6 +85,7 @@ def test_each_operation_matches_pil(name):
                         name)
 
 
+@pytest.mark.slow  # over 10 s: compiles the 14-way switch for a batch
 def test_policy_on_a_batch_matches_pil_per_image():
   """Each image gets the sub-policy, coin flips and signs its key drew,
   applied in order with PIL."""

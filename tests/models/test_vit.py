@@ -150,6 +150,7 @@ def test_vit_config_ranks_give_the_readme_sizes():
   assert compact == {"macs": 125_940_864, "params": 1_966_666}
 
 
+@pytest.mark.slow  # over 10 s: two policies traced and costed
 def test_energy_and_budget_policies_rank_only_the_selected_mlp_layers(
     small_vit):
   """The in-training policies on the ViT's MLP layers (no BatchNorm: no
