@@ -1,6 +1,8 @@
 """Float64 NumPy references for the LRPET formulas, independent of lrpet_jax,
 and test fixtures shared by several test files."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,3 +58,10 @@ def randomized_bn(variables, seed):
       return jnp.asarray(rng.uniform(-0.2, 0.2, x.shape), x.dtype)
     return x
   return jax.tree_util.tree_map_with_path(fix, variables)
+
+
+def xla_flags(devices: int) -> str:
+  """The session's ``XLA_FLAGS`` (``conftest``) with ``devices`` host
+  devices: for the environment of a subprocess."""
+  return (os.environ.get("XLA_FLAGS", "")
+          + f" --xla_force_host_platform_device_count={devices}").strip()

@@ -27,6 +27,8 @@ import jax
 import numpy as np
 import pytest
 
+from reference import xla_flags
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10"
 pytestmark = [pytest.mark.slow,
@@ -67,7 +69,7 @@ def run_layout(folder, workdir, processes, devices, dtype):
   else:
     cmd = [sys.executable, "-m", "lrpet_jax.main", *flags]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             XLA_FLAGS=xla_flags(devices),
              JAX_ENABLE_X64="1" if dtype == "float64" else "0")
   done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                         env=env, timeout=900, check=False)

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 import pytest
 
+from reference import xla_flags
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # several processes that train
 
@@ -37,7 +39,7 @@ def flags(folder, workdir, *extra):
 def env(devices=None):
   out = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   if devices:
-    out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    out["XLA_FLAGS"] = xla_flags(devices)
   return out
 
 

@@ -14,6 +14,8 @@ import time
 import numpy as np
 import pytest
 
+from reference import xla_flags
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # subprocesses that train
 
@@ -52,7 +54,7 @@ def run(cmd, **extra_env):
                         timeout=600, check=False, cwd=ROOT)
 
 
-EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+EIGHT_DEVICES = {"XLA_FLAGS": xla_flags(8)}
 
 
 def final_state(workdir):
