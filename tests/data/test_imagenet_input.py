@@ -16,7 +16,7 @@ from lrpet_jax.pipeline import train
 def test_imagenet_pipeline_with_mock_data(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   config = imagenet.get_config()
-  config.model, config.image_size = "resnet20", 32  # the pipeline, not the model
+  config.model, config.image_size = "resnet8", 32  # the pipeline, not the model
   config.batch_size, config.eval_batch_size = 8, 8
   # Three steps in one call (stacked host batches), then the projecting step.
   config.num_steps, config.project_every_steps = 4, 4

@@ -20,7 +20,9 @@ import pytest
 from reference import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow  # several processes that train
+# Several processes that train; one worker runs the module, so that the
+# 2x2 run both tests compare with (``two_by_two``) is trained once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_multiprocess")]
 
 TOLERANCE = 1e-4
 
