@@ -141,13 +141,14 @@ def main(argv=None):
                       f" {QUICK_OUT.relative_to(ROOT)} (git-ignored: a quick"
                       " check never replaces results)")
   parser.add_argument("--quick", action="store_true",
-                      help="2 epochs of 4 steps on 512 images, one seed")
+                      help="2 epochs of 4 steps of 64 on 256 images, one"
+                      " seed")
   args = parser.parse_args(argv)
   overrides = dict(SCALE)
   seeds = [int(s) for s in args.seeds.split(",")]
   if args.quick:
-    overrides.update(train_subset=512, num_epochs=2)
-    overrides["batch_size"] = 128
+    overrides.update(train_subset=256, test_subset=100, num_epochs=2,
+                     batch_size=64)
     seeds, args.window = seeds[:1], 2
   record = {"scale": overrides, "window": args.window, "runs": []}
   for seed in seeds:
@@ -155,7 +156,7 @@ def main(argv=None):
     d = data_lib.load(base.dataset, base.get("data_dir"), base.train_subset,
                       base.test_subset, seed)
     probe = np.random.default_rng(seed + 100).choice(
-        len(d.train_labels), 256, replace=False)
+        len(d.train_labels), min(256, len(d.train_labels)), replace=False)
     for et in (True, False):
       started = time.time()
       config = make_config(seed, et, overrides)
