@@ -103,17 +103,28 @@ def exclusive(workdir: pathlib.Path):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# Fields added after config.json was first written whose default is not off,
+# with the value that does what the older versions did (the rank and mixing
+# parameters are read only when rank_policy or mix_prob turns them on).
+BEFORE_THE_FIELD = {"rank_policy": "uniform", "rank_energy": 0.9,
+                    "rank_decision_epoch": 1, "optimizer": "sgd",
+                    "lr_schedule": "step", "repeated_augmentation": 1,
+                    "mixup_alpha": 1.0, "cutmix_beta": 1.0}
+
+
 def changed_fields(config, workdir: pathlib.Path) -> list[str]:
   """The fields whose values differ from the workdir's ``config.json``, as
   ``"name old → new"``. A field the saved config lacks (a run of an older
-  version, before the field existed) is unchanged while it is off (0, False,
-  None or empty): new fields default to what the older version did."""
+  version, before the field existed) stands for what the older version did:
+  its ``BEFORE_THE_FIELD`` value, else off (0, False, None or empty)."""
   saved = json.loads((workdir / "config.json").read_text())
   now = json.loads(config.to_json())
-  return [f"{k} {saved.get(k)!r} → {now.get(k)!r}"
-          for k in sorted(set(saved) | set(now))
-          if k not in NOT_COMPARED and saved.get(k) != now.get(k)
-          and (k in saved or now[k])]
+  before = {k: BEFORE_THE_FIELD[k] for k in BEFORE_THE_FIELD if k in now}
+  before.update(saved)
+  return [f"{k} {before.get(k)!r} → {now.get(k)!r}"
+          for k in sorted(set(before) | set(now))
+          if k not in NOT_COMPARED and before.get(k) != now.get(k)
+          and (k in before or now[k])]
 
 
 def finished_summary(config, workdir: pathlib.Path) -> dict | None:
