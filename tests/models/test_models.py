@@ -139,13 +139,16 @@ def test_compact_model_matches_projected_dense(name):
   size = 32  # the ImageNet ResNets too (1x1 after their last stage)
   dense = models.create(name)
   x = jax.random.normal(jax.random.key(1), (2, size, size, 3))
-  variables = randomized_bn(dense.init(jax.random.key(0), x, train=False), 2)
+  # Compiled whole, not op by op: 2.5x faster for ResNet-34 on this CPU.
+  variables = randomized_bn(jax.jit(
+      lambda: dense.init(jax.random.key(0), x, train=False))(), 2)
   ranks = lrpet_jax.uniform_ranks(variables["params"], 0.54)
   pairs = traced_pairs(dense, variables, size)
   scales = lrpet_jax.bn_out_scales(variables["params"],
                                    variables["batch_stats"], pairs)
-  variables = {**variables, "params": lrpet_jax.project_params(
-      variables["params"], ranks, out_scales=scales)}
+  variables = {**variables, "params": jax.jit(
+      lambda p, s: lrpet_jax.project_params(p, ranks, out_scales=s))(
+          variables["params"], scales)}
   compact = models.create(name, ranks=ranks)
   compact_vars = lrpet_jax.factorize(variables, ranks)
   want = dense.apply(variables, x, train=False)

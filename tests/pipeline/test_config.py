@@ -127,3 +127,32 @@ def test_float64_needs_64_bit_jax():
     config_check.check(config)
   with jax.enable_x64(True):
     config_check.check(config)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model": "no_such_package.models:make"},
+     "model: cannot import 'no_such_package.models'"),
+    ({"model_flag": "training"},
+     "model_flag: 'training' is not an argument of CifarResNet.__call__"),
+    # Even rank 1 everywhere costs more: known before any training.
+    ({"rank_policy": "budget", "budget_macs_reduction": 0.99},
+     "budget_macs_reduction: out of reach: even rank 1 in every projected"
+     " layer"),
+    ({"dataset": "image_folder:/nonexistent/cifar"}, "dataset"),
+    ({"method": "compact", "init_from": "/nonexistent"}, "init_from"),
+    ({"init_from": "/tmp"}, "init_from"),
+    ({"method": "dense", "log_spectra": True}, "log_spectra"),
+    ({"val_examples": 120}, "val_examples"),  # more than the 24 training
+    ({"num_epochs": 0, "num_steps": 0}, "num_epochs"),
+])
+def test_the_pipeline_refuses_in_one_line_before_writing(tiny_config,
+                                                         tmp_path, overrides,
+                                                         message):
+  """What the fields' own checks cannot see (the model, the data, the
+  method's fields): refused by ``train_and_evaluate`` before the workdir is
+  made (the command line exits 2 on it: tests/pipeline/test_train.py)."""
+  from lrpet_jax.pipeline import errors, train  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.ConfigError) as e:
+    train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "w"))
+  assert message in str(e.value) and "\n" not in str(e.value)
+  assert not (tmp_path / "w").exists()
