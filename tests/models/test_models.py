@@ -8,7 +8,6 @@ import pytest
 
 import lrpet_jax
 from lrpet_jax import models
-from lrpet_jax.analysis import factorized
 from lrpet_jax.analysis import folding
 from lrpet_jax.analysis import tracing
 from lrpet_jax.core import ranks as ranks_lib
@@ -119,13 +118,6 @@ def test_traced_pairs_are_the_zoo_pairs(name):
     assert pairing.pairs["stage2_block0/downsample/conv/kernel"] == (
         "stage2_block0/downsample/bn")
     assert pairing.pairs["stage1_block0/conv3/kernel"] == "stage1_block0/bn3"
-
-
-def test_break_even_guard():
-  assert factorized.is_factorized(7, (3, 3, 3, 16))      # 7·(27+16)=301 < 432
-  assert not factorized.is_factorized(11, (3, 3, 3, 16))  # 11·43=473 ≥ 432
-  assert not factorized.is_factorized(None, (3, 3, 3, 16))
-  assert not factorized.is_factorized(5, (10, 10))         # 5·20 = 100 ≥ 100
 
 
 # ResNet-110, VGG-16 and the ImageNet ResNets (5-24 s each on 2 cores) run
