@@ -35,6 +35,9 @@ from lrpet_jax.analysis import tracing
 from lrpet_jax.core import _trees
 
 BIAS = "folded_bias"  # the collection holding each folded layer's bias
+# In ``BIAS``, under a folded BatchNorm's path: the module call to skip
+# (whatever its class: normalizations are found by what they compute).
+SKIP = "folded_away"
 
 
 def module_pairs(kernel_pairs: Mapping[str, str]) -> dict[tuple, tuple]:
@@ -129,6 +132,7 @@ def fold(variables: Any, pairs: Any, *, eps: float = 1e-5) -> dict[str, Any]:
   for bn in set(layers.values()):  # after all: a BatchNorm may fold twice
     _set(params, bn, None)
     _set(stats, bn, None)
+    _set(biases, bn, {SKIP: np.zeros((), np.float32)})
   prune = lambda t: {k: prune(v) for k, v in t.items() if v is not None and (
       not isinstance(v, dict) or prune(v))} if isinstance(t, dict) else t
   out = {"params": prune(params), BIAS: prune(biases)}
@@ -153,7 +157,8 @@ def folded_apply(model, folded: Mapping[str, Any], x: jax.Array,
   def on_call(module, path, call, args, kw):
     if path is None:
       return call(*args, **kw)
-    if (isinstance(module, (nn.BatchNorm, nnx.BatchNorm))
+    if path + (SKIP,) in biases or (
+        isinstance(module, (nn.BatchNorm, nnx.BatchNorm))
         and path + ("mean",) not in stats):
       return args[0]
     out = call(*args, **kw)

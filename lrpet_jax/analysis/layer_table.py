@@ -48,6 +48,8 @@ import dataclasses
 import math
 from typing import Any
 
+import numpy as np
+
 from flax import nnx
 import flax.linen as nn
 import jax
@@ -102,6 +104,7 @@ class _Op:
   in_avals: list
   out_avals: list
   times: int  # executions per forward pass (scan bodies: × length)
+  literals: tuple = ()  # the value of each literal operand (None: a node)
 
 
 class _Graph:
@@ -118,9 +121,10 @@ class _Graph:
     self._count += 1
     return self._count
 
-  def add(self, prim, params, ins, in_avals, out_avals, times) -> list[int]:
+  def add(self, prim, params, ins, in_avals, out_avals, times,
+          literals=()) -> list[int]:
     op = _Op(prim, params, ins, [self.new() for _ in out_avals], in_avals,
-             out_avals, times)
+             out_avals, times, tuple(literals))
     self.ops.append(op)
     for n in op.outs:
       self.producer[n] = op
@@ -152,7 +156,8 @@ class _Graph:
                 for v in sub.outvars]
       else:
         outs = self.add(name, dict(eqn.params), ins, in_avals, out_avals,
-                        times)
+                        times, [v.val if isinstance(v, jcore.Literal) else None
+                                for v in eqn.invars])
       for v, n in zip(eqn.outvars, outs):
         env[v] = n
 
@@ -161,13 +166,15 @@ class _Graph:
     body = p["jaxpr"].jaxpr
     consts, carry = p["num_consts"], p["num_carry"]
     inner = {v: self.new() for v in body.constvars}
-    self.add("scan_carry", {}, ins[consts:consts + carry],
-             [v.aval for v in eqn.invars[consts:consts + carry]], [], times)
+    carried = self.add(
+        "scan_carry", {}, ins[consts:consts + carry],
+        [v.aval for v in eqn.invars[consts:consts + carry]],
+        [v.aval for v in body.invars[consts:consts + carry]], times)
     for i, (v, n) in enumerate(zip(body.invars, ins)):
       if i < consts:
         inner[v] = n
       elif i < consts + carry:
-        inner[v] = self.new()
+        inner[v] = carried[i - consts]
       else:  # one slice of a stacked input per iteration
         inner[v] = self.add("scan_slice", {}, [n], [eqn.invars[i].aval],
                             [v.aval], times)[0]
@@ -190,6 +197,11 @@ class Norm:
   use_scale: bool
   use_bias: bool
   axis: int  # normalized feature axis, counted from the end (-1: last)
+  # Its statistics are ``mean``/``var`` (and ``scale``/``bias``) of the
+  # module at ``path``, as ``bn_out_scales`` and ``folding`` read them.
+  named: bool = True
+  # One module call computes exactly the normalization (it can be skipped).
+  exact: bool = True
 
 
 class NormPath(str):
@@ -270,6 +282,8 @@ class LayerTable:
   unpaired: dict  # {kernel name: why no BatchNorm rectifies it}
   folds: dict  # {kernel name: BatchNorm path}: folded into the layer
   kept_norms: dict  # {BatchNorm name: why it stays in the folded graph}
+  # Named axes of cross-device statistics (pmap-era BatchNorm(axis_name=)).
+  axis_names: frozenset = frozenset()
 
   def layer(self, kernel) -> Layer:
     key = _trees.path_tuple(kernel)
@@ -298,21 +312,48 @@ class LayerTable:
     return sum(l.macs for l in self.layers)
 
 
-def _uses(graph: _Graph, node, axes, stacked=()):
-  """(op, operand index, leaf axes of the operand, stacked leaf axes) for
-  each op that reads the kernel at ``node`` (axes: the leaf axis of each
-  axis of the value at ``node``)."""
+_CONTRACTIONS = frozenset({"conv_general_dilated", "dot_general"})
+
+
+def _uses(graph: _Graph, node, axes, stacked=(), act=frozenset(), via=()):
+  """(op, operand index, leaf axes of the operand, stacked leaf axes, via)
+  for each op that reads the kernel at ``node`` (axes: the leaf axis of each
+  axis of the value at ``node``). A kernel computed on before its
+  contraction by ops that read no activation (``act``: the nodes that depend
+  on the model's input), e.g. weight standardization, is followed to that
+  contraction; ``via`` names those ops (and ``axes`` is None)."""
   for op, k in graph.users.get(node, ()):
-    if op.prim in _PASS:
-      yield from _uses(graph, op.outs[0], axes, stacked)
+    if via or op.prim in _CONTRACTIONS:
+      yield op, k, (None if via else axes), stacked, via
+    elif op.prim in _PASS:
+      yield from _uses(graph, op.outs[0], axes, stacked, act)
     elif op.prim == "transpose":
       perm = op.params["permutation"]
       yield from _uses(graph, op.outs[0], tuple(axes[p] for p in perm),
-                       stacked)
+                       stacked, act)
     elif op.prim == "scan_slice":
-      yield from _uses(graph, op.outs[0], axes[1:], stacked + axes[:1])
+      yield from _uses(graph, op.outs[0], axes[1:], stacked + axes[:1], act)
+    elif op.outs and not any(o in act for o in op.outs):
+      yield from _transformed(graph, op, stacked, act, (op.prim,))
     else:
-      yield op, k, axes, stacked
+      yield op, k, axes, stacked, via
+
+
+def _transformed(graph, op, stacked, act, via, seen=None):
+  """``_uses`` past ``op``, an op on the kernel alone: the first op on each
+  path that reads an activation or contracts, once each."""
+  seen = set() if seen is None else seen
+  for node in op.outs:
+    for user, k in graph.users.get(node, ()):
+      if id(user) in seen:
+        continue
+      seen.add(id(user))
+      if user.prim in _CONTRACTIONS or any(o in act for o in user.outs) or (
+          not user.outs):
+        yield user, k, None, stacked, via
+      else:
+        yield from _transformed(graph, user, stacked, act,
+                                via + (user.prim,), seen)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,9 +371,6 @@ class _Use:
 
 
 def _conv_use(op: _Op, k: int, axes) -> _Use:
-  if k != 1:
-    return _Use("other", (), (), 0, 0, False, (), (),
-                reason="used as a convolution's input, not its kernel")
   dn = op.params["dimension_numbers"]
   lhs, rhs, out = op.in_avals[0], op.in_avals[1], op.out_avals[0]
   o_dim, i_dim = dn.rhs_spec[0], dn.rhs_spec[1]
@@ -346,6 +384,9 @@ def _conv_use(op: _Op, k: int, axes) -> _Use:
     macs = math.prod(out.shape) * taps * rhs.shape[i_dim]
   kind = ("grouped_conv" if groups != 1 else
           "transposed_conv" if transposed else "conv")
+  if k != 1:
+    return _Use("other", (), (), macs * op.times, 0, False, (), (),
+                reason="used as a convolution's input, not its kernel")
   return _Use(
       kind, tuple(axes[d] for d in (i_dim,) + tuple(dn.rhs_spec[2:])),
       (axes[o_dim],), macs * op.times, math.prod(out.shape) // n * op.times,
@@ -360,12 +401,12 @@ def _dot_use(op: _Op, k: int, axes) -> _Use:
   contract, batch = (lc, lb) if k == 0 else (rc, rb)
   kernel, other = op.in_avals[k], op.in_avals[1 - k]
   out = op.out_avals[0]
-  if batch:
-    return _Use("other", (), (), 0, 0, False, (), (),
-                reason="a batched matrix product uses it")
+  depth = math.prod(kernel.shape[d] for d in contract)
+  if batch:  # e.g. nn.ConvLocal: one kernel per output position
+    return _Use("other", (), (), math.prod(out.shape) * depth * op.times, 0,
+                False, (), (), reason="a batched matrix product uses it")
   free = [d for d in range(len(kernel.shape)) if d not in contract]
   other_free = len(other.shape) - len(lc if k == 1 else rc) - len(batch)
-  depth = math.prod(kernel.shape[d] for d in contract)
   n = math.prod(kernel.shape[d] for d in free)
   return _Use(
       "dense", tuple(axes[d] for d in contract), tuple(axes[d] for d in free),
@@ -375,7 +416,17 @@ def _dot_use(op: _Op, k: int, axes) -> _Use:
       tuple(other.shape[1:]), tuple(out.shape[1:]))
 
 
-def _use(op, k, axes) -> _Use:
+def _use(op, k, axes, via=()) -> _Use:
+  if via:
+    steps = ", ".join(dict.fromkeys(via))
+    if op.prim not in _CONTRACTIONS:
+      return _Use("other", (), (), 0, 0, False, (), (),
+                  reason=f"used by {op.prim} after {steps}")
+    use = _use(op, k, tuple(range(len(op.in_avals[k].shape))))
+    return dataclasses.replace(use, rows=(), cols=(), reason=(
+        f"its kernel is computed on before use ({steps}): e.g. weight"
+        " standardization or normalization, which has no exact two-layer"
+        " form"))
   if op.prim == "conv_general_dilated":
     return _conv_use(op, k, axes)
   if op.prim == "dot_general":
@@ -408,14 +459,22 @@ def _rankable(kernel_shape, use: _Use, stacked, module) -> str | None:
   return None
 
 
-def _consumer_name(op: _Op) -> str:
+def _consumer_name(op: _Op, norm_at: dict) -> str:
+  if id(op) in norm_at:
+    return f"BatchNorm {'/'.join(norm_at[id(op)])}"
   if op.prim == "lrpet_tag":
-    return f"BatchNorm {'/'.join(op.params['label'][1])}"
+    return f"module {'/'.join(op.params['label'][1])}"
   return op.prim
 
 
-def _is_norm(module) -> bool:
-  return isinstance(module, (nn.BatchNorm, nnx.BatchNorm))
+def _owns_stats(module) -> bool:
+  """The module holds non-trainable variables of its own (BatchNorm-like
+  statistics), not only in its submodules."""
+  if isinstance(module, nnx.Module):
+    return any(isinstance(v, nnx.BatchStat) for v in vars(module).values())
+  return any(not hasattr(v, "items")
+             for name, tree in module.variables.items() if name != "params"
+             for v in tree.values())
 
 
 def _owns_kernel(module) -> bool:
@@ -424,30 +483,36 @@ def _owns_kernel(module) -> bool:
   return "kernel" in module.variables.get("params", {})
 
 
+def _axis_names(module) -> set:
+  """The named axes a module reduces its statistics over (pmap-era
+  ``BatchNorm(axis_name=...)``)."""
+  name = getattr(module, "axis_name", None)
+  if name is None:
+    return set()
+  return set(name) if isinstance(name, (tuple, list)) else {name}
+
+
 def _trace(apply_fn, variables, input_shape):
   """(graph, {variable path: node}, {module path: (first module seen, its
-  input shape without the batch)}, {BatchNorm path: Norm})."""
-  modules, norms = {}, {}
+  input shape without the batch)}, axis names of cross-device statistics)."""
+  modules, axis_names = {}, set()
 
   def on_call(module, path, call, args, kwargs):
     if path is None:  # an NNX module outside the model's graph as given
-      if _is_norm(module) or _owns_kernel(module):
+      if _owns_stats(module) or _owns_kernel(module):
         raise ValueError(
             f"model: an nnx.{type(module).__name__} ran as a module the layer"
             " table cannot name (re-created by an NNX transform such as"
             " nnx.remat or nnx.scan, or made during the call): its pairs and"
             " MACs would be wrong; call such layers outside NNX transforms")
       return call(*args, **kwargs)
-    if _is_norm(module) and args and hasattr(args[0], "ndim"):
-      axis = module.axis if isinstance(module.axis, int) else None
-      if axis is not None and axis >= 0:
-        axis -= args[0].ndim
-      norms.setdefault(path, Norm(path, float(module.epsilon),
-                                  bool(module.use_scale),
-                                  bool(module.use_bias),
-                                  axis if axis is not None else 0))
-      args = (_tag_p.bind(args[0], label=("norm_in", path)),) + tuple(args[1:])
-      return call(*args, **kwargs)
+    if _owns_stats(module) and args and hasattr(args[0], "ndim"):
+      axis_names.update(_axis_names(module))
+      args = (_tag_p.bind(args[0], label=("stats_in", path)),) + tuple(
+          args[1:])
+      out = call(*args, **kwargs)
+      return (_tag_p.bind(out, label=("stats_out", path))
+              if hasattr(out, "ndim") else out)
     out = call(*args, **kwargs)
     if _owns_kernel(module) and hasattr(out, "ndim"):
       modules.setdefault(path, (module, tuple(getattr(
@@ -475,28 +540,34 @@ def _trace(apply_fn, variables, input_shape):
   leaves = [_trees.path_tuple(p) for p, _ in
             jax.tree_util.tree_leaves_with_path(variables)]
   nodes = dict(zip(leaves, (env[v] for v in jaxpr.invars)))
-  return graph, nodes, modules, norms
+  return graph, nodes, modules, frozenset(axis_names)
 
 
-def _layer(graph, node, kernel_path, shape, module, outs) -> Layer:
+def _layer(graph, node, kernel_path, shape, module, outs, act, live,
+           norm_at) -> Layer:
   """The table row of the kernel at ``node``; ``outs``: its module's tagged
-  output ops in order."""
-  uses = [(_use(op, k, axes), stacked)
-          for op, k, axes, stacked in _uses(graph, node,
-                                             tuple(range(len(shape))))]
+  output ops in order; ``act``: the nodes that depend on the model's input;
+  ``live``: the ids of the ops whose results reach the model's output."""
+  found = {}
+  for op, k, axes, stacked, via in _uses(graph, node,
+                                         tuple(range(len(shape))), (), act):
+    found.setdefault(id(op), (op, _use(op, k, axes, via), stacked))
   path = kernel_path[:-1]
-  consumers = tuple(tuple(_consumer_name(op) for op, _ in
+  consumers = tuple(tuple(_consumer_name(op, norm_at) for op, _ in
                           graph.users.get(t.outs[0], ())) for t in outs)
   calls = sum(t.times for t in outs)
+  uses = [(u, s) for op, u, s in found.values() if id(op) in live]
   if not uses:
+    why = ("its output never reaches the model's output" if found else
+           "no operation of the forward pass uses it")
     return Layer(path, shape, "unused", (), (), (), 0, 0, 0, (), (), module,
-                 False, "no operation of the forward pass uses it",
-                 consumers)
+                 False, why, consumers)
   first, stacked = uses[0]
   shapes = {(u.kind, u.rows, u.cols, s) for u, s in uses}
   reason = None
   if len(shapes) > 1:
-    reason = "used by operations that view it differently"
+    reason = next((u.reason for u, _ in uses if u.reason),
+                  "used by operations that view it differently")
   else:
     reason = _rankable(shape, first, stacked, module)
   kind = first.kind if len(shapes) == 1 else "other"
@@ -508,9 +579,174 @@ def _layer(graph, node, kernel_path, shape, module, outs) -> Layer:
       first.groups, first.channel_last)
 
 
+def _reach(graph: _Graph, starts) -> set:
+  """The nodes computed from ``starts`` (``starts`` included)."""
+  seen, stack = set(), [n for n in starts if n is not None]
+  while stack:
+    node = stack.pop()
+    if node in seen:
+      continue
+    seen.add(node)
+    for op, _ in graph.users.get(node, ()):
+      stack.extend(op.outs)
+  return seen
+
+
+def _live(graph: _Graph) -> set:
+  """Ids of the ops whose results reach the model's output."""
+  live, stack = set(), [op for op in graph.ops if op.prim == "output"]
+  while stack:
+    op = stack.pop()
+    if id(op) in live:
+      continue
+    live.add(id(op))
+    stack.extend(graph.producer[n] for n in op.ins
+                 if n is not None and n in graph.producer)
+  return live
+
+
+# ------------------------------------------------- normalization, by math
+
+_SHAPING = frozenset({"broadcast_in_dim", "reshape", "convert_element_type",
+                      "copy", "squeeze", "expand_dims"})
+
+
+@dataclasses.dataclass
+class _NormCall:
+  path: tuple[str, ...]
+  norm: Norm
+  x: int  # the node it normalizes
+  sub: _Op  # x − mean
+  fed: _Op  # the first op that reads x on the way (what a layer's output feeds)
+
+
+def _leaf(graph, node, leaf_at):
+  """The variable leaf the value at ``node`` is, up to broadcasts, reshapes
+  and casts, or None."""
+  while node is not None and node not in leaf_at:
+    op = graph.producer.get(node)
+    if op is None or op.prim not in _SHAPING:
+      return None
+    node = op.ins[0]
+  return leaf_at.get(node)
+
+
+def _factors(graph, node, act) -> list:
+  """The factors of a product computed without activations."""
+  op = graph.producer.get(node)
+  if op is not None and op.prim == "mul" and all(
+      n is not None and n not in act for n in op.ins):
+    return _factors(graph, op.ins[0], act) + _factors(graph, op.ins[1], act)
+  return [node]
+
+
+def _var_plus_eps(graph, node, leaf_at, fn):
+  """(var leaf, ε) if ``node`` is fn(var + ε), ε a literal, else None."""
+  op = graph.producer.get(node)
+  if op is None or op.prim != fn:
+    return None
+  add = graph.producer.get(op.ins[0])
+  if add is None or add.prim != "add" or len(add.ins) != 2:
+    return None
+  for k in (0, 1):
+    eps = add.literals[1 - k] if len(add.literals) == 2 else None
+    var = _leaf(graph, add.ins[k], leaf_at)
+    if eps is not None and var is not None and var[0] != "params":
+      return var, float(np.format_float_positional(np.float32(eps),
+                                                   unique=True))
+  return None
+
+
+def _norm_at(graph, sub, leaf_at, shapes, act):
+  """The ``_NormCall`` whose x − mean is ``sub``, or None: a per-channel
+  (x − mean)·rsqrt(var + ε) [·scale] [+ bias] (or ÷ sqrt(var + ε)) with mean
+  and var non-trainable variables and scale, bias trainable ones, whatever
+  module computes it."""
+  x, m = sub.ins
+  if x is None or m is None or x not in act or m in act:
+    return None
+  mean = _leaf(graph, m, leaf_at)
+  if mean is None or mean[0] == "params" or len(shapes[mean]) != 1:
+    return None
+  c = shapes[mean][0]
+  found = {"mean": mean}
+  chain = sub.outs[0]
+  while True:
+    users = graph.users.get(chain, ())
+    if len(users) != 1 or len(users[0][0].ins) != 2:
+      break
+    op, k = users[0]
+    other = op.ins[1 - k]
+    if other is None or other in act:
+      break
+    if op.prim == "mul" or (op.prim == "div" and k == 0):
+      fn = "rsqrt" if op.prim == "mul" else "sqrt"
+      parts = []
+      for f in _factors(graph, other, act):
+        ve = _var_plus_eps(graph, f, leaf_at, fn)
+        leaf = _leaf(graph, f, leaf_at)
+        if ve and "var" not in found:
+          parts.append(("var", ve))
+        elif (op.prim == "mul" and leaf and leaf[0] == "params"
+              and "scale" not in found):
+          parts.append(("scale", leaf))
+        else:
+          parts = None
+          break
+      if not parts:
+        break
+      found.update(parts)
+    elif op.prim == "add" and "var" in found and "bias" not in found:
+      leaf = _leaf(graph, other, leaf_at)
+      if leaf is None or leaf[0] != "params":
+        break
+      found["bias"] = leaf
+    else:
+      break
+    chain = op.outs[0]
+  if "var" not in found:
+    return None
+  (var, eps) = found["var"]
+  leaves = [mean, var] + [found[n] for n in ("scale", "bias") if n in found]
+  if any(shapes[l] != (c,) for l in leaves):
+    return None
+  path = mean[1:-1]
+  named = (mean[-1] == "mean" and var == mean[:-1] + ("var",) and all(
+      found[n] == ("params",) + path + (n,) for n in ("scale", "bias")
+      if n in found))
+  # x as the layer before produced it: back through casts and the
+  # normalizing module's own input tag
+  fed, entered = sub, False
+  while True:
+    op = graph.producer.get(x)
+    if op is None or not (op.prim in ("convert_element_type", "copy") or (
+        op.prim == "lrpet_tag" and op.params["label"][0] == "stats_in")):
+      break
+    entered |= op.prim == "lrpet_tag" and op.params["label"][1] == path
+    fed, x = op, op.ins[0]
+  exact = entered and any(op.params["label"] == ("stats_out", path)
+                          for op, _ in graph.users.get(chain, ())
+                          if op.prim == "lrpet_tag")
+  dims = [d for d, n in enumerate(sub.in_avals[1].shape) if n == c]
+  axis = (dims[-1] - len(sub.in_avals[1].shape)) if c != 1 and dims else -1
+  norm = Norm(path, eps, "scale" in found, "bias" in found, axis, named,
+              exact)
+  return _NormCall(path, norm, x, sub, fed)
+
+
+def _norm_calls(graph, leaf_at, shapes, act) -> list:
+  return [call for call in (_norm_at(graph, op, leaf_at, shapes, act)
+                            for op in graph.ops if op.prim == "sub")
+          if call is not None]
+
+
 def _link(layer: Layer, norm: Norm) -> str | None:
   """Why ``norm``, which reads ``layer``'s output, does not act on one
   output feature of ``layer`` per channel, or None."""
+  if not norm.named:
+    return (f"its normalization's variables are not the mean and var"
+            f" (scale, bias) of one module {'/'.join(norm.path)}: not"
+            " rectified")
   if len(layer.cols) != 1 or not layer.channel_last:
     return "its output features are not its output's last axis"
   if norm.axis != -1:
@@ -541,9 +777,19 @@ def build(apply_fn: Callable, variables: Any, input_shape) -> LayerTable:
   """The layer table of the model ``apply_fn`` runs (module docstring);
   ``apply_fn`` may be an ``nnx.Module`` (``variables``: ignored, its own)."""
   apply_fn, variables = _nnx_or_refused(apply_fn, variables)
-  graph, nodes, modules, norms = _trace(apply_fn, variables, input_shape)
+  graph, nodes, modules, axis_names = _trace(apply_fn, variables,
+                                             input_shape)
   shapes = {_trees.path_tuple(p): tuple(x.shape) for p, x in
             jax.tree_util.tree_leaves_with_path(variables)}
+  act = _reach(graph, [graph.input_node])
+  live = _live(graph)
+  leaf_at = {node: path for path, node in nodes.items()}
+  calls = [c for c in _norm_calls(graph, leaf_at, shapes, act)
+           if id(c.sub) in live]
+  norms = {}
+  for c in calls:
+    norms.setdefault(c.path, c.norm)
+  norm_at = {id(c.fed): c.path for c in calls}
   tags = defaultdict(list)  # (kind, module path) → tag ops in order
   for op in graph.ops:
     if op.prim == "lrpet_tag":
@@ -557,21 +803,19 @@ def build(apply_fn: Callable, variables: Any, input_shape) -> LayerTable:
     module, module_input = modules.get(kernel[:-1], (None, None))
     shape = shapes[path]
     layer = _layer(graph, node, kernel, shape, module,
-                   tags.get(("out", kernel[:-1]), []))
+                   tags.get(("out", kernel[:-1]), []), act, live, norm_at)
     if module_input is not None:  # the op's input may be padded (CIRCULAR)
       layer = dataclasses.replace(layer, input_shape=module_input)
     layers.append(layer)
-    order[kernel] = _first_use(graph, node, len(shape))
+    order[kernel] = _first_use(graph, node, len(shape), act)
   layers.sort(key=lambda l: order[l.kernel])
   outs = {l.kernel: [t.outs[0] for t in tags.get(("out", l.path), [])]
           for l in layers}
   reads = {}  # input node of a BatchNorm call → that BatchNorm
-  norm_inputs = {}  # BatchNorm path → input node of each call
-  for (kind, path), ops in tags.items():
-    if kind == "norm_in":
-      norm_inputs[path] = [op.ins[0] for op in ops]
-      for op in ops:
-        reads.setdefault(op.ins[0], path)
+  norm_inputs = defaultdict(list)  # BatchNorm path → its calls
+  for c in calls:
+    norm_inputs[c.path].append(c)
+    reads.setdefault(c.x, c.path)
   pairs, unpaired, links = {}, {}, {}
   for l in layers:
     bn = reads.get(outs[l.kernel][0]) if outs[l.kernel] else None
@@ -588,14 +832,15 @@ def build(apply_fn: Callable, variables: Any, input_shape) -> LayerTable:
     else:
       pairs[l.name] = NormPath("/".join(bn), norms[bn].epsilon)
   feeds = {node: l for l in layers for node in outs[l.kernel]}
-  folds, kept = _folds(graph, norm_inputs, norms, feeds, links)
-  layer_ops = {l.kernel: [(op, k) for op, k, _, _ in _uses(
-      graph, nodes[("params",) + l.kernel], tuple(range(len(l.kernel_shape))))]
-               for l in layers}
+  folds, kept = _folds(graph, norm_inputs, norms, feeds, links, norm_at)
+  layer_ops = {l.kernel: [(op, k) for op, k, _, _, _ in _uses(
+      graph, nodes[("params",) + l.kernel], tuple(range(len(l.kernel_shape))),
+      (), act)] for l in layers}
   every_op = {id(op) for ops in layer_ops.values() for op, _ in ops}
   layers = [dataclasses.replace(l, role=_role(graph, l, layer_ops[l.kernel],
                                               every_op)) for l in layers]
-  return LayerTable(tuple(layers), norms, pairs, unpaired, folds, kept)
+  return LayerTable(tuple(layers), norms, pairs, unpaired, folds, kept,
+                    axis_names)
 
 
 def _batched(op: _Op) -> bool:
@@ -649,21 +894,29 @@ def _role(graph: _Graph, layer: Layer, ops: list, layer_ops: set) -> str:
   return "mlp"
 
 
-def _first_use(graph, node, ndim) -> int:
+def _first_use(graph, node, ndim, act) -> int:
   """Position of the first op that reads the kernel (call order)."""
   index = {id(op): i for i, op in enumerate(graph.ops)}
-  found = [index[id(op)] for op, _, _, _ in _uses(
-      graph, node, tuple(range(ndim)))]
+  found = [index[id(op)] for op, _, _, _, _ in _uses(
+      graph, node, tuple(range(ndim)), (), act)]
   return min(found, default=len(graph.ops))
 
 
-def _folds(graph, norm_inputs, norms, feeds, links):
+def _folds(graph, norm_inputs, norms, feeds, links, norm_at):
   """({kernel name: NormPath} folded, {BatchNorm name: why it is kept})."""
   folds, kept = {}, {}
-  for bn, inputs in norm_inputs.items():
+  for bn, calls in norm_inputs.items():
     name = "/".join(bn)
     fed, why = [], None
-    for node in inputs:
+    if not norms[bn].named:
+      why = ("its statistics are not the mean/var (scale/bias) of the module"
+             f" {name}")
+    elif not norms[bn].exact:
+      why = "no module call of its own computes exactly the normalization"
+    for call in calls:
+      if why:
+        break
+      node = call.x
       layer = feeds.get(node)
       if layer is None:
         why = "its input is not a layer's output"
@@ -674,13 +927,11 @@ def _folds(graph, norm_inputs, norms, feeds, links):
       elif layer.calls != 1:
         why = f"{layer.name} runs {layer.calls} times"
       elif len(graph.users.get(node, ())) != 1:
-        others = [_consumer_name(op) for op, _ in graph.users[node]]
+        others = [_consumer_name(op, norm_at) for op, _ in graph.users[node]]
         why = (f"{layer.name}'s output is also read by"
                f" {', '.join(o for o in others if o != 'BatchNorm ' + name)}")
       else:
         fed.append(layer)
-      if why:
-        break
     if why:
       kept[name] = why
     else:
