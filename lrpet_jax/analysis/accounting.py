@@ -15,7 +15,11 @@ before any backend sees it, so every backend reports the same number:
   adds, the pooling division), 1 per input element of every reduction
   (global average pooling's sum) and 1 per window tap of a pooling window
   (max pooling). Data movement (pad, slice, reshape,
-  broadcast, dtype conversion) counts 0.
+  broadcast, dtype conversion) counts 0, and so does a convolution with a
+  constant one-hot kernel (``nn.ConvLocal``'s patch extraction).
+
+Only work whose result reaches the output is counted: a layer applied to a
+value nobody reads costs nothing here.
 
 XLA's own cost analysis is not used: on GPU it leaves out the convolutions it
 hands to cuDNN (2.4M FLOPs reported for ResNet-56's 125M MACs on an H200), and
@@ -28,6 +32,7 @@ from typing import Any
 
 import jax
 from jax.extend import core as jax_core
+import numpy as np
 
 from lrpet_jax.analysis import factorized
 from lrpet_jax.analysis import tracing
@@ -72,11 +77,71 @@ def _conv_macs(eqn) -> int:
   return _size(eqn.outvars[0].aval) * per_output
 
 
-def _jaxpr_flops(jaxpr, counts: dict[str, int], times: int = 1) -> None:
-  for eqn in jaxpr.eqns:
+def _live_masks(jaxpr, outs_live=None) -> list:
+  """For each eqn, which of its outputs reach ``jaxpr``'s outputs (those
+  marked in ``outs_live``, default all): work on values nobody reads is not
+  counted."""
+  outs_live = outs_live or [True] * len(jaxpr.outvars)
+  needed = {v for v, live in zip(jaxpr.outvars, outs_live)
+            if live and not isinstance(v, jax_core.Literal)}
+  masks = []
+  for eqn in reversed(jaxpr.eqns):
+    mask = [v in needed for v in eqn.outvars]
+    if any(mask) or eqn.effects:
+      needed.update(v for v in eqn.invars
+                    if not isinstance(v, jax_core.Literal))
+    masks.append(mask)
+  return masks[::-1]
+
+
+_CONSTANT_SIZE = 1 << 20  # larger constants are not evaluated
+
+
+def _constant(eqn, values: dict):
+  """The value of ``eqn``'s output if it is computed from literals and
+  constants alone (as ``conv_general_dilated_patches`` builds its one-hot
+  kernel), else None."""
+  if (len(eqn.outvars) != 1 or list(jax_core.jaxprs_in_params(eqn.params))
+      or _size(eqn.outvars[0].aval) > _CONSTANT_SIZE):
+    return None
+  args = []
+  for v in eqn.invars:
+    if isinstance(v, jax_core.Literal):
+      args.append(v.val)
+    elif v in values:
+      args.append(values[v])
+    else:
+      return None
+  try:
+    return np.asarray(eqn.primitive.bind(*args, **eqn.params))
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def _selects(eqn, values: dict) -> bool:
+  """A convolution whose kernel is a constant 0/1 array with one 1 per
+  output feature: it moves data (patch extraction), it multiplies nothing."""
+  rhs = values.get(eqn.invars[1])
+  if rhs is None:
+    return False
+  o = eqn.params["dimension_numbers"].rhs_spec[0]
+  ones = np.moveaxis(rhs == 1, o, 0).reshape(rhs.shape[o], -1)
+  return bool(np.all((rhs == 0) | (rhs == 1)) and np.all(ones.sum(1) == 1))
+
+
+def _jaxpr_flops(jaxpr, counts: dict[str, int], times: int = 1,
+                 outs_live=None) -> None:
+  values = {}  # constant values computed inside the jaxpr
+  for eqn, mask in zip(jaxpr.eqns, _live_masks(jaxpr, outs_live)):
+    value = _constant(eqn, values)
+    if value is not None:
+      values[eqn.outvars[0]] = value
+    if not any(mask):
+      continue
     name = eqn.primitive.name
     if name == "conv_general_dilated":
-      counts["matmul_flops"] += 2 * _conv_macs(eqn) * times
+      if not _selects(eqn, values):
+        counts["matmul_flops"] += 2 * _conv_macs(eqn) * times
     elif name == "dot_general":
       (contract, _), _ = eqn.params["dimension_numbers"]
       lhs = eqn.invars[0].aval
@@ -93,7 +158,8 @@ def _jaxpr_flops(jaxpr, counts: dict[str, int], times: int = 1) -> None:
       raise NotImplementedError(f"flops: control flow ({name}) is not counted")
     inner = times * (eqn.params["length"] if name == "scan" else 1)
     for sub in jax_core.jaxprs_in_params(eqn.params):
-      _jaxpr_flops(sub, counts, inner)
+      same = name != "scan" and len(sub.outvars) == len(eqn.outvars)
+      _jaxpr_flops(sub, counts, inner, mask if same else None)
 
 
 def flops(fn, *args) -> dict[str, int]:

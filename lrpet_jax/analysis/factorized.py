@@ -157,8 +157,18 @@ def dense_kernel_shape(module, args, kwargs) -> tuple[int, ...]:
   return tuple(params["kernel"].shape)
 
 
+_SPLITTABLE = (nn.Conv, nn.ConvTranspose, nn.Dense, nn.DenseGeneral)
+
+
 def _check_splittable(module) -> None:
   where = "/".join(module.path)
+  if hasattr(module, "features") and type(module) not in _SPLITTABLE:
+    raise ValueError(
+        f"{where}: cannot factorize a {type(module).__name__} (a subclass of"
+        f" {type(module).__mro__[1].__name__}, which may compute on its kernel"
+        " or output; only nn.Conv, nn.ConvTranspose, nn.Dense and"
+        " nn.DenseGeneral themselves split exactly); leave its kernel"
+        " unranked")
   if not hasattr(module, "features"):
     raise ValueError(
         f"{where}: cannot factorize a {type(module).__name__} (no `features`"

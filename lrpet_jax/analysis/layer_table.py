@@ -70,6 +70,9 @@ KINDS = ("conv", "transposed_conv", "grouped_conv", "dense", "other", "unused")
 # input with no layer before it (a patch or token embedding); any other
 # dense layer (the feed-forward/MLP layers); or none of these.
 ROLES = ("conv", "attention", "classifier", "embedding", "mlp", "other")
+# The Linen layers the compact model splits (exactly these classes: a
+# subclass may compute on its kernel or its output).
+_SPLITTABLE = (nn.Conv, nn.ConvTranspose, nn.Dense, nn.DenseGeneral)
 FACTORIZABLE_KINDS = ("conv", "transposed_conv", "dense")
 CONV_KINDS = ("conv", "transposed_conv", "grouped_conv")
 
@@ -452,10 +455,10 @@ def _rankable(kernel_shape, use: _Use, stacked, module) -> str | None:
             " here")
   if isinstance(module, nnx.Module):
     return nnx_models.split_reason(module)
-  if not hasattr(module, "features"):
-    return (f"its module ({type(module).__name__}) has no `features` to"
-            " clone with r outputs (nn.Conv, nn.ConvTranspose, nn.Dense and"
-            " nn.DenseGeneral have)")
+  if type(module) not in _SPLITTABLE:
+    return (f"its module ({type(module).__name__}) is not an nn.Conv,"
+            " nn.ConvTranspose, nn.Dense or nn.DenseGeneral, whose call the"
+            " compact model clones with r outputs: not factorized here")
   return None
 
 
@@ -641,8 +644,11 @@ def _factors(graph, node, act) -> list:
 
 
 def _var_plus_eps(graph, node, leaf_at, fn):
-  """(var leaf, ε) if ``node`` is fn(var + ε), ε a literal, else None."""
+  """(var leaf, ε) if ``node`` is fn(var + ε), ε a literal, else None
+  (broadcasts and reshapes allowed on either side of fn)."""
   op = graph.producer.get(node)
+  while op is not None and op.prim in _SHAPING:
+    op = graph.producer.get(op.ins[0])
   if op is None or op.prim != fn:
     return None
   add = graph.producer.get(op.ins[0])

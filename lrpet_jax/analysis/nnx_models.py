@@ -18,7 +18,8 @@ so ranks, BatchNorm pairs, checkpoints and ``compact.factorize`` are shared.
   on) or evaluation mode (``Module.eval()``); with ``mutable`` containing
   "batch_stats" it returns ``(outputs, {"batch_stats": new})``; ``rngs``
   (e.g. ``{"dropout": key}``) reseeds the model's RNG streams of those names
-  (``nnx.reseed``), so dropout masks depend on the key alone.
+  (``nnx.reseed``), so dropout masks depend on the key alone; a model whose
+  ``__call__`` takes ``rngs`` is also given ``nnx.Rngs`` of those keys.
 - ``module(variables)``: the ``nnx.Module`` holding ``variables``.
 
 A model with variables of any other kind (``nnx.Cache``, ``nnx.Intermediate``,
@@ -29,6 +30,7 @@ module call with its path, as Linen's method interception does.
 
 from collections.abc import Callable, Iterator
 import contextlib
+import inspect
 import threading
 from typing import Any
 
@@ -83,6 +85,7 @@ class NnxModel:
         abstract, nnx.Param, nnx.BatchStat, ...)
     self._streams = sorted({v.tag for _, v in nnx.iter_graph(abstract)
                             if isinstance(v, nnx.RngKey)})
+    self._call_takes_rngs = _takes(type(abstract).__call__, "rngs")
 
   @classmethod
   def of(cls, module: nnx.Module) -> "NnxModel":
@@ -116,10 +119,10 @@ class NnxModel:
     params = _filled(self._params, variables_["params"], "params", partial)
     stats = _filled(self._stats, variables_.get("batch_stats", {}),
                     "batch_stats", partial)
-    rest = jax.tree.map(
-        lambda x: (jax.random.key(0) if jax.dtypes.issubdtype(
-            x.dtype, jax.dtypes.prng_key) else jnp.zeros(x.shape, x.dtype)),
-        self._rest)
+    rest = jax.tree.map(  # keys of RNG streams stacked by nnx.vmap too
+        lambda x: (jax.random.split(jax.random.key(0), x.shape)
+                   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+                   else jnp.zeros(x.shape, x.dtype)), self._rest)
     graph = self._train_graph if train else self._eval_graph
     return nnx.merge(graph, params, stats, rest)
 
@@ -129,11 +132,23 @@ class NnxModel:
     model = self.module(variables_, train=train, partial=partial)
     if rngs and self._streams:
       nnx.reseed(model, **_stream_keys(self._streams, rngs))
+    if rngs and self._call_takes_rngs and "rngs" not in kwargs:
+      # a model whose Dropout takes its key in the call
+      first = rngs[sorted(rngs)[0]]
+      kwargs = {**kwargs, "rngs": nnx.Rngs(jax.random.fold_in(first, 7),
+                                            **rngs)}
     out = _call(model, x, *args, **kwargs)
     if mutable in (True, "batch_stats") or (
         isinstance(mutable, (list, tuple)) and "batch_stats" in mutable):
       return out, {"batch_stats": _pure(nnx.state(model, nnx.BatchStat))}
     return out
+
+
+def _takes(fn, name: str) -> bool:
+  try:
+    return name in inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return False
 
 
 def _pure(state) -> dict:

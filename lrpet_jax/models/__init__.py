@@ -16,6 +16,7 @@ as an ``nnx_models.NnxModel`` (Linen-style ``init``/``apply`` on the same
 variables), so both kinds go through one pipeline.
 """
 
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -161,29 +162,71 @@ def check_flag(module: nn.Module, flag: str) -> None:
   params = inspect.signature(type(module).__call__).parameters
   if flag not in params:
     names = ", ".join(p for p in params if p != "self")
+    if not _flag_candidates(params):
+      if flag == "train":
+        return  # a model without modes: called as inner(x)
+      raise ValueError(
+          f"model_flag: {flag!r}: {type(module).__name__}.__call__({names})"
+          " takes no training flag; leave model_flag unset (the model is"
+          " then called without one)")
     raise ValueError(
         f"model_flag: {flag!r} is not an argument of"
         f" {type(module).__name__}.__call__({names}); set --config.model_flag"
         " to the name of its training flag")
 
 
-class TrainFlag(nn.Module):
-  """``inner`` called as ``(x, train=...)`` whatever its own flag's name;
-  the same variables (shared scope: no extra level in the params)."""
+def _flag_candidates(params) -> list[str]:
+  """The named arguments of ``__call__`` after the input that could be a
+  training flag."""
+  named = [p for name, p in params.items() if name != "self" and p.kind in (
+      inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+  return [p.name for p in named[1:]]
+
+
+# Flags that are True in evaluation (flax's ``deterministic``,
+# ``use_running_average``): passed as ``not train``.
+INVERTED = frozenset({"deterministic", "use_running_average", "eval",
+                      "is_eval", "inference"})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainFlag:
+  """``inner`` with Linen's ``init``/``apply`` called as ``(x, train=...)``
+  whatever its own flag's name (one of ``INVERTED``, e.g.
+  ``deterministic``, gets ``not train``; ``flag=None``: a model without
+  modes, called as ``inner(x)``). Not a module around ``inner``: its
+  variables and module paths are ``inner``'s own."""
 
   inner: nn.Module
-  flag: str
+  flag: str | None
 
-  def setup(self):
-    nn.share_scope(self, self.inner)
+  def _kwargs(self, kwargs: dict) -> dict:
+    kwargs = dict(kwargs)
+    train = kwargs.pop("train", False)
+    if self.flag is not None:
+      kwargs[self.flag] = (not train) if self.flag in INVERTED else train
+    return kwargs
 
-  def __call__(self, x, train: bool):
-    return self.inner(x, **{self.flag: train})
+  def init(self, rngs, x, *args, **kwargs):
+    return self.inner.init(rngs, x, *args, **self._kwargs(kwargs))
+
+  def apply(self, variables, x, *args, **kwargs):
+    return self.inner.apply(variables, x, *args, **self._kwargs(kwargs))
+
+  def __call__(self, x, train: bool):  # the signature the pipeline reads
+    raise TypeError("TrainFlag is called through init/apply")
 
 
 def with_train_flag(module: nn.Module, flag: str) -> nn.Module:
-  """``module`` as a model with a ``train`` flag (itself if it has one)."""
+  """``module`` as a model with a ``train`` flag (itself if it has one; a
+  model whose ``__call__`` takes no flag, e.g. ``nn.Sequential``, runs the
+  same in training and evaluation)."""
   check_flag(module, flag)
+  if isinstance(module, nnx_models.NnxModel):
+    return module
+  params = inspect.signature(type(module).__call__).parameters
+  if flag not in params:
+    return TrainFlag(module, None)
   return module if flag == "train" else TrainFlag(module, flag)
 
 

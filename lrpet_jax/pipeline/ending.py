@@ -114,9 +114,8 @@ def _precise_bn(e: Ending) -> str:
   model = e.model(e.method.TRAINS_COMPACT)
   # Training mode, as training saw the statistics; a model with dropout
   # draws its masks from one fixed key, so the result is reproducible.
-  apply_fn = lambda v, x: model.apply(
-      v, x, train=True, mutable=["batch_stats"],
-      rngs={"dropout": jax.random.key(0)})
+  apply_fn = lambda v, x: steps_lib.train_apply(
+      model, v, x, jax.random.key(0), steps_lib.axis_names(e.method))
   batch_stats = bn.recompute_batch_stats(
       apply_fn, {"params": params, "batch_stats": e.batch_stats},
       e.source.bn_batches(e.bn_recompute_batches))

@@ -65,6 +65,43 @@ def _loss(logits, labels, label_smoothing: float):
   return optax.softmax_cross_entropy(logits, targets).mean()
 
 
+def axis_names(method) -> frozenset:
+  """The named axes the model's BatchNorms reduce over (pmap-era
+  ``axis_name``), from its layer table."""
+  return getattr(method.setting.table, "axis_names", frozenset())
+
+
+def train_apply(model, variables, x, key, axes=()):
+  """``model.apply(variables, x, train=True, mutable=["batch_stats"])`` as
+  the pipeline runs it: (logits, mutated).
+
+  Every RNG stream draws from ``key`` (the step's): "dropout" from
+  fold_in(key, 1), "params" from fold_in(key, 2), and any other stream a
+  Linen model asks for (``make_rng("drop_path")``) from the "params" one,
+  as Flax falls back; an NNX model's streams are reseeded from these. A
+  BatchNorm whose statistics are averaged over a named axis (``axes``,
+  e.g. flax's ImageNet example's ``axis_name="batch"``, written for
+  ``pmap``) runs under that axis of size one: the batch it sees is the
+  whole global batch (jit's arrays are global), so its statistics are the
+  global batch's.
+  """
+  rngs = {"dropout": jax.random.fold_in(key, 1),
+          "params": jax.random.fold_in(key, 2)}
+  fn = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                rngs=rngs)
+  for name in sorted(axes):
+    fn = _one_member_axis(fn, name)
+  return fn(variables, x)
+
+
+def _one_member_axis(fn, name):
+  def run(variables, x):
+    out = jax.vmap(lambda x1: fn(variables, x1), axis_name=name,
+                   axis_size=1)(x[None])
+    return jax.tree.map(lambda a: a[0], out)
+  return run
+
+
 def make_step_body(method, seed: int, normalization, device_augment=True,
                    project=None, grad_norms=False,
                    augmentation=augment_lib.Augmentation()):
@@ -97,9 +134,9 @@ def make_step_body(method, seed: int, normalization, device_augment=True,
     def loss_fn(params):
       # A model with nn.Dropout draws from (seed, step): the same masks at
       # any steps per call, and after a resume.
-      logits, mutated = model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, x, train=True,
-          mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(key, 1)})
+      logits, mutated = train_apply(
+          model, {"params": params, "batch_stats": state.batch_stats}, x,
+          key, axis_names(method))
       logits = logits.astype(jnp.float32)
       loss = _loss(logits, y, smoothing)
       if lam is not None:

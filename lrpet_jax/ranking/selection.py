@@ -81,7 +81,10 @@ class RankRule:
     """The table's rankable layers this rule ranks, in call order; a
     ``project_layers`` that selects none is a one-line ValueError."""
     if not self.project_layers:
-      return table.selected(self.kinds)
+      out = table.selected(self.kinds)
+      if not out:
+        raise ValueError(_none_rankable(table, self.kinds))
+      return out
     wanted = layer_filter(self.project_layers)
     out = [l for l in table.layers if l.rankable and wanted(l)]
     if not out:
@@ -115,6 +118,17 @@ class RankRule:
     """The layer kinds ranked (``layer_table.KINDS``)."""
     return ("conv", "transposed_conv") + (
         ("dense",) if self.project_dense else ())
+
+
+def _none_rankable(table, kinds) -> str:
+  """The one-line refusal of a model none of whose layers of ``kinds`` can
+  be ranked, naming them and why."""
+  skipped = [l for l in table.layers if l.kind in kinds or (
+      l.reason and not l.rankable and l.kind in ("grouped_conv", "other"))]
+  why = "; ".join(f"{l.name}: {l.reason}" for l in skipped[:3])
+  more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+  return (f"model: none of its {'/'.join(kinds)} layers can be ranked"
+          f"{' - ' + why + more if why else ' (it has none)'}")
 
 
 def layer_filter(spec: str):
