@@ -100,6 +100,8 @@ def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
   table = tracing.table(tracing.eval_apply(dense), abstract, input_shape)
   ranks = selection.select(rule, dense, abstract, input_shape,
                                 table=table)
+  if config.method != "dense" and not jax.tree.leaves(ranks):
+    raise ValueError(selection.none_rankable(table, rule.kinds))
   deferred = None
   if rule.decided_in_training:  # a method that can (``methods.check``)
     deferred = selection.deferred(

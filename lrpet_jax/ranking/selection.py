@@ -81,10 +81,7 @@ class RankRule:
     """The table's rankable layers this rule ranks, in call order; a
     ``project_layers`` that selects none is a one-line ValueError."""
     if not self.project_layers:
-      out = table.selected(self.kinds)
-      if not out:
-        raise ValueError(_none_rankable(table, self.kinds))
-      return out
+      return table.selected(self.kinds)
     wanted = layer_filter(self.project_layers)
     out = [l for l in table.layers if l.rankable and wanted(l)]
     if not out:
@@ -120,7 +117,7 @@ class RankRule:
         ("dense",) if self.project_dense else ())
 
 
-def _none_rankable(table, kinds) -> str:
+def none_rankable(table, kinds) -> str:
   """The one-line refusal of a model none of whose layers of ``kinds`` can
   be ranked, naming them and why."""
   skipped = [l for l in table.layers if l.kind in kinds or (

@@ -73,7 +73,14 @@ def setup(name):
   return model, variables, table, x
 
 
-@pytest.mark.parametrize("name", NAMES)
+# Two in the fast tier (another class's BatchNorm; a mixer of Dense layers);
+# the rest take 10-25 s each on 2 cores.
+FAST = ("flaxmodels_resnet18", "mlp_mixer")
+
+
+@pytest.mark.parametrize("name", [
+    n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
+    for n in NAMES])
 def test_public_model_table_step_compact_and_fold(name):
   model, variables, table, x = setup(name)
   # MACs: the table, cost() and a count from the modules themselves agree.
@@ -159,6 +166,11 @@ class BiTLike(nn.Module):
     return nn.Dense(5, name="head")(nn.relu(nn.GroupNorm(4)(x)).mean((1, 2)))
 
 
+def make_bit(num_classes=5, dtype=None):
+  del num_classes, dtype
+  return BiTLike()
+
+
 def test_weight_standardized_convs_are_counted_and_refused_by_name():
   model = BiTLike()
   shape = (8, 8, 3)
@@ -174,10 +186,14 @@ def test_weight_standardized_convs_are_counted_and_refused_by_name():
   with pytest.raises(ValueError, match="^conv1: cannot factorize a StdConv"):
     lrpet_jax.Factorized(model, ranks).apply(
         lrpet_jax.factorize(variables, ranks), jnp.zeros((1,) + shape))
-  # The pipeline's selection names the layers and why.
-  from lrpet_jax.ranking import selection  # pylint: disable=g-import-not-at-top
+  # The pipeline refuses it naming the layers and why (not "every leaf is
+  # None").
+  from lrpet_jax.pipeline import train  # pylint: disable=g-import-not-at-top
+  import smoke  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  config.update(model="test_public_models:make_bit", num_classes=5)
   with pytest.raises(ValueError) as e:
-    selection.RankRule(ratio=0.5).chosen(table)
+    train.make_setting(config, shape, 10)
   assert str(e.value).startswith("model: none of its conv/transposed_conv"
                                  " layers can be ranked - conv1/kernel: its"
                                  " kernel is computed on before use")
