@@ -81,3 +81,44 @@ FLAGS = {"jax_resnet18": "train", "jax_resnext50": "train",
          "poolformer": "deterministic"}
 # Their input (H, W, C): CIFAR-sized.
 INPUT = (32, 32, 3)
+
+
+def cait(num_classes=10, dtype=None):
+  """jax-models 0.0.5 ``CaiT``: a ViT with talking-heads attention, class
+  attention layers, LayerScale and a class token; flag ``deterministic``."""
+  del dtype
+  from jax_models.models import cait as m  # pylint: disable=g-import-not-at-top
+  return m.CaiT(patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                depth_token_only=1, attach_head=True, num_classes=num_classes)
+
+
+FLAGS["cait"] = "deterministic"
+
+
+def van(num_classes=10, dtype=None):
+  """jax-models 0.0.5 ``VAN``: large-kernel attention from depthwise and
+  dilated depthwise convs, BatchNorm after overlapping patch convs, a
+  drop_path stream; flag ``deterministic``."""
+  del dtype
+  from jax_models.models import van as m  # pylint: disable=g-import-not-at-top
+  return m.VAN(embed_dims=(8, 16, 16, 32), mlp_ratios=(2, 2, 2, 2),
+               depths=(1, 1, 1, 1), drop_path=0.1, attach_head=True,
+               num_classes=num_classes)
+
+
+# Refused: it calls .item() on jnp.linspace inside its __call__, which no
+# jax.jit can trace.
+REFUSED = {"van": "deterministic"}
+
+
+
+def jax_resnetd18(num_classes=10, dtype=None):
+  """jax-resnet 0.0.4 ``ResNetD18`` (ResNet-D): a three-conv stem and
+  average-pooled skip connections; no training flag."""
+  del dtype
+  import jax_resnet  # pylint: disable=g-import-not-at-top
+  return jax_resnet.ResNetD18(n_classes=num_classes,
+                              hidden_sizes=(8, 16, 16, 32))
+
+
+FLAGS["jax_resnetd18"] = "train"

@@ -530,8 +530,14 @@ def _trace(apply_fn, variables, input_shape):
                    args, kwargs)
 
   with nn.intercept_methods(intercept), nnx_models.intercept_calls(on_call):
-    closed = jax.make_jaxpr(lambda v, x: apply_fn(v, x))(
-        variables, example(input_shape))
+    try:
+      closed = jax.make_jaxpr(lambda v, x: apply_fn(v, x))(
+          variables, example(input_shape))
+    except jax.errors.JAXTypeError as e:  # e.g. .item() on a traced value
+      first = str(e).strip().splitlines()[0]
+      raise ValueError(
+          f"model: its forward pass cannot be traced by jax.jit, so it cannot"
+          f" be compiled or analysed ({type(e).__name__}: {first})") from None
   graph = _Graph()
   jaxpr = closed.jaxpr
   env = {v: graph.new() for v in jaxpr.invars + jaxpr.constvars}

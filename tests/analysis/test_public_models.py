@@ -35,6 +35,10 @@ for _package in ("jax_resnet", "flaxmodels", "jax_models"):
 
 NAMES = sorted(public_models.FLAGS)
 SHAPE = public_models.INPUT
+# The products of two activations (no module's kernel), by hand: CaiT's 2
+# blocks of 16 patch tokens, 2 heads of 16 features (q·kᵀ and attn·v), then
+# its class-attention block (1 query over 17 tokens).
+ATTENTION = {"cait": 2 * 2 * 2 * 16 * 16 * 16 + 2 * 2 * 1 * 17 * 16}
 
 
 def module_macs(model, variables, x, **flags) -> int:
@@ -86,7 +90,8 @@ def test_public_model_table_step_compact_and_fold(name):
   # MACs: the table, cost() and a count from the modules themselves agree.
   want = module_macs(model, variables, x[:1], train=False)
   assert table.dense_macs == want
-  assert lrpet_jax.cost(model, variables, SHAPE)["macs"] == want
+  assert lrpet_jax.cost(model, variables, SHAPE)["macs"] == (
+      want + ATTENTION.get(name, 0))
   # Ranks through the table (what the pipeline does), one projection with
   # BN rectification against a float64 NumPy SVD.
   chosen = [l.kernel for l in table.selected(("conv", "transposed_conv",
@@ -164,6 +169,19 @@ class BiTLike(nn.Module):
     x = nn.relu(nn.GroupNorm(num_groups=4)(x))
     x = StdConv(8, (3, 3), use_bias=False, name="conv2")(x)
     return nn.Dense(5, name="head")(nn.relu(nn.GroupNorm(4)(x)).mean((1, 2)))
+
+
+def test_a_model_jax_cannot_trace_is_refused_in_one_line():
+  """jax-models' VAN calls .item() on a traced value in its __call__."""
+  name, flag = next(iter(public_models.REFUSED.items()))
+  model = models.with_train_flag(getattr(public_models, name)(10), flag)
+  variables = model.init(jax.random.key(0), jnp.zeros((1,) + SHAPE),
+                         train=False)  # eagerly: it runs, untraced
+  with pytest.raises(ValueError) as e:
+    tracing.table(tracing.eval_apply(model), variables, SHAPE)
+  assert str(e.value).startswith(
+      "model: its forward pass cannot be traced by jax.jit")
+  assert "\n" not in str(e.value)
 
 
 def make_bit(num_classes=5, dtype=None):
