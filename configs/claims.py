@@ -121,7 +121,7 @@ def arm_overrides(scale: str, arm: str) -> dict:
       f" {', '.join([*ARMS, *PHASED])}, lrpet_ratio<r> or lrpet_energy<t>")
 
 
-def get_config(arg: str = "cpu,lrpet"):
+def get_config(arg: str = ""):
   scale, _, arm = arg.partition(",")
   if scale not in SCALES or not arm:
     raise ValueError(

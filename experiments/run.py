@@ -221,9 +221,17 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.parallel < 1:
     parser.error(f"--parallel must be >= 1, got {args.parallel}")
-  plan = plan_runs(args.scale,
-                   [int(s) for s in args.seeds.split(",")] if args.seeds
-                   else None, args.only.split(",") if args.only else None)
+  only = args.only.split(",") if args.only else None
+  known = {m for m, _ in plan_runs(args.scale)}
+  unknown = sorted(set(only or ()) - known)
+  if unknown:
+    parser.error(f"--only: unknown run {', '.join(unknown)}; valid:"
+                 f" {', '.join(sorted(known))}")
+  try:
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+  except ValueError:
+    parser.error(f"--seeds: want comma-separated integers, got {args.seeds!r}")
+  plan = plan_runs(args.scale, seeds, only)
   env = dict(os.environ)
   if args.parallel > 1:
     env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / args.parallel:.3f}"

@@ -7,11 +7,13 @@ library's INFO lines.
 """
 
 import ast
+import importlib.util
 import logging as logging_std
 import os
 import pathlib
 import re
 import sys
+import sysconfig
 import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -97,9 +99,15 @@ def main(argv):
     sys.exit(next(code for kind, code in EXIT_STATUS.items()
                   if isinstance(e, kind)))
   except Exception as e:  # pylint: disable=broad-except
+    first = str(e).splitlines()[0] if str(e) else ""
+    frame = _model_frame(e)
+    if frame is not None:  # the user's model failed, not the library
+      print(f"error: model: {config.model} raised {type(e).__name__}"
+            f" ({first}) at {frame.filename}:{frame.lineno} in {frame.name};"
+            f" {_save_traceback()}", file=sys.stderr)
+      sys.exit(2)
     print(f"error: internal error in {train.PHASE[0]} ({type(e).__name__}:"
-          f" {str(e).splitlines()[0] if str(e) else ''}); {_save_traceback()}",
-          file=sys.stderr)
+          f" {first}); {_save_traceback()}", file=sys.stderr)
     sys.exit(4)
   if "signal" in result:  # saved and stopped: exit as the signal would have
     where = (f"in {result['phase']}; training saved at step"
@@ -108,6 +116,34 @@ def main(argv):
     print(f"stopped by signal {result['signal']} {where}; rerun the same"
           " command to resume", file=sys.stderr)
     sys.exit(128 + result["signal"])
+
+
+def _library_dirs() -> tuple[str, ...]:
+  """Where this package and the libraries it drives live."""
+  dirs = [os.path.dirname(os.path.abspath(__file__))]
+  for name in ("jax", "jaxlib", "flax", "optax", "numpy", "orbax", "absl",
+               "ml_collections", "etils", "tensorflow", "tensorboardX"):
+    spec = importlib.util.find_spec(name)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+      dirs.append(location)
+  return tuple(os.path.join(os.path.abspath(d), "") for d in dirs)
+
+
+def _model_frame(e: BaseException):
+  """The innermost frame of ``e``'s traceback outside this package, the
+  libraries it drives and Python (the user's model code), or None."""
+  libraries = _library_dirs()
+  stdlib = os.path.join(sysconfig.get_paths()["stdlib"], "")
+
+  def library(path):
+    path = os.path.abspath(path)
+    return path.startswith(libraries) or (
+        path.startswith(stdlib) and "-packages" not in path)
+
+  for frame in reversed(traceback.extract_tb(e.__traceback__)):
+    if not library(frame.filename):
+      return frame if "<" not in frame.filename else None
+  return None
 
 
 def _save_traceback() -> str:

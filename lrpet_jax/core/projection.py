@@ -66,13 +66,22 @@ def check_rank(rank: Any, shape: Sequence[int], name: str = "rank") -> int:
   return int(rank)
 
 
+def known(x) -> bool:
+  """``x`` has a value now: not traced (e.g. a hyperparameter that
+  ``optax.inject_hyperparams`` passes inside ``jit``), so it can be checked
+  or branched on."""
+  return not isinstance(x, jax.core.Tracer)
+
+
 def check_hyperparameters(residual_scale: float, eps: float,
                           min_sigma: float) -> None:
-  if not 0.0 <= residual_scale <= 1.0:
+  """One-line ValueErrors for values out of range; traced values (checked
+  when they were given, e.g. by ``inject_hyperparams``' init) pass."""
+  if known(residual_scale) and not 0.0 <= residual_scale <= 1.0:
     raise ValueError(f"residual_scale must be in [0, 1], got {residual_scale}")
-  if not eps > 0:
+  if known(eps) and not eps > 0:
     raise ValueError(f"eps must be > 0, got {eps}")
-  if not min_sigma >= 0:
+  if known(min_sigma) and not min_sigma >= 0:
     raise ValueError(f"min_sigma must be >= 0, got {min_sigma}")
 
 
@@ -115,7 +124,7 @@ def _project_matrix(w, rank, out_scale, *, energy_transfer, residual_scale,
     projected = jnp.sqrt(alpha) * w_r
   else:
     projected = w_r
-  if residual_scale:
+  if not known(residual_scale) or residual_scale:
     projected = projected + residual_scale * residual
   if out_scale is not None:
     projected = projected * (out_scale / (out_scale * out_scale + eps))

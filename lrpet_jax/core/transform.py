@@ -195,18 +195,22 @@ def pytorch_sgd(learning_rate: optax.ScalarOrSchedule, *,
     weight_decay: ≥ 0, applied to every parameter (as the official code does).
     nesterov: Nesterov momentum (needs momentum > 0).
   """
-  if not 0.0 <= momentum < 1.0:
+  known = projection.known  # traced under inject_hyperparams: not checked
+  if known(momentum) and not 0.0 <= momentum < 1.0:
     raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-  if not weight_decay >= 0.0:
+  if known(weight_decay) and not weight_decay >= 0.0:
     raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-  if nesterov and momentum == 0.0:
+  if known(momentum) and nesterov and momentum == 0.0:
     raise ValueError("nesterov=True needs momentum > 0")
-  if not callable(learning_rate) and not learning_rate > 0:
+  if (not callable(learning_rate) and known(learning_rate)
+      and not learning_rate > 0):
     raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
-      optax.trace(decay=momentum, nesterov=nesterov) if momentum
-      else optax.identity(),
+      # An array momentum (inject_hyperparams) keeps the trace at any value,
+      # so that the state's structure does not depend on it.
+      optax.identity() if isinstance(momentum, numbers.Number)
+      and momentum == 0 else optax.trace(decay=momentum, nesterov=nesterov),
       optax.scale_by_learning_rate(learning_rate),
   )
 

@@ -241,6 +241,8 @@ def test_conv_local_and_dead_work_by_hand():
 
 
 class DropPath(nn.Module):
+  num_classes: int = 3
+
   @nn.compact
   def __call__(self, x, train=False):
     x = nn.Conv(4, (3, 3), name="conv")(x)
@@ -248,7 +250,7 @@ class DropPath(nn.Module):
       keep = jax.random.bernoulli(self.make_rng("drop_path"), 0.5,
                                   (x.shape[0], 1, 1, 1))
       x = x * keep
-    return nn.Dense(3, name="head")(x.mean((1, 2)))
+    return nn.Dense(self.num_classes, name="head")(x.mean((1, 2)))
 
 
 def test_every_rng_stream_is_drawn_from_the_step_key():
@@ -264,12 +266,14 @@ def test_every_rng_stream_is_drawn_from_the_step_key():
 class SyncBN(nn.Module):
   """flax examples/imagenet's pattern: BatchNorm(axis_name='batch')."""
 
+  num_classes: int = 3
+
   @nn.compact
   def __call__(self, x, train=False):
     x = nn.Conv(4, (3, 3), use_bias=False, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, axis_name="batch",
                      name="bn")(x)
-    return nn.Dense(3, name="head")(x.mean((1, 2)))
+    return nn.Dense(self.num_classes, name="head")(x.mean((1, 2)))
 
 
 def test_cross_device_batchnorm_trains_on_the_global_batch():
@@ -380,3 +384,47 @@ def test_public_model_through_the_pipeline(name, tiny_config, tmp_path):
   assert max(summary["export_check"][k] for k in (
       "compact", "folded", "serving")) <= 1e-5
   assert summary["compact_macs"] < summary["dense_macs"]
+
+
+def make_drop_path(num_classes=4, dtype=None):
+  del dtype
+  return DropPath(num_classes)
+
+
+def make_sync_bn(num_classes=4, dtype=None):
+  del dtype
+  return SyncBN(num_classes)
+
+
+class NnxConvDropoutAtCall(nnx.Module):
+  def __init__(self, num_classes, rngs):
+    self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(8, rngs=rngs)
+    self.dropout = nnx.Dropout(0.5)
+    self.head = nnx.Linear(8, num_classes, rngs=rngs)
+
+  def __call__(self, x, rngs: nnx.Rngs | None = None):
+    x = nnx.relu(self.bn(self.conv(x)))
+    return self.head(self.dropout(x.mean((1, 2)), rngs=rngs))
+
+
+def make_nnx_dropout_at_call(num_classes=4, dtype=None, *, rngs):
+  del dtype
+  return NnxConvDropoutAtCall(num_classes, rngs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factory,classes", [
+    ("make_drop_path", 4), ("make_sync_bn", 4),
+    ("make_nnx_dropout_at_call", 4)])
+def test_rng_streams_and_synced_batchnorm_through_the_pipeline(
+    factory, classes, tiny_config, tmp_path):
+  """The issue's exit-4 cases train and export: a drop_path stream, a
+  BatchNorm(axis_name='batch'), an NNX model taking rngs in its call."""
+  from lrpet_jax.pipeline import train  # pylint: disable=g-import-not-at-top
+  summary = train.train_and_evaluate(
+      tiny_config(model=f"test_public_models:{factory}", num_classes=classes,
+                  num_steps=3, steps_per_call=1, project_every_steps=2),
+      str(tmp_path / "w"))
+  assert max(summary["export_check"][k] for k in (
+      "compact", "folded", "serving")) <= 1e-5

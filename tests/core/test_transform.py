@@ -272,3 +272,30 @@ def test_lrpet_bad_hyperparameters(kwargs, field):
 def test_lrpet_bad_learning_rate():
   with pytest.raises(ValueError, match="learning_rate"):
     lrpet_jax.lrpet(0.0, RANKS, every=1)
+
+
+@pytest.mark.parametrize("name,value,changed", [
+    ("learning_rate", 0.1, 0.05), ("momentum", 0.9, 0.5),
+    ("weight_decay", 1e-4, 1e-2), ("residual_scale", 0.0, 0.3)])
+def test_lrpet_under_inject_hyperparams(name, value, changed):
+  """Each numeric argument injected (traced inside jit), the others static:
+  the update is lrpet's at the injected value, also after changing it."""
+  rng = np.random.default_rng(0)
+  params = {"conv": {"kernel": jnp.asarray(
+      rng.standard_normal((3, 3, 4, 8)), jnp.float32)}}
+  grads = {"conv": {"kernel": jnp.asarray(
+      rng.standard_normal((3, 3, 4, 8)), jnp.float32)}}
+  ranks = lrpet_jax.uniform_ranks(params, 0.5)
+  kwargs = dict(learning_rate=0.1, every=1, momentum=0.9, weight_decay=1e-4,
+                residual_scale=0.0)
+  static = tuple(k for k in kwargs if k != name) + ("ranks",)
+  tx = optax.inject_hyperparams(lrpet_jax.lrpet, static_args=static)(
+      ranks=ranks, **kwargs)
+  state = tx.init(params)
+  for v in (value, changed):
+    state.hyperparams[name] = jnp.asarray(v)
+    got, _ = jax.jit(tx.update)(grads, state, params)
+    want_tx = lrpet_jax.lrpet(ranks=ranks, **{**kwargs, name: v})
+    want, _ = want_tx.update(grads, want_tx.init(params), params)
+    np.testing.assert_allclose(got["conv"]["kernel"], want["conv"]["kernel"],
+                               rtol=1e-4, atol=1e-6)

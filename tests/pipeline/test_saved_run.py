@@ -102,3 +102,42 @@ def test_top_k_counts_by_hand():
   got = saved_run._top_k(lambda x: x, [(logits[:2], labels[:2]),
                                        (logits[2:], labels[2:])])
   assert got == {"top1": 1 / 3, "top5": 2 / 3}
+
+
+def make_mlp(num_classes=4, dtype=None):
+  """A model without BatchNorm (as the authors' ViT): no batch_stats."""
+  del dtype
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Mlp(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      del train
+      x = nn.relu(nn.Conv(8, (3, 3), name="conv")(x)).mean((1, 2))
+      return nn.Dense(num_classes, name="head")(x)
+  return Mlp()
+
+
+def test_a_run_without_batchnorm_loads_and_evaluates(tiny_config, tmp_path):
+  """The pipeline writes such a run's variables with an empty batch_stats
+  (``ending``); load_run restores them (it raised Orbax's 'batch_stats
+  MISSING')."""
+  config = tiny_config(model="test_saved_run:make_mlp")
+  workdir = write_workdir(tmp_path / "w", config)
+  model = train.model_builder(config)()
+  variables = model.init(jax.random.key(3), jnp.zeros((1, 16, 16, 3)),
+                         train=False)
+  assert "batch_stats" not in variables
+  ranks = ranks_lib.Ranks({"conv/kernel": 2}).tree(variables["params"])
+  projected = {"params": lrpet_jax.project_params(variables["params"], ranks),
+               "batch_stats": {}}
+  (workdir / "ranks.json").write_text(json.dumps({"conv/kernel": 2}))
+  variables_file.save(workdir / "dense_final", projected)
+  variables_file.save(workdir / "compact",
+                      lrpet_jax.factorize(projected, ranks))
+  run = lrpet_jax.load_run(workdir)
+  images, labels = run.test_data
+  want = top1_by_hand(model, projected, images, labels, config)
+  assert run.evaluate("dense")["top1"] == want
+  assert run.evaluate("compact")["top1"] == want
+  assert run.dense_variables["batch_stats"] == {}

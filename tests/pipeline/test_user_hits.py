@@ -324,3 +324,39 @@ def test_the_launcher_does_not_say_resume_after_bad_input(tmp_path):
       env=ENV, capture_output=True, text=True, timeout=120, check=False)
   assert done.returncode == 2, done.stderr[-2000:]
   assert "resume" not in done.stderr
+
+
+BUGGY = '''
+import flax.linen as nn
+
+
+class Buggy(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(4, (3, 3))(x)
+    if train:
+      x = x[:, :, :, 0] * undefined_name  # a bug that only training hits
+    return nn.Dense(self.num_classes)(x.mean((1, 2)))
+
+
+def make(num_classes=10, dtype=None):
+  return Buggy(num_classes)
+'''
+
+
+@pytest.mark.slow
+def test_a_bug_in_the_users_model_is_the_models_error(image_folder,
+                                                      tmp_path):
+  (tmp_path / "buggy_model.py").write_text(BUGGY)
+  workdir = tmp_path / "w"
+  done = run(command(image_folder, workdir, "--config.model=buggy_model:make",
+                     "--config.num_steps=2"), PYTHONPATH=str(tmp_path))
+  assert done.returncode == 2, done.stderr[-2000:]
+  (line,) = [l for l in done.stderr.splitlines() if l.startswith("error:")]
+  assert line == (
+      "error: model: buggy_model:make raised NameError (name 'undefined_name'"
+      f" is not defined) at {tmp_path / 'buggy_model.py'}:12 in __call__; the"
+      f" traceback is in {workdir.absolute() / 'error.txt'}")
+  assert "Traceback" in (workdir / "error.txt").read_text()
