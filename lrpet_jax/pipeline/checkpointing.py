@@ -110,9 +110,14 @@ def wait(checkpoints) -> None:
 
 
 def _set_aside(checkpoints, step, error):
-  """Moves an unreadable checkpoint to WORKDIR/checkpoints_unreadable/<step>."""
+  """Moves an unreadable checkpoint to WORKDIR/checkpoints_unreadable/<step>
+  (<step>.2, .3, ... if one of that step was set aside before)."""
   source = pathlib.Path(checkpoints.directory) / str(step)
   target = source.parent.parent / "checkpoints_unreadable" / str(step)
+  copies = 1
+  while target.exists():  # set aside at this step before: keep both
+    copies += 1
+    target = target.with_name(f"{step}.{copies}")
   logging.warning("checkpoint %d is unreadable (%s); moved to %s, trying an"
                   " older one", step, type(error).__name__, target)
   if hosts.is_writer():

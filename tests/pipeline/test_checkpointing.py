@@ -69,3 +69,19 @@ def test_undecided_ranks_match_either_side_of_the_decision():
   assert checkpointing._same_run(IDENTITY, undecided)  # pylint: disable=protected-access
   assert not checkpointing._same_run(  # pylint: disable=protected-access
       IDENTITY, checkpointing.run_identity("resnet8", 100, "lrpet", None))
+
+
+def test_a_step_set_aside_twice_keeps_both(tmp_path):
+  """A run resumed past a corrupt checkpoint 8, then corrupt again at 8: the
+  second is set aside beside the first (it was an OSError, exit 4)."""
+  for values in ([(4, 1.0), (8, 2.0)], [(8, 2.0)]):
+    manager = saved(tmp_path, values)
+    for f in (tmp_path / "checkpoints" / "8").rglob("*"):
+      if f.is_file():
+        f.write_bytes(b"garbage")
+    restored, _ = checkpointing.restore_latest(
+        manager, jax.eval_shape(lambda: state(0, 0.0)), IDENTITY)
+    assert int(restored.step) == 4
+    manager.close()
+  assert sorted(p.name for p in (tmp_path / "checkpoints_unreadable").iterdir()
+                ) == ["8", "8.2"]
