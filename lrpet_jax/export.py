@@ -93,6 +93,10 @@ _FLOOR = flags.DEFINE_integer("rank_floor", 0, "> 0: every rank at least"
 _FIRST_FLOOR = flags.DEFINE_integer("first_rank_floor", 0, "> 0: the first"
                                     " layer's rank at least this.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace OUT_DIR/compact.")
+_STRICT = flags.DEFINE_bool(
+    "strict", False, "Refuse (exit 2) a checkpoint whose kernels are not"
+    " already at the export's ranks (energy kept < 0.999: the compact model"
+    " would truncate them); without it, a warning line.")
 _TUNE_FOR = flags.DEFINE_enum(
     "tune_for", None, ["cpu", "gpu"], "Tune each layer's form for latency on"
     " this backend (must be this machine's).")
@@ -147,7 +151,7 @@ def main(argv):
         model_flag=_MODEL_FLAG.value, overwrite=_OVERWRITE.value,
         tune_for=_TUNE_FOR.value, batch=_BATCH.value,
         compute_dtype=_DTYPE.value, dataset=_DATASET.value,
-        normalization=_normalization_flags())
+        normalization=_normalization_flags(), strict=_STRICT.value)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -158,8 +162,9 @@ def main(argv):
   check = report.get("tuning", report)["export_check"]
   worst = max(check.get(k, 0.0) for k in ("compact", "folded", "serving"))
   print(f"wrote {out}: {' '.join(sorted(p.name + ('/' if p.is_dir() else '') for p in out.iterdir()))}"
-        f" (serving/ checked against the dense model: largest difference"
-        f" {worst:.1e})")
+        f" (serving/ checked against the dense model"
+        f"{' as truncated to the ranks' if report.get('truncates') else ''}:"
+        f" largest difference {worst:.1e})")
 
 
 if __name__ == "__main__":

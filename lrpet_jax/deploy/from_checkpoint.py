@@ -20,6 +20,8 @@ from lrpet_jax.analysis import factorized
 from lrpet_jax.analysis import folding
 from lrpet_jax.analysis import nnx_models
 from lrpet_jax.analysis import tracing
+from lrpet_jax.core import _trees
+from lrpet_jax.core import projection
 from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.data import datasets as data_lib
 from lrpet_jax.deploy import compact
@@ -82,7 +84,8 @@ def compact_from_checkpoint(
     input_size: int = 32, model_flag: str = "train", overwrite: bool = False,
     tune_for: str | None = None, batch: int = 256,
     compute_dtype: str = "float32", dataset: str | None = None,
-    normalization: data_lib.Normalization | None = None) -> dict:
+    normalization: data_lib.Normalization | None = None,
+    strict: bool = False) -> dict:
   """What ``python -m lrpet_jax.export`` does; returns the report written as
   JSON (with a ``tuning`` entry when tuned).
 
@@ -109,11 +112,17 @@ def compact_from_checkpoint(
   table = tracing.table(tracing.eval_apply(dense), variables, shape)
   pairs = tracing.Pairing.of(table)
   ranks = selection.select(rule, dense, variables, shape, table=table)
+  lossy = truncation(variables["params"], ranks)
+  if lossy:
+    if strict:
+      raise ValueError(f"strict: {lossy}")
+    print(f"warning: {lossy}", file=sys.stderr)
   description = {"model": spec, "num_classes": num_classes}
   report, _ = compact.write(out, dense, ranks, pairs, input_shape=shape,
                             description=description, dense_variables=variables,
                             overwrite=overwrite, normalization=normalization)
   print((out / "compact_report.txt").read_text(), end="")
+  report["truncates"] = bool(lossy)
   if tune_for is not None:
     in_dtype = models.with_train_flag(models.build(
         spec, num_classes, COMPUTE_DTYPES[compute_dtype]), model_flag)
@@ -121,6 +130,29 @@ def compact_from_checkpoint(
         out, in_dtype, variables, ranks, pairs, input_shape=shape,
         batch=batch, description=description, normalization=normalization)
   return report
+
+
+# A kernel keeping less of its energy at its rank was not trained to it.
+EXACT_ENERGY = 0.999
+
+
+def truncation(params, ranks, worst: int = 3) -> str | None:
+  """None if every ranked kernel of ``params`` is (nearly) of its rank
+  already (energy kept ≥ ``EXACT_ENERGY``: the compact model is the
+  checkpoint's model); else one line saying the export truncates, with the
+  ``worst`` layers' energy kept."""
+  kernels = _trees.leaves_by_path(params)
+  kept = sorted((projection.energy_kept(kernels[k], r), "/".join(k))
+                for k, r in _trees.leaves_by_path(ranks).items() if r is not None)
+  low = [(e, name) for e, name in kept if not e >= EXACT_ENERGY]
+  if not low:
+    return None
+  shown = ", ".join(f"{name} {e:.3f}" for e, name in low[:worst])
+  return (f"{len(low)} of {len(kept)} kernels are not at their export rank"
+          f" (energy kept {shown}{', ...' if len(low) > worst else ''}): the"
+          " compact model truncates them and is not the checkpoint's model"
+          " (a run that was never projected to these ranks?); --strict"
+          " refuses")
 
 
 def write_tuned(out: pathlib.Path, model, variables, ranks, pairs, *,

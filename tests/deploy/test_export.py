@@ -208,3 +208,45 @@ def test_ranks_dict_round_trip():
   mapping = ranks_lib.Ranks.of_tree(ranks).to_json()
   assert mapping == {"a/kernel": 4}
   assert ranks_lib.Ranks(mapping).tree(params) == ranks
+
+
+def test_a_checkpoint_not_at_its_ranks_is_said_or_refused(tmp_path, capsys):
+  """A dense run never projected: the export truncates; it says so with the
+  energy each layer keeps (float64 NumPy SVD by hand), --strict refuses
+  before writing."""
+  dense = models.create("resnet8")
+  variables = dense.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                         train=False)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "dense", variables)
+  checkpointer.wait_until_finished()
+  rule = selection.RankRule(ratio=0.54)
+  with pytest.raises(ValueError) as e:
+    from_checkpoint.compact_from_checkpoint(
+        str(tmp_path / "dense"), str(tmp_path / "strict"), "resnet8",
+        rule=rule, strict=True)
+  assert str(e.value).startswith("strict: 7 of 7 kernels are not at their"
+                                 " export rank (energy kept ")
+  assert not (tmp_path / "strict").exists()
+  # The worst layer's energy, by hand.
+  ranks = lrpet_jax.uniform_ranks(variables["params"], 0.54)
+  kept = []
+  for key, rank in lrpet_jax.core._trees.leaves_by_path(ranks).items():
+    w = np.asarray(lrpet_jax.core._trees.leaves_by_path(
+        variables["params"])[key], np.float64)
+    s = np.linalg.svd(w.reshape(-1, w.shape[-1]), compute_uv=False)
+    kept.append((np.sum(s[:rank] ** 2) / np.sum(s ** 2), "/".join(key)))
+  energy, name = min(kept)
+  assert f"(energy kept {name} {energy:.3f}, " in str(e.value)
+  report = from_checkpoint.compact_from_checkpoint(
+      str(tmp_path / "dense"), str(tmp_path / "out"), "resnet8", rule=rule)
+  assert report["truncates"]
+  warning = [l for l in capsys.readouterr().err.splitlines()
+             if l.startswith("warning: ")]
+  assert warning == ["warning: " + str(e.value)[len("strict: "):]]
+  # A projected checkpoint exports without a word.
+  saved_projected_dense("resnet8", tmp_path / "projected")
+  report = from_checkpoint.compact_from_checkpoint(
+      str(tmp_path / "projected"), str(tmp_path / "out2"), "resnet8",
+      rule=rule, strict=True)
+  assert not report["truncates"]
