@@ -17,6 +17,7 @@ everything needed to go on: params, batch_stats, the optimizer state
 resumes from the newest readable checkpoint.
 """
 
+import collections
 import dataclasses
 import json
 import pathlib
@@ -330,6 +331,11 @@ def next_call(run: Run, step: int, every: Every) -> tuple[int, bool | None]:
   return steps_lib.next_call_length(end - step, every.steps_per_call), project
 
 
+# Compiled calls the host may dispatch before the device has finished the
+# earliest of them (the device stays busy; a signal is acted on after them).
+QUEUED = 2
+
+
 def train_loop(run: Run, tools: Tools, state: TrainState, every: Every,
                workdir: pathlib.Path
                ) -> tuple[Run, Tools, TrainState, bool]:
@@ -338,6 +344,7 @@ def train_loop(run: Run, tools: Tools, state: TrainState, every: Every,
   window = jax.device_put(steps_lib.empty_window(), run.replicated)
   step = int(state.step)
   next_log = _next_multiple(step, every.log)
+  queued = collections.deque()
   while step < run.total_steps:
     plan = run.method.replan(step, state)
     if plan is not None:
@@ -345,6 +352,11 @@ def train_loop(run: Run, tools: Tools, state: TrainState, every: Every,
     length, project = next_call(run, step, every)
     state, window, aux = tools.stepper(state, window, step, length, project)
     step += length
+    # At most QUEUED calls ahead of the device: a signal stops the run after
+    # those, not after every call dispatched up to the next log.
+    queued.append(jnp.copy(state.step))
+    if len(queued) > QUEUED:
+      queued.popleft().block_until_ready()
     if project:
       log_projection(run.method, tools, step, state, aux)
     at_checkpoint = step % every.checkpoint == 0 or step == run.total_steps

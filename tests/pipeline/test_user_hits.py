@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import flax.linen as nn
 import jax
@@ -360,3 +361,32 @@ def test_a_bug_in_the_users_model_is_the_models_error(image_folder,
       f" is not defined) at {tmp_path / 'buggy_model.py'}:12 in __call__; the"
       f" traceback is in {workdir.absolute() / 'error.txt'}")
   assert "Traceback" in (workdir / "error.txt").read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_within_the_queued_calls(tmp_path):
+  """One step per call (the smoke config, ResNet-20 on the CIFAR-10 copy):
+  the host used to dispatch every step up to the next log before it read
+  the device again, so Ctrl-C stopped up to a log interval late (step 51
+  for a signal after step 40). Now at most ``train.QUEUED`` calls wait
+  ahead of the device."""
+  cmd = [sys.executable, "-m", "lrpet_jax.main",
+         f"--config={ROOT / 'configs' / 'smoke.py'}",
+         f"--workdir={tmp_path / 'w'}", "--config.num_steps=60",
+         "--config.steps_per_call=1", "--config.log_every_steps=10",
+         "--config.checkpoint_every_steps=60"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in proc.stderr:
+    lines.append(line)
+    if re.search(r"step 40/60", line):
+      time.sleep(0.3)  # the host has dispatched what it will by now
+      proc.send_signal(signal.SIGINT)
+  proc.wait(timeout=300)
+  assert proc.returncode == 130, "".join(lines[-20:])
+  stopped = int(re.search(r"stopped by signal 2 at step (\d+)",
+                          "".join(lines)).group(1))
+  # The call under way, the 2 queued ones (the README's bound), and one
+  # dispatched meanwhile; before, the next log boundary (50).
+  assert train.QUEUED == 2 and 40 < stopped <= 44
