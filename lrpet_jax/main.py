@@ -92,7 +92,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     result = train.train_and_evaluate(config, _WORKDIR.value,
-                                      command=["python", "-m",
+                                      command=[_python(), "-m",
                                                "lrpet_jax.main", *sys.argv[1:]])
   except tuple(EXIT_STATUS) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -116,6 +116,11 @@ def main(argv):
     print(f"stopped by signal {result['signal']} {where}; rerun the same"
           " command to resume", file=sys.stderr)
     sys.exit(128 + result["signal"])
+
+
+def _python() -> str:
+  """The interpreter as typed (python3, python): commands.txt's command."""
+  return os.path.basename(sys.executable) or "python3"
 
 
 def _library_dirs() -> tuple[str, ...]:
@@ -167,8 +172,15 @@ HELP = """usage: python -m lrpet_jax.main --config=FILE[:ARG] --workdir=DIR \
 Trains under the config FILE (configs/cifar.py: the paper's CIFAR-10
 setting; configs/smoke.py: the whole pipeline in about 1½ minutes), writing
 checkpoints, metrics, the compact model and summary.json to DIR; rerunning
-the command resumes. Exit status: 0 done, 1 training diverged, 2 bad
-configuration, 128 + N stopped by signal N (saved).
+the command resumes. Exit status (one line on stderr for each but 0):
+  0        done (or finished already)
+  1        training diverged (the last good checkpoint kept)
+  2        bad input: config, data, model (or the model's own error), workdir
+  3        the exported model does not compute what the trained one does
+  4        a checkpoint could not be written, or an internal error
+           (WORKDIR/error.txt holds the traceback)
+  128 + N  stopped by signal N (2: Ctrl-C, 15: SIGTERM), saved; rerun to
+           resume
 """
 
 

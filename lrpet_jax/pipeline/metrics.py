@@ -10,6 +10,7 @@
 
 import json
 import pathlib
+import statistics
 import time
 
 from absl import logging
@@ -71,12 +72,14 @@ def duration(seconds: float) -> str:
 class Progress:
   """Throughput and the time left to the end of the run.
 
-  The time left is: the training steps left at the mean rate since the first
-  report (the first window includes compilation, so it is left out), plus
-  the evaluations left at the last one's duration, plus the final phase
-  (``final_evaluations`` evaluations and ``final_steps`` forward passes of a
-  batch at a third of a training step each: precise BatchNorm). Until the
-  second report it is unknown (None).
+  The time left is: the training steps left at the median time per step of
+  the reports since the first (the first window includes compilation, so it
+  is left out, and a median ignores the windows in which a new call length
+  or the projecting step compiled), plus the evaluations left at the
+  quickest evaluation's duration (the first one compiles), plus the final
+  phase (``final_evaluations`` evaluations and ``final_steps`` forward
+  passes of a batch at a third of a training step each: precise BatchNorm).
+  Until the second report it is unknown (None).
   """
 
   def __init__(self, first_step: int, total_steps: int, batch_size: int,
@@ -84,26 +87,31 @@ class Progress:
     self._t, self._step = time.time(), first_step
     self._total, self._batch = total_steps, batch_size
     self._final_steps, self._final_evals = final_steps, final_evaluations
-    self._since = None  # (time, step) of the first report
-    self._paused = 0.0  # seconds spent evaluating since then
+    self._reported = False
+    self._paused = 0.0  # seconds spent evaluating since the last report
+    self._step_s = []  # seconds per step of each window after the first
     self.evaluation_s = 0.0
 
   def evaluated(self, seconds: float) -> None:
     """An evaluation took ``seconds`` (not training time)."""
-    self.evaluation_s = seconds
+    self.evaluation_s = (min(self.evaluation_s, seconds) if self.evaluation_s
+                         else seconds)
     self._paused += seconds
 
   def report(self, step: int, evaluations_left: int = 0
              ) -> tuple[float, float | None]:
     """(images/s since the last report, seconds left to the end, or None)."""
     now = time.time()
-    rate = (step - self._step) * self._batch / max(now - self._t, 1e-9)
-    self._t, self._step = now, step
-    if self._since is None:
-      self._since, self._paused = (now, step), 0.0
+    elapsed = max(now - self._t, 1e-9)
+    rate = (step - self._step) * self._batch / elapsed
+    if self._reported and step > self._step:
+      self._step_s.append(max(elapsed - self._paused, 1e-9)
+                          / (step - self._step))
+    self._t, self._step, self._paused = now, step, 0.0
+    if not self._step_s:
+      self._reported = True
       return rate, None
-    t0, s0 = self._since
-    step_s = max(now - t0 - self._paused, 1e-9) / max(step - s0, 1)
+    step_s = statistics.median(self._step_s)
     left = ((self._total - step + self._final_steps / 3) * step_s
             + (evaluations_left + self._final_evals) * self.evaluation_s)
     return rate, left

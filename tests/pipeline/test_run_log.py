@@ -106,3 +106,25 @@ def test_training_figure_of_a_dense_run(tmp_path):
   final = lines[-1]
   assert list(final.get_xdata()) == [20] and list(final.get_ydata()) == [0.3]
   plt.close(fig)
+
+
+def test_time_left_ignores_compilation_windows_and_evaluations(clock):
+  """A short run: a window in which a new call compiled (30 s for 10 steps)
+  and a first evaluation that compiled (20 s) do not stretch the estimate
+  (it said 5m51s at step 6/12 of a run that took 1m50s)."""
+  progress = metrics.Progress(0, 60, 10, final_steps=0, final_evaluations=1)
+  clock.now += 50.0
+  progress.report(10)  # first window: compilation, left out
+  for seconds in (10.0, 30.0, 10.0):  # 1 s/step, one compiling window, 1
+    clock.now += seconds
+    step = progress._step + 10  # pylint: disable=protected-access
+    if seconds == 30.0:
+      clock.now += 20.0
+      progress.evaluated(20.0)  # the first evaluation compiles
+    _, left = progress.report(step, evaluations_left=1)
+  clock.now += 2.0
+  progress.evaluated(2.0)
+  clock.now += 10.0
+  _, left = progress.report(50, evaluations_left=1)
+  # Median of 1, 3, 1, 1 s/step over 10 steps left; (1 + 1) evaluations at 2.
+  assert left == pytest.approx(10 * 1.0 + 2 * 2.0)

@@ -215,7 +215,8 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
   assert json.loads((straight / "config.json").read_text())["model"] == (
       "resnet8")
   assert (straight / "commands.txt").read_text().startswith(
-      f"cd {ROOT} && python -m lrpet_jax.main --config=")
+      f"cd {ROOT} && {os.path.basename(sys.executable)} -m lrpet_jax.main"
+      " --config=")
   before = {p: p.stat().st_mtime_ns for p in straight.rglob("*")}
   again = run(command(image_folder, straight, *FINISHED))
   assert again.returncode == 0, again.stderr[-3000:]

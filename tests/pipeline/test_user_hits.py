@@ -390,3 +390,15 @@ def test_ctrl_c_stops_within_the_queued_calls(tmp_path):
   # The call under way, the 2 queued ones (the README's bound), and one
   # dispatched meanwhile; before, the next log boundary (50).
   assert train.QUEUED == 2 and 40 < stopped <= 44
+
+
+def test_help_lists_every_exit_status_of_the_readme():
+  """The README's exit-status table and --help name the same statuses."""
+  readme = (ROOT / "README.md").read_text()
+  table = readme[readme.index("| status | meaning |"):]
+  rows = re.findall(r"^\| ([\d, ]+) \|", table[:table.index("\n\n")], re.M)
+  statuses = {s.strip() for row in rows for s in row.split(",")}
+  assert statuses == {"0", "1", "2", "3", "4", "130", "143"}
+  done = _main("--help", "--config=configs/smoke.py")
+  listed = re.findall(r"^  (128 \+ N|\d+)\s", done.stdout, re.M)
+  assert listed == ["0", "1", "2", "3", "4", "128 + N"]
