@@ -297,7 +297,9 @@ def _write_serving(path, dense_model, ranks, folded, *, input_shape,
       mean=normalization[0], std=normalization[1],
       description={**description,
                    "ranks": ranks_lib.Ranks.of_tree(ranks).to_json(),
-                   "form": "compact (LRPET factorization), BatchNorm folded"})
+                   "form": "compact (LRPET factorization)" + (
+                       ", BatchNorm folded" if folded.get(folding.BIAS)
+                       else "")})
   trained_dense = dense_variables is not None
   return checked(
       path, check_images, normalization, input_shape,

@@ -149,8 +149,9 @@ def _compact_export(e: Ending) -> str:
       dense_variables=e.dense_variables, compact_variables=e.compact_variables,
       energy_kept=energy, overwrite=True, normalization=e.normalization,
       check_images=_check_images(e.source))
-  said = (f"compact model exported to {e.workdir / 'compact'}, and BatchNorm"
-          f" folded as a jax.export artifact to {e.workdir / 'serving'}")
+  folded = "BatchNorm folded, " if s.pairing.folds else ""
+  said = (f"compact model exported to {e.workdir / 'compact'}, and"
+          f" {folded}as a jax.export artifact to {e.workdir / 'serving'}")
   check = e.report.get("export_check")  # the writing process checks
   if check is None:
     return said

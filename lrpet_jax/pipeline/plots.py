@@ -113,7 +113,7 @@ def _ranks_figure(plt, decision):
   ax.set_xticks(list(x), [n.replace("/kernel", "") for n in names],
                 rotation=90, fontsize=7)
   ax.set(ylabel="rank / full rank", ylim=(0, 1.05),
-         title=f"ranks decided after step {decision['step']}:"
+         title=f"ranks decided at step {decision['step'] + 1}:"
                f" {100 * decision['macs_reduction']:.1f}% fewer MACs")
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)

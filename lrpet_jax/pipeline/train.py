@@ -243,9 +243,12 @@ def replan(run: Run, tools, plan: methods.Replan, writer_dir: pathlib.Path
   compiles for the new ranks."""
   run, record = with_method(run, plan.method), plan.record
   chosen = [l["rank"] for l in record["layers"].values()]
-  logging.info("after step %d: ranks decided by the %s policy: %d layers, ranks"
-               " %d-%d, %.1f%% fewer MACs (rank_decision.json)",
-               record["step"], record["policy"], len(chosen), min(chosen),
+  # record["step"] is the update's index; the log counts steps done, as
+  # "step N: projected" after the same update does.
+  logging.info("step %d: ranks decided by the %s policy before its"
+               " projection: %d layers, ranks %d-%d, %.1f%% fewer MACs"
+               " (rank_decision.json)",
+               record["step"] + 1, record["policy"], len(chosen), min(chosen),
                max(chosen), 100 * record["macs_reduction"])
   if hosts.is_writer():
     (writer_dir / "rank_decision.json").write_text(
