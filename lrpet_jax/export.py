@@ -12,7 +12,8 @@ Linen model's training flag if that is not ``train``; ``--dataset`` or ``--mean`
 give its input normalization). ``DENSE_DIR`` is an Orbax
 ``StandardCheckpointer`` checkpoint of the dense
 model's ``{"params", "batch_stats"}`` (LRPET-projected: the factorization is
-then exact; otherwise it truncates). Ranks are chosen as in training
+then exact; otherwise it truncates, which a ``warning:`` line says with the
+worst layers' energy kept, and ``--strict`` refuses). Ranks are chosen as in training
 (``lrpet_jax.ranking.selection``): from ``--ratio``, ``--macs_reduction`` /
 ``--params_reduction`` (the uniform ratio that best meets the cut) over the
 convolutions (``--project_dense`` adds Dense kernels), or
