@@ -36,8 +36,8 @@ from lrpet_jax.pipeline import train
 def _restore(path: pathlib.Path, abstract=None):
   if not path.is_dir():
     return None
-  if abstract is not None:  # the pipeline writes batch_stats, {} if none
-    abstract = {"batch_stats": {}, **abstract}
+  if isinstance(abstract, dict):  # variables: written with batch_stats,
+    abstract = {"batch_stats": {}, **abstract}  # {} if the model has none
   return variables_file.restore(path, abstract)
 
 

@@ -77,9 +77,10 @@ def setup(name):
   return model, variables, table, x
 
 
-# Two in the fast tier (another class's BatchNorm; a mixer of Dense layers);
-# the rest take 10-25 s each on 2 cores.
-FAST = ("flaxmodels_resnet18", "mlp_mixer")
+# One in the fast tier (a mixer of Dense layers with an inverted flag); the
+# rest take 10-45 s each on 2 cores (flaxmodels' own BatchNorm class is in
+# the fast tier through its table below).
+FAST = ("mlp_mixer",)
 
 
 @pytest.mark.parametrize("name", [
@@ -136,6 +137,7 @@ def test_a_batchnorm_of_another_class_is_paired_rectified_and_folded():
   assert table.unpaired == {"Dense_0/kernel": "feeds no BatchNorm"}
 
 
+@pytest.mark.slow  # two tables of 54 and 6 layers: 11 s
 def test_layers_known_by_their_computation():
   """jax-resnet's convs inside its own blocks are ranked (nn.Conv itself);
   ResNeXt's 32-group convs are refused by name; ConvMixer's BatchNorm after
@@ -171,6 +173,7 @@ class BiTLike(nn.Module):
     return nn.Dense(5, name="head")(nn.relu(nn.GroupNorm(4)(x)).mean((1, 2)))
 
 
+@pytest.mark.slow  # VAN's eager init: 20 s
 def test_a_model_jax_cannot_trace_is_refused_in_one_line():
   """jax-models' VAN calls .item() on a traced value in its __call__."""
   name, flag = next(iter(public_models.REFUSED.items()))
@@ -372,8 +375,7 @@ def test_a_model_without_a_flag_runs_and_a_missing_flag_is_not_suggested():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["jax_resnet18", "flaxmodels_resnet18",
-                                  "mlp_mixer"])
+@pytest.mark.parametrize("name", ["jax_resnet18", "mlp_mixer"])
 def test_public_model_through_the_pipeline(name, tiny_config, tmp_path):
   from lrpet_jax.pipeline import train  # pylint: disable=g-import-not-at-top
   summary = train.train_and_evaluate(
@@ -384,11 +386,6 @@ def test_public_model_through_the_pipeline(name, tiny_config, tmp_path):
   assert max(summary["export_check"][k] for k in (
       "compact", "folded", "serving")) <= 1e-5
   assert summary["compact_macs"] < summary["dense_macs"]
-
-
-def make_drop_path(num_classes=4, dtype=None):
-  del dtype
-  return DropPath(num_classes)
 
 
 def make_sync_bn(num_classes=4, dtype=None):
@@ -415,12 +412,12 @@ def make_nnx_dropout_at_call(num_classes=4, dtype=None, *, rngs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("factory,classes", [
-    ("make_drop_path", 4), ("make_sync_bn", 4),
-    ("make_nnx_dropout_at_call", 4)])
+    ("make_sync_bn", 4), ("make_nnx_dropout_at_call", 4)])
 def test_rng_streams_and_synced_batchnorm_through_the_pipeline(
     factory, classes, tiny_config, tmp_path):
-  """The issue's exit-4 cases train and export: a drop_path stream, a
-  BatchNorm(axis_name='batch'), an NNX model taking rngs in its call."""
+  """The issue's exit-4 cases train and export: a BatchNorm(axis_name=
+  'batch'), an NNX model taking rngs in its call (a drop_path stream: in
+  process, above)."""
   from lrpet_jax.pipeline import train  # pylint: disable=g-import-not-at-top
   summary = train.train_and_evaluate(
       tiny_config(model=f"test_public_models:{factory}", num_classes=classes,
