@@ -5,14 +5,28 @@ forward pass once, abstractly (``jax.make_jaxpr``: nothing is computed), with
 every variable an input of the jaxpr, and Flax method interception (for NNX
 models run by ``nnx_models.NnxModel``, its call interception) marking
 module boundaries with an identity primitive (``lrpet_tag``): the output of
-every module call that owns a ``kernel``, and the input of every
-``nn.BatchNorm`` call. Calls of ``jit``, ``remat`` and custom-derivative
-functions are inlined; an ``nn.scan`` body counts ``length`` times, its
-stacked kernels sliced per iteration. Then, for every ``kernel`` leaf:
+every module call that owns a ``kernel``, and the input and output of every
+module call that owns non-trainable variables. Calls of ``jit``, ``remat``
+and custom-derivative functions are inlined; an ``nn.scan`` body counts
+``length`` times, its stacked kernels sliced per iteration. A model that
+``jit`` cannot trace is refused in one line. Only ops whose results reach
+the output count.
+
+BatchNorms are found by what the graph computes, whatever their class: a
+per-channel (x − mean)·rsqrt(var + ε) [·scale] [+ bias] (or ÷ sqrt(var + ε))
+with mean and var non-trainable variables, scale and bias trainable ones
+(``_norm_at``); ε is the literal in the graph. Such a normalization is
+``named`` when its variables are ``mean``/``var``/``scale``/``bias`` of one
+module (rectified and folded as those), ``exact`` when that module's call
+computes it and nothing else (folding skips the call).
+
+Then, for every ``kernel`` leaf:
 
 - the operations that use it, reached only through dtype casts, transposes,
   flips and scan slices: ``conv_general_dilated`` (its dimension numbers,
   feature groups, lhs dilation) or ``dot_general`` (its contracting axes);
+  a kernel computed on by ops that read no activation (weight
+  standardization) is followed to its contraction, counted and refused;
   anything else is a use of another kind;
 - its kind (``KINDS``) and matrix view: ``rows``, the leaf axes the op
   contracts, and ``cols``, the leaf axes of its output features; a ranked
@@ -27,7 +41,7 @@ stacked kernels sliced per iteration. Then, for every ``kernel`` leaf:
   epsilon, ``use_scale``/``use_bias`` and axis;
 - whether it can be ranked (``rankable``, else ``reason``): an exact
   two-layer factorization exists here only for a convolution, transposed
-  convolution or dense layer of a module with ``features`` (``nn.Conv``,
+  convolution or dense layer of one of these classes themselves (``nn.Conv``,
   ``nn.ConvTranspose``, ``nn.Dense``, ``nn.DenseGeneral``; in NNX
   ``nnx.Conv``, ``nnx.ConvTranspose``, ``nnx.Linear``) with one group,
   its output features on the kernel's last axis, not stacked by ``nn.scan``,

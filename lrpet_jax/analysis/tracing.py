@@ -6,8 +6,9 @@ layer table (``layer_table.build``; its docstring states the rules):
 - ``table``: the layer table itself;
 - ``layers``: its rows, every kernel as the model uses it, in call order;
 - ``bn_pairs``: which BatchNorm normalizes which layer's output (the
-  ``nn.BatchNorm`` whose input *is* that layer's output, its own bias
-  included, acting on its output features), for any names and nesting, with
+  normalization, of any class, whose input *is* that layer's output, its own
+  bias included, acting on its output features), for any names and nesting,
+  with
   each BatchNorm's own epsilon; the kernels no BatchNorm rectifies, and
   why; which BatchNorms fold into their layer, and why the others stay.
 
