@@ -299,3 +299,20 @@ def test_lrpet_under_inject_hyperparams(name, value, changed):
     want, _ = want_tx.update(grads, want_tx.init(params), params)
     np.testing.assert_allclose(got["conv"]["kernel"], want["conv"]["kernel"],
                                rtol=1e-4, atol=1e-6)
+
+
+def test_lrpet_under_inject_hyperparams_every_static_only():
+  """The issue's call: only ``every`` static, every number injected (it
+  raised TracerBoolConversionError in the residual_scale check)."""
+  rng = np.random.default_rng(1)
+  params = {"conv": {"kernel": jnp.asarray(
+      rng.standard_normal((3, 3, 4, 8)), jnp.float32)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  ranks = lrpet_jax.uniform_ranks(params, 0.5)
+  tx = optax.inject_hyperparams(lrpet_jax.lrpet, static_args=("every",))(
+      learning_rate=0.1, ranks=ranks, every=1)
+  got, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  plain = lrpet_jax.lrpet(0.1, ranks, every=1)
+  want, _ = plain.update(grads, plain.init(params), params)
+  np.testing.assert_allclose(got["conv"]["kernel"], want["conv"]["kernel"],
+                             rtol=1e-4, atol=1e-6)
