@@ -157,12 +157,14 @@ def dense_kernel_shape(module, args, kwargs) -> tuple[int, ...]:
   return tuple(params["kernel"].shape)
 
 
-_SPLITTABLE = (nn.Conv, nn.ConvTranspose, nn.Dense, nn.DenseGeneral)
+# The Linen layers split here: exactly these classes (a subclass may compute
+# on its kernel or its output).
+SPLITTABLE = (nn.Conv, nn.ConvTranspose, nn.Dense, nn.DenseGeneral)
 
 
 def _check_splittable(module) -> None:
   where = "/".join(module.path)
-  if hasattr(module, "features") and type(module) not in _SPLITTABLE:
+  if hasattr(module, "features") and type(module) not in SPLITTABLE:
     raise ValueError(
         f"{where}: cannot factorize a {type(module).__name__} (a subclass of"
         f" {type(module).__mro__[1].__name__}, which may compute on its kernel"

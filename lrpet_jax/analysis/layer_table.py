@@ -62,8 +62,6 @@ import dataclasses
 import math
 from typing import Any
 
-import numpy as np
-
 from flax import nnx
 import flax.linen as nn
 import jax
@@ -71,7 +69,9 @@ from jax.extend import core as jcore
 from jax.interpreters import batching
 from jax.interpreters import mlir
 import jax.numpy as jnp
+import numpy as np
 
+from lrpet_jax.analysis import factorized
 from lrpet_jax.analysis import nnx_models
 from lrpet_jax.core import _trees
 
@@ -84,9 +84,6 @@ KINDS = ("conv", "transposed_conv", "grouped_conv", "dense", "other", "unused")
 # input with no layer before it (a patch or token embedding); any other
 # dense layer (the feed-forward/MLP layers); or none of these.
 ROLES = ("conv", "attention", "classifier", "embedding", "mlp", "other")
-# The Linen layers the compact model splits (exactly these classes: a
-# subclass may compute on its kernel or its output).
-_SPLITTABLE = (nn.Conv, nn.ConvTranspose, nn.Dense, nn.DenseGeneral)
 FACTORIZABLE_KINDS = ("conv", "transposed_conv", "dense")
 CONV_KINDS = ("conv", "transposed_conv", "grouped_conv")
 
@@ -469,7 +466,7 @@ def _rankable(kernel_shape, use: _Use, stacked, module) -> str | None:
             " here")
   if isinstance(module, nnx.Module):
     return nnx_models.split_reason(module)
-  if type(module) not in _SPLITTABLE:
+  if type(module) not in factorized.SPLITTABLE:
     return (f"its module ({type(module).__name__}) is not an nn.Conv,"
             " nn.ConvTranspose, nn.Dense or nn.DenseGeneral, whose call the"
             " compact model clones with r outputs: not factorized here")
