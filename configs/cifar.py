@@ -11,6 +11,13 @@ import ml_collections
 from lrpet_jax.data import datasets
 
 
+# The shared CIFAR-10 copy (``train|test/<class>/*.jpg``, offline): CIFAR-10,
+# so read with the authors' constants, as the tfds cifar10 is.
+SHARED_CIFAR10 = dict(dataset="image_folder:../shared/datasets/cifar10",
+                      mean=datasets.NORMALIZATION["cifar10"].mean,
+                      std=datasets.NORMALIZATION["cifar10"].std)
+
+
 def get_config():
   c = ml_collections.ConfigDict()
   # What to train (lrpet_jax/pipeline/methods.py): "lrpet" (the paper), "dense" (no
@@ -65,9 +72,11 @@ def get_config():
   # checkpoint is then kept by validation accuracy (never by test accuracy).
   c.val_examples = 0
   c.test_subset = 0
-  # Input normalization (pixels in [0, 1]); lrpet_jax/data/datasets.py has each data
-  # set's constants.
-  c.mean, c.std = datasets.NORMALIZATION["cifar10"]
+  # Input normalization of pixels in [0, 1], per channel. (): the data set's
+  # own: cifar10/cifar100 the authors' constants (data/datasets.py), an image
+  # folder the mean and std of its training images (computed once, recorded in
+  # WORKDIR/normalization.json).
+  c.mean, c.std = (), ()
   c.image_size = 32            # streamed data sets (ImageNet): the crop size
   # --- Augmentation beyond pad-4 crop + flip (in-memory data sets; the
   # authors' ViT recipe, configs/vit.py; lrpet_jax/data/augmentations.py) ---

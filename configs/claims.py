@@ -43,28 +43,28 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import cifar  # pylint: disable=g-import-not-at-top,wrong-import-position
 import vit  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_DATA = "image_folder:../shared/datasets/cifar10"
+_DATA = cifar.SHARED_CIFAR10
 SCALES = {
-    "cpu": dict(model="resnet20", dataset=_DATA, train_subset=10000,
+    "cpu": dict(model="resnet20", **_DATA, train_subset=10000,
                 test_subset=5000, num_epochs=6, lr_boundaries_epochs=(3, 4.5),
                 ratio=0.54, bn_recompute_batches=20, log_every_steps=26),
-    "cpu12": dict(model="resnet20", dataset=_DATA, train_subset=10000,
+    "cpu12": dict(model="resnet20", **_DATA, train_subset=10000,
                   test_subset=5000, num_epochs=12, lr_boundaries_epochs=(6, 9),
                   ratio=0.54, bn_recompute_batches=20, log_every_steps=26),
-    "gpu": dict(model="resnet20", dataset=_DATA, num_epochs=12,
+    "gpu": dict(model="resnet20", **_DATA, num_epochs=12,
                 lr_boundaries_epochs=(6, 9), ratio=0.54,
                 bn_recompute_batches=100, log_every_steps=100),
-    "ladder15": dict(model="resnet20", dataset=_DATA, num_epochs=15,
+    "ladder15": dict(model="resnet20", **_DATA, num_epochs=15,
                      lr_boundaries_epochs=(7.5, 11.25), ratio=0.54,
                      bn_recompute_batches=100, log_every_steps=390),
-    "ladder40": dict(model="resnet20", dataset=_DATA, num_epochs=40,
+    "ladder40": dict(model="resnet20", **_DATA, num_epochs=40,
                      lr_boundaries_epochs=(20, 30), ratio=0.54,
                      bn_recompute_batches=100, log_every_steps=390),
-    "vit_cpu": dict(base="vit", dataset=_DATA, train_subset=5000,
+    "vit_cpu": dict(base="vit", **_DATA, train_subset=5000,
                     test_subset=2000, num_epochs=8, warmup_epochs=1,
                     log_every_steps=13, auto_augment="", random_erasing=0.0,
                     mix_prob=0.0, repeated_augmentation=1),
-    "vit_gpu": dict(base="vit", dataset=_DATA, log_every_steps=390),
+    "vit_gpu": dict(base="vit", **_DATA, log_every_steps=390),
 }
 # The config each scale starts from (default configs/cifar.py).
 BASES = {"cifar": cifar, "vit": vit}

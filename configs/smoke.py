@@ -25,7 +25,7 @@ import cifar  # pylint: disable=g-import-not-at-top
 def get_config():
   c = cifar.get_config()
   c.model = "resnet20"
-  c.dataset = "image_folder:../shared/datasets/cifar10"
+  c.update(cifar.SHARED_CIFAR10)
   c.train_subset = 1024
   c.test_subset = 1000
   c.batch_size = 32

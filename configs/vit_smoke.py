@@ -14,12 +14,13 @@ import sys
 import pathlib
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import cifar  # pylint: disable=g-import-not-at-top
 import vit  # pylint: disable=g-import-not-at-top
 
 
 def get_config():
   c = vit.get_config()
-  c.dataset = "image_folder:../shared/datasets/cifar10"
+  c.update(cifar.SHARED_CIFAR10)
   c.train_subset = 64
   c.test_subset = 100
   c.batch_size = 32

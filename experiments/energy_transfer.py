@@ -60,7 +60,8 @@ QUICK_OUT = ROOT / "runs" / "quick" / "energy_transfer.json"
 # learning rate drops mid-epoch, away from the projections (at epoch ends),
 # so that no before/after window straddles a drop.
 SCALE = dict(model="resnet20", dataset="image_folder:../shared/datasets/cifar10",
-             train_subset=10000, test_subset=1000, num_epochs=4,
+             mean=data_lib.NORMALIZATION["cifar10"].mean,
+             std=data_lib.NORMALIZATION["cifar10"].std, train_subset=10000, test_subset=1000, num_epochs=4,
              lr_boundaries_epochs=(2.5, 3.5), ratio=0.54)
 
 

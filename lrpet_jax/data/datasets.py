@@ -56,13 +56,45 @@ class Normalization(NamedTuple):
   std: tuple[float, float, float]
 
 
-# The constants the configs and the export command use, one set per data set.
+# The constants of the named data sets (a config's empty mean/std means these,
+# or an image folder's own statistics: ``pixel_statistics``).
 NORMALIZATION = {
     # The authors' (and most CIFAR code's) constants.
     "cifar10": Normalization((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     # torchvision's ImageNet constants.
     "imagenet2012": Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+
+
+def pixel_statistics(images: np.ndarray, chunk: int = 4096) -> Normalization:
+  """Per-channel mean and std of ``images`` (N, H, W, C) uint8 scaled to
+  [0, 1], over every pixel of every image (float64 sums, ``chunk`` images at
+  a time): mean_c = Σx/n, std_c = sqrt(Σx²/n − mean_c²)."""
+  if not len(images):
+    raise ValueError("dataset: no training images to compute the mean and"
+                     " std from")
+  total = np.zeros(images.shape[-1])
+  squares = np.zeros(images.shape[-1])
+  for i in range(0, len(images), chunk):
+    x = images[i:i + chunk].reshape(-1, images.shape[-1]).astype(np.float64)
+    total += x.sum(0)
+    squares += np.square(x).sum(0)
+  n = images[..., 0].size
+  mean = total / n
+  std = np.sqrt(np.maximum(squares / n - np.square(mean), 0.0))
+  if np.any(std == 0):
+    raise ValueError("dataset: a channel of the training images is constant"
+                     " (std 0); set --config.mean and --config.std")
+  return Normalization(tuple(float(v) / 255 for v in mean),
+                       tuple(float(v) / 255 for v in std))
+
+
+def named_normalization(dataset: str) -> Normalization | None:
+  """The constants of a named data set (cifar100 shares cifar10's), or None
+  for an image folder (its statistics come from its images)."""
+  if dataset.startswith("image_folder:"):
+    return None
+  return NORMALIZATION.get("cifar10" if dataset == "cifar100" else dataset)
 
 
 @dataclasses.dataclass(frozen=True)

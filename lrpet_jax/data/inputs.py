@@ -46,8 +46,8 @@ class InputConfig:
   batch_size: int
   eval_batch_size: int
   seed: int
-  mean: tuple[float, float, float]
-  std: tuple[float, float, float]
+  mean: tuple[float, ...]  # () for the data set's own (``load``)
+  std: tuple[float, ...]
   image_size: int  # streamed data sets: the crop size
   # In-memory data sets: an epoch is this many passes over the training set.
   repeated_augmentation: int = 1
@@ -59,7 +59,10 @@ class InputConfig:
   cutmix_beta: float = 1.0
 
   @property
-  def normalization(self) -> data_lib.Normalization:
+  def normalization(self) -> data_lib.Normalization | None:
+    """The given mean and std, or None (the data set's own)."""
+    if not self.mean and not self.std:
+      return None
     return data_lib.Normalization(tuple(self.mean), tuple(self.std))
 
   @property
@@ -77,6 +80,10 @@ class TrainInput(Protocol):
   num_train: int
   input_shape: tuple[int, ...]  # (H, W, C) of one example
   steps_per_epoch: int
+  # (mean, std) of the pixels in [0, 1], and where it comes from ("given",
+  # "cifar10's constants", "computed from the 50,000 training images").
+  normalization: data_lib.Normalization
+  normalization_source: str
   device_augment: bool  # the step augments (True) or the host did
   # What the step adds to crop + flip (device_augment only).
   augmentation: augmentations.Augmentation
@@ -127,8 +134,11 @@ class InMemoryInput:
                normalization: data_lib.Normalization, batch_sharding,
                passes: int = 1,
                augmentation: augmentations.Augmentation = (
-                   augmentations.Augmentation())):
+                   augmentations.Augmentation()),
+               normalization_source: str = "given"):
     self.data = data
+    self.normalization = normalization
+    self.normalization_source = normalization_source
     self.num_classes = data.num_classes
     self.num_train = len(data.train_labels)
     self.input_shape = tuple(data.train_images.shape[1:])
@@ -136,7 +146,7 @@ class InMemoryInput:
     self._passes = passes
     self.steps_per_epoch = self.num_train * passes // batch_size
     self._batch, self._eval_batch = batch_size, eval_batch_size
-    self._seed, self._normalization = seed, normalization
+    self._seed = seed
     self._sharding = batch_sharding
     # Chunks of several steps stack batches on a leading axis.
     self._stacked = jax.sharding.NamedSharding(
@@ -193,7 +203,7 @@ class InMemoryInput:
       images = data_lib.augment(
           hosts.global_rows(self._images, index, self._sharding),
           jax.random.fold_in(key, i))
-      yield data_lib.normalize(images, self._normalization)
+      yield data_lib.normalize(images, self.normalization)
 
 
 class StreamInput:
@@ -211,6 +221,10 @@ class StreamInput:
     self.num_train = imagenet.process_split(
         self.builder, "train", drop_remainder=True)[1]
     self.input_shape = (config.image_size, config.image_size, 3)
+    self.normalization, self.normalization_source = (
+        (config.normalization, "given") if config.normalization
+        else (data_lib.named_normalization(config.dataset),
+              f"{config.dataset}'s constants"))
     self.steps_per_epoch = self.num_train // config.batch_size
     self._sharding = batch_sharding
     # Chunks of several steps stack batches on a leading axis.
@@ -262,11 +276,34 @@ class StreamInput:
         return
       yield data_lib.normalize(
           jax.make_array_from_process_local_data(self._sharding, images),
-          self._config.normalization)
+          self.normalization)
 
 
-def load(config: InputConfig, batch_sharding) -> TrainInput:
-  """The adapter for ``config.dataset``, its data loaded (in-memory sets)."""
+def resolve_normalization(config: InputConfig, train_images,
+                          cached: data_lib.Normalization | None = None
+                          ) -> tuple[data_lib.Normalization, str]:
+  """(normalization, where it comes from): the config's mean and std if
+  given; else the named data set's constants; else (an image folder) the
+  statistics of its training images (``data_lib.pixel_statistics``), or
+  ``cached``, those a resumed run computed when it started."""
+  if config.normalization:
+    return config.normalization, "given"
+  named = data_lib.named_normalization(config.dataset)
+  if named is not None:
+    return named, f"{config.dataset}'s constants"
+  if cached is not None:
+    return cached, "computed from the training images when the run started"
+  return (data_lib.pixel_statistics(train_images),
+          f"computed from the {len(train_images):,} training images")
+
+
+def load(config: InputConfig, batch_sharding,
+         cached_normalization: data_lib.Normalization | None = None
+         ) -> TrainInput:
+  """The adapter for ``config.dataset``, its data loaded (in-memory sets).
+
+  Its ``normalization``: see ``resolve_normalization`` (``cached_normalization``:
+  the one a resumed run computed)."""
   if config.dataset in data_lib.STREAMED:
     return StreamInput(config, batch_sharding)
   data = data_lib.load(config.dataset, config.data_dir, config.train_subset,
@@ -277,9 +314,11 @@ def load(config: InputConfig, batch_sharding) -> TrainInput:
       val_examples=config.val_examples, batch_size=config.batch_size,
       where=config.dataset)
   data = data_lib.hold_out(data, config.val_examples, config.seed)
+  normalization, source = resolve_normalization(config, data.train_images,
+                                                cached_normalization)
   return InMemoryInput(
       data, batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size, seed=config.seed,
-      normalization=config.normalization, batch_sharding=batch_sharding,
+      normalization=normalization, batch_sharding=batch_sharding,
       passes=config.repeated_augmentation,
-      augmentation=config.augmentation)
+      augmentation=config.augmentation, normalization_source=source)

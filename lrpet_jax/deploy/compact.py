@@ -251,7 +251,7 @@ def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
     overwrite: replace an existing ``out_dir/compact``.
     normalization: (mean, std) of the input pixels in [0, 1], per channel:
       the serving artifact takes raw pixels and normalizes them.
-    check_images: (b, H, W, C) pixels in [0, 255] for the export check
+    check_images: (b, H, W, C) uint8 pixels for the export check
       (e.g. test images); default: random pixels.
   """
   out = pathlib.Path(out_dir).absolute()

@@ -49,7 +49,7 @@ def check(images, normalization, *, reference: tuple[Any, Any],
   """Each shipped stage against the reference (module docstring).
 
   Args:
-    images: (b, H, W, C) pixels in [0, 255] (e.g. test images).
+    images: (b, H, W, C) uint8 pixels (e.g. test images).
     normalization: (mean, std) of the pixels in [0, 1], per channel.
     reference: (model, variables) of the model as trained (projected dense,
       or compact when the method trains it).
@@ -66,7 +66,10 @@ def check(images, normalization, *, reference: tuple[Any, Any],
   Raises:
     ExportCheckError: a stage differs by more than the tolerance.
   """
-  images = np.asarray(images, np.float32)
+  images = np.asarray(images)
+  if images.dtype != np.uint8:
+    raise ValueError(f"images: the export check takes uint8 pixels, got"
+                     f" {images.dtype}")
   mean, std = normalization
   kw = dict(model_kwargs=model_kwargs)
   run = lambda model, variables: np.asarray(jax.jit(serving.inference_fn(

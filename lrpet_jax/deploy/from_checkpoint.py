@@ -64,9 +64,17 @@ def restore_dense(source: pathlib.Path, dense, spec: str, num_classes: int,
         f" variables checkpoint; {type(e).__name__})") from None
 
 
-def _normalization(spec, dataset, normalization) -> data_lib.Normalization:
+def _normalization(spec, dataset, normalization, variables_dir
+                   ) -> data_lib.Normalization:
+  """The given one; else ``dataset``'s constants; else the one recorded by
+  the run whose workdir holds ``variables_dir`` (its ``normalization.json``);
+  else the constants of the zoo model's data set."""
   if normalization is not None:
     return normalization
+  recorded = pathlib.Path(variables_dir).absolute().parent / "normalization.json"
+  if dataset is None and recorded.is_file():
+    saved = json.loads(recorded.read_text())
+    return data_lib.Normalization(tuple(saved["mean"]), tuple(saved["std"]))
   dataset = dataset or models.DATASETS.get(spec)
   if not dataset:
     raise ValueError("mean: a model outside the zoo needs --mean and --std"
@@ -92,11 +100,12 @@ def compact_from_checkpoint(
   ``spec``: a zoo name or ``package.module:factory`` (``models.build``),
   whose training flag is ``model_flag``. ``normalization``: the serving
   artifact's input normalization; default the constants of ``dataset``, or
-  of the data set a zoo model is built for. Bad arguments raise a one-line
+  the run's own (``normalization.json`` beside ``variables_dir``), or the
+  constants of the data set a zoo model is built for. Bad arguments raise a one-line
   ValueError naming the argument, before anything is written.
   """
   models.check_name(spec)
-  normalization = _normalization(spec, dataset, normalization)
+  normalization = _normalization(spec, dataset, normalization, variables_dir)
   _check(tune_for, batch, compute_dtype, normalization)
   out = pathlib.Path(workdir).absolute()
   if (out / "compact").exists() and not overwrite:

@@ -3,8 +3,8 @@
 ``write(out_dir, model, folded, ...)`` writes
 
     model.jax_export   jax.export serialization (StableHLO) of
-                       images (b, H, W, C) float32 pixel values in [0, 255]
-                       → logits (b, num_classes) float32; the batch size b is
+                       images (b, H, W, C) uint8 pixels (as decoded, and as
+                       ``load_run`` hands them out) → logits (b, num_classes) float32; the batch size b is
                        symbolic, the weights (BatchNorm folded) are constants,
                        and the input normalization is inside; lowered for CPU
                        and CUDA
@@ -14,7 +14,7 @@ A user needs JAX only, not this package:
 
     import jax, numpy as np
     fn = jax.export.deserialize(open("model.jax_export", "rb").read())
-    logits = fn.call(np.asarray(images, np.float32))   # images: (b, 32, 32, 3)
+    logits = fn.call(np.asarray(images, np.uint8))   # images: (b, 32, 32, 3)
 """
 
 import json
@@ -28,11 +28,15 @@ from lrpet_jax.analysis import folding
 
 PLATFORMS = ("cpu", "cuda")
 FILE = "model.jax_export"
+# The artifact's input: 8-bit pixels, what every image decoder gives and the
+# model was trained on (an artifact written before 2026-12 takes float32).
+INPUT_DTYPE = "uint8"
 
 
 def inference_fn(model, folded: Any, mean, std, dtype=None,
                  model_kwargs=None):
-  """images (b, H, W, C) in [0, 255] → float32 logits, BatchNorm folded.
+  """images (b, H, W, C) pixels in [0, 255] (uint8, or any dtype) → float32
+  logits, BatchNorm folded.
 
   ``model_kwargs``: the model's evaluation flags (default ``train=False``).
   """
@@ -59,13 +63,13 @@ def write(out_dir, model, folded: Any, *, input_shape, mean, std,
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   (batch,) = jax.export.symbolic_shape("b")
-  spec = jax.ShapeDtypeStruct((batch,) + tuple(input_shape), jnp.float32)
+  spec = jax.ShapeDtypeStruct((batch,) + tuple(input_shape), INPUT_DTYPE)
   exported = jax.export.export(
       jax.jit(inference_fn(model, folded, mean, std, dtype, model_kwargs)),
       platforms=PLATFORMS)(spec)
   (out / FILE).write_bytes(exported.serialize())
   (out / "spec.json").write_text(json.dumps({
-      "input": {"shape": ["b", *input_shape], "dtype": "float32",
+      "input": {"shape": ["b", *input_shape], "dtype": INPUT_DTYPE,
                 "range": [0, 255],
                 "normalization": {"mean": list(mean), "std": list(std)}},
       "output": {"shape": ["b", int(exported.out_avals[0].shape[-1])],

@@ -74,8 +74,10 @@ FIELDS = {
                     "a number in (0, 1]"),
     "rank_decision_epoch": (_int_at_least(1), "an int >= 1"),
     "first_rank_floor": (_int_at_least(0), "an int >= 0"),
-    "mean": (_reals(3), "three numbers"),
-    "std": (_reals(3, low=0), "three numbers > 0"),
+    "mean": (lambda v: v == () or _reals(3)(v),
+             "three numbers, or () for the data set's own"),
+    "std": (lambda v: v == () or _reals(3, low=0)(v),
+            "three numbers > 0, or () for the data set's own"),
     "image_size": (_int_at_least(1), "an int >= 1"),
     "num_epochs": (_int_at_least(0), "an int >= 0"),
     "num_steps": (_int_at_least(0), "an int >= 0 (0: num_epochs)"),
@@ -149,6 +151,9 @@ def check(config) -> None:
     part(selection.RankRule, config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if bool(config.mean) != bool(config.std):
+    raise ConfigError(f"{'std' if config.mean else 'mean'}: give both mean"
+                      " and std, or neither (the data set's own)")
   if config.dataset in data_lib.STREAMED:
     for field, off in (("val_examples", 0), *_AUGMENTATION_OFF):
       if config[field] != off:

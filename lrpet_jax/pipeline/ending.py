@@ -233,7 +233,10 @@ def summary(e: Ending) -> dict:
       final_macs=final_cost["macs"], final_params=final_cost["params"],
       macs_reduction=1 - final_cost["macs"] / dense_cost["macs"],
       params_reduction=1 - final_cost["params"] / dense_cost["params"],
-      device=f"{jax.device_count()}x {jax.devices()[0].device_kind}")
+      device=f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+      normalization={"mean": list(e.source.normalization.mean),
+                     "std": list(e.source.normalization.std),
+                     "from": e.source.normalization_source})
   if e.report is not None and "export_check" in e.report:
     out["export_check"] = e.report["export_check"]
   return out

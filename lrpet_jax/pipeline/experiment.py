@@ -66,13 +66,23 @@ class Experiment:
 
 
 def from_config(config, *, input_shape, steps_per_epoch: int,
-                method: str | None = None) -> Experiment:
+                method: str | None = None,
+                normalization: datasets.Normalization | None = None
+                ) -> Experiment:
   """The experiment of ``config`` (a ``configs/cifar.py``-style ConfigDict)
   on data of ``input_shape`` with ``steps_per_epoch``; ``method`` overrides
-  ``config.method``. Bad values raise ValueError (one line)."""
+  ``config.method``; ``normalization``: the input mean and std (default the
+  config's, or its named data set's constants). Bad values raise ValueError
+  (one line)."""
   setting = train.make_setting(config, input_shape, steps_per_epoch)
+  if normalization is None and config.mean:
+    normalization = datasets.Normalization(tuple(config.mean),
+                                           tuple(config.std))
+  normalization = normalization or datasets.named_normalization(config.dataset)
+  if normalization is None:
+    raise ValueError(f"mean: {config.dataset} has no constants; set the"
+                     " config's mean and std or pass normalization=")
   return Experiment(
       method=methods.method_for(method or config.method, setting),
       input_shape=tuple(input_shape), seed=config.seed,
-      normalization=datasets.Normalization(tuple(config.mean),
-                                           tuple(config.std)))
+      normalization=normalization)

@@ -1,7 +1,8 @@
 """What a run records about itself in its workdir, and reads back.
 
-``config.json`` holds the resolved config of the latest start and
-``commands.txt`` every start's command line; ``summary.json`` marks a
+``config.json`` holds the resolved config of the latest start,
+``commands.txt`` every start's command line, ``normalization.json`` the
+input mean and std in use; ``summary.json`` marks a
 finished run. From these a new start learns whether the workdir is its own:
 finished with this very config (nothing to do), holding another run's
 checkpoints (refused), or to be resumed.
@@ -20,6 +21,7 @@ import time
 from absl import logging
 
 from lrpet_jax.core import ranks as ranks_lib
+from lrpet_jax.data import datasets as data_lib
 from lrpet_jax.data import hosts
 from lrpet_jax.pipeline.errors import ConfigError
 
@@ -188,6 +190,27 @@ def record(config, workdir: pathlib.Path, command) -> None:
   if command:
     with open(workdir / "commands.txt", "a", encoding="utf-8") as f:
       f.write(f"cd {shlex.quote(os.getcwd())} && {shlex.join(command)}\n")
+
+
+NORMALIZATION_FILE = "normalization.json"
+
+
+def record_normalization(workdir: pathlib.Path, normalization,
+                         source: str) -> None:
+  """``normalization.json``: the input mean and std the run uses, and where
+  they come from (read back on resume and by ``load_run``)."""
+  (workdir / NORMALIZATION_FILE).write_text(json.dumps(
+      {"mean": list(normalization[0]), "std": list(normalization[1]),
+       "from": source}, indent=1) + "\n")
+
+
+def recorded_normalization(workdir: pathlib.Path):
+  """The (mean, std) ``record_normalization`` wrote, or None."""
+  path = workdir / NORMALIZATION_FILE
+  if not path.is_file():
+    return None
+  saved = json.loads(path.read_text())
+  return data_lib.Normalization(tuple(saved["mean"]), tuple(saved["std"]))
 
 
 def launch_dir(workdir: pathlib.Path) -> pathlib.Path:

@@ -95,6 +95,14 @@ class SavedRun:
 
   @functools.cached_property
   def normalization(self) -> data_lib.Normalization:
+    """The input mean and std the run used (``normalization.json``; the
+    config's, for a run older than that file)."""
+    recorded = records.recorded_normalization(self.workdir)
+    if recorded is not None:
+      return recorded
+    if not self.config.mean:
+      raise ValueError(f"{self.workdir} records no input normalization"
+                       " (normalization.json); the run has not started")
     return data_lib.Normalization(tuple(self.config.mean),
                                   tuple(self.config.std))
 
@@ -123,7 +131,8 @@ class SavedRun:
       if self.serving is None:
         raise ValueError(f"{self.workdir} holds no serving model{unfinished}")
       return _top_k(self.serving.call, inputs.array_batches(
-          *self.test_data, self.config.eval_batch_size))
+          *self.test_data, self.config.eval_batch_size),
+                    self.serving.in_avals[0].dtype)
     model, variables = {
         "dense": (self.dense_model, self.dense_variables),
         "compact": (self.compact_model, self.compact_variables)}[which]
@@ -148,10 +157,11 @@ class SavedRun:
     return _restore(folder / str(step) / "state", abstract)
 
 
-def _top_k(logits_fn, batches) -> dict[str, float]:
+def _top_k(logits_fn, batches, dtype) -> dict[str, float]:
+  """``dtype``: the artifact's input dtype (float32 before 2026-12)."""
   top1 = top5 = n = 0
   for images, labels in batches:
-    logits = np.asarray(logits_fn(np.asarray(images, np.float32)))
+    logits = np.asarray(logits_fn(np.asarray(images, dtype)))
     best = np.argsort(-logits, axis=-1)[:, :5]
     top1 += int(np.sum(best[:, 0] == labels))
     top5 += int(np.sum(np.any(best == labels[:, None], axis=-1)))

@@ -162,8 +162,9 @@ class Run:
   replicated: NamedSharding
 
 
-def make_run(config) -> Run:
-  """Loads the data and builds the method; bad input is a ``ConfigError``."""
+def make_run(config, cached_normalization=None) -> Run:
+  """Loads the data and builds the method; bad input is a ``ConfigError``.
+  ``cached_normalization``: the mean and std a resumed run computed."""
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   replicated = NamedSharding(mesh, P())
@@ -171,11 +172,14 @@ def make_run(config) -> Run:
   started = time.time()
   logging.info("reading %s", config.dataset)
   try:
-    source = inputs.load(input_config, NamedSharding(mesh, P("data")))
+    source = inputs.load(input_config, NamedSharding(mesh, P("data")),
+                         cached_normalization)
   except ValueError as e:  # data sets that cannot be found or prepared
     raise ConfigError(str(e)) from None
-  logging.info("data ready in %.0fs: %s training examples",
-               time.time() - started, f"{source.num_train:,}")
+  logging.info("data ready in %.0fs: %s training examples; input mean %s,"
+               " std %s (%s)", time.time() - started, f"{source.num_train:,}",
+               _rounded(source.normalization.mean),
+               _rounded(source.normalization.std), source.normalization_source)
   if source.num_classes != config.num_classes:
     raise ConfigError(f"num_classes: {config.num_classes} but the data set has"
                       f" {source.num_classes}")
@@ -205,6 +209,10 @@ def make_run(config) -> Run:
           config.model, config.num_classes, method.NAME,
           None if setting.deferred else setting.ranks),
       total_steps=total_steps, replicated=replicated)
+
+
+def _rounded(values) -> str:
+  return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
 
 
 def with_method(run: Run, method: methods.Method) -> Run:
@@ -485,7 +493,7 @@ def make_stepper(run: Run, like: steps_lib.Stepper) -> steps_lib.Stepper:
 
 def make_tools(config, run: Run, workdir: pathlib.Path, checkpoints,
                first_step: int, stop: StopRequested, started: float) -> Tools:
-  normalization = run.input_config.normalization
+  normalization = run.source.normalization
   method, setting = run.method, run.method.setting
   return Tools(
       stepper=steps_lib.Stepper(method, run.source, config.seed,
@@ -514,7 +522,7 @@ def finish(config, run: Run, tools: Tools, workdir, state) -> dict | None:
   record = ending.Ending(
       method=method, state=state, workdir=workdir, source=run.source,
       bn_recompute_batches=config.bn_recompute_batches,
-      normalization=run.input_config.normalization,
+      normalization=run.source.normalization,
       input_shape=tuple(run.source.input_shape),
       description={"model": config.model, "num_classes": config.num_classes,
                    "dataset": config.dataset,
@@ -563,7 +571,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   records.check_not_busy(workdir)
   records.check_same_run(config, workdir)
   records.check_not_finished_otherwise(config, workdir)
-  run = make_run(config)
+  run = make_run(config, records.recorded_normalization(workdir))
   with records.exclusive(workdir):
     done = records.finished_summary(config, workdir)
     if done is not None:  # another run finished it while this one loaded
@@ -580,6 +588,8 @@ def _train(config, run: Run, workdir: pathlib.Path, command, start) -> dict:
   first_step = int(state.step)
   if hosts.is_writer():  # only once the workdir is accepted
     records.record(config, workdir, command)
+    records.record_normalization(workdir, run.source.normalization,
+                                 run.source.normalization_source)
     setting = run.method.setting
     records.record_pairs(workdir, setting.pairing, setting.ranks,
                             setting.table, setting.unranked)

@@ -253,8 +253,7 @@ def test_readme_nnx_block_runs_and_serves(tmp_path, monkeypatch):
   assert np.linalg.matrix_rank(kernel, 1e-4 * np.abs(kernel).max()) <= 16
   import jax.export  # pylint: disable=g-import-not-at-top
   served = jax.export.deserialize((ns["out"] / "model.jax_export").read_bytes())
-  pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(
-      np.float32)
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
   want = ns["compact"](((pixels / 255 - 0.5) / 0.25).astype(np.float32))
   assert rel_err(served.call(pixels), want) <= 1e-4
 

@@ -264,8 +264,8 @@ def test_readme_own_model_block_runs_and_serves_without_lrpet_jax(
   exec(next(b for b in blocks if "class OwnNet" in b), ns)  # pylint: disable=exec-used
   assert ns["pairs"] == MODELS["flax_defaults"][2]
   assert (ns["macs"], ns["small_macs"]) == (1_290_560, 809_280)
-  pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
-  np.save(tmp_path / "pixels.npy", pixels.astype(np.float32))
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
+  np.save(tmp_path / "pixels.npy", pixels)
   script = (
       "import sys, numpy as np\n"
       "sys.modules['lrpet_jax'] = None  # not importable here\n"
@@ -322,12 +322,12 @@ def test_pipeline_trains_and_exports_an_own_model(tiny_config, tmp_path):
       dense_params)
   small = lrpet_jax.Factorized(model, ranks)
   small_vars = ocp.StandardCheckpointer().restore(workdir / "compact")
-  pixels = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3))
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), np.uint8)
   served = jax.export.deserialize(
       (workdir / "serving" / "model.jax_export").read_bytes())
   config = json.loads((workdir / "config.json").read_text())
   x = (pixels / 255 - np.array(config["mean"])) / np.array(config["std"])
-  assert rel_err(served.call(pixels.astype(np.float32)), small.apply(
+  assert rel_err(served.call(pixels), small.apply(
       small_vars, x.astype(np.float32), train=False)) <= 1e-4
   # The export command takes the same model by its import path.
   out = tmp_path / "export"

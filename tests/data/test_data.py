@@ -354,3 +354,23 @@ def test_subsets_of_an_image_folder_read_alone_are_the_subsets_of_the_whole(
   keep = np.sort(np.random.default_rng(0).permutation(36)[:20])
   np.testing.assert_array_equal(alone["train"][0], pillow["train"][0][keep])
   assert len(files["train"]) == 36
+
+
+def test_pixel_statistics_are_the_mean_and_std_over_every_pixel():
+  images = np.random.default_rng(5).integers(0, 256, (37, 5, 7, 3), np.uint8)
+  images[..., 2] //= 4  # channels with other statistics
+  x = images.astype(np.float64).reshape(-1, 3) / 255  # reference: NumPy
+  got = datasets.pixel_statistics(images, chunk=8)  # chunks that do not divide
+  np.testing.assert_allclose(got.mean, x.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(got.std, x.std(0), rtol=1e-10)
+  with pytest.raises(ValueError, match=r"^dataset: a channel of the training"
+                     r" images is constant"):
+    datasets.pixel_statistics(np.zeros((2, 4, 4, 3), np.uint8))
+
+
+def test_named_data_sets_have_constants_and_image_folders_none():
+  assert datasets.named_normalization("cifar10").mean == (0.4914, 0.4822,
+                                                          0.4465)
+  assert datasets.named_normalization("cifar100") == (
+      datasets.named_normalization("cifar10"))
+  assert datasets.named_normalization("image_folder:/x") is None

@@ -92,8 +92,7 @@ def test_export_command(tmp_path):
 
   # The serving artifact, loaded where lrpet_jax cannot be imported, gives
   # the compact model's logits on raw pixels.
-  pixels = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(
-      np.float32)
+  pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
   np.save(tmp_path / "pixels.npy", pixels)
   loader = (
       "import sys\n"
@@ -189,7 +188,9 @@ def test_tuned_export_is_exact_and_served(tmp_path):
       (out / "serving" / "model.jax_export").read_bytes())
   mean, std = np.array(spec["input"]["normalization"]["mean"]), np.array(
       spec["input"]["normalization"]["std"])
-  pixels = np.asarray((x * std + mean) * 255, np.float32)
+  pixels = np.random.default_rng(4).integers(0, 256, (2, 32, 32, 3), np.uint8)
+  x = jnp.asarray((pixels / 255 - mean) / std, jnp.float32)  # by hand
+  want = dense.apply(variables, x, train=False)
   assert rel_err(served.call(pixels), want) <= 1e-4
   # Tuned and served in bfloat16: the same function to bfloat16 precision.
   from_checkpoint.compact_from_checkpoint(

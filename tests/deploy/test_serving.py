@@ -44,10 +44,11 @@ def test_logits_from_raw_pixels_at_any_batch_size(artifact):
   model, variables, _, path = artifact
   served = jax.export.deserialize(path.read_bytes())
   for batch in (1, 3):
-    pixels = np.random.default_rng(batch).uniform(0, 255, (batch, 8, 8, 3))
+    pixels = np.random.default_rng(batch).integers(0, 256, (batch, 8, 8, 3),
+                                                   np.uint8)
     x = (pixels / 255.0 - np.array(MEAN)) / np.array(STD)  # by hand
     want = model.apply(variables, jnp.asarray(x, jnp.float32), train=False)
-    got = served.call(np.asarray(pixels, np.float32))
+    got = served.call(pixels)
     assert got.shape == (batch, 5) and got.dtype == np.float32
     assert rel_err(got, want) <= 1e-5
 
@@ -56,7 +57,7 @@ def test_the_spec_says_what_the_artifact_takes_and_returns(artifact):
   _, _, out, path = artifact
   spec = json.loads((out / "spec.json").read_text())
   assert path == out / "model.jax_export"
-  assert spec["input"] == {"shape": ["b", 8, 8, 3], "dtype": "float32",
+  assert spec["input"] == {"shape": ["b", 8, 8, 3], "dtype": "uint8",
                            "range": [0, 255],
                            "normalization": {"mean": list(MEAN),
                                              "std": list(STD)}}

@@ -100,7 +100,7 @@ def test_top_k_counts_by_hand():
                     np.float32)
   labels = np.array([1, 4, 6])
   got = saved_run._top_k(lambda x: x, [(logits[:2], labels[:2]),
-                                       (logits[2:], labels[2:])])
+                                       (logits[2:], labels[2:])], np.float32)
   assert got == {"top1": 1 / 3, "top5": 2 / 3}
 
 

@@ -239,7 +239,7 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
   # The README's serving snippet on the artifact this run wrote: the compact
   # model's logits from raw pixels.
   snippet = next(b for b in blocks if "model.jax_export" in b)
-  pixels = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3))
+  pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), np.uint8)
   served = {"images": pixels}
   exec(textwrap.dedent(snippet).replace("OUT/", f"{straight}/"), served)  # pylint: disable=exec-used
   config = json.loads((straight / "config.json").read_text())
