@@ -75,7 +75,7 @@ def get_config():
   # Input normalization of pixels in [0, 1], per channel. (): the data set's
   # own: cifar10/cifar100 the authors' constants (data/datasets.py), an image
   # folder the mean and std of its training images (computed once, recorded in
-  # WORKDIR/normalization.json).
+  # WORKDIR/input.json).
   c.mean, c.std = (), ()
   c.image_size = 32            # streamed data sets (ImageNet): the crop size
   # --- Augmentation beyond pad-4 crop + flip (in-memory data sets; the

@@ -6,9 +6,10 @@ and every augmentation draw derive from (seed, step), so a resumed run sees
 exactly the batches an uninterrupted one would.
 
 ``dataset`` names: ``cifar10`` and ``cifar100`` through ``tfds`` (with
-``data_dir``), or ``image_folder:PATH`` through
-``tfds.folder_dataset.ImageFolder`` (``train|test/<class>/*.jpg``). TensorFlow
-is imported only here, lazily.
+``data_dir``; the ``tfds`` extra, imported only here, lazily), or
+``image_folder:PATH`` (``train|test/<class>/*.jpg``), decoded by Pillow
+whatever else is installed (``decoder``), in the order and with the labels
+``tfds.folder_dataset.ImageFolder`` gives.
 
 An image folder's rule (``index_image_folder``): .jpg/.jpeg/.png files are
 images, other files are skipped with one warning; every image is decoded to
@@ -35,10 +36,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# How to install what the named (tfds) data sets and streamed ImageNet need.
+TFDS_EXTRA = ("install the tfds extra: python3 -m pip install -e '.[tfds]'"
+              " (pinned: -r requirements-tfds.txt)")
+
+
 def tfds_module():
-  """``tensorflow_datasets``, imported quietly: TensorFlow only decodes images
-  here, and without its oneDNN kernels it prints no notice about them (a
-  user's own environment settings win)."""
+  """``tensorflow_datasets``, imported quietly (without its oneDNN kernels
+  TensorFlow prints no notice about them; a user's own environment settings
+  win)."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   import tensorflow_datasets  # pylint: disable=g-import-not-at-top
@@ -352,38 +358,55 @@ def folder_files(root) -> tuple[dict[str, list[tuple[pathlib.Path, int]]],
   return out, len(names)
 
 
-def _decode(files: list[tuple[pathlib.Path, int]], with_tensorflow: bool
+def decoder() -> str:
+  """The image decoder of image folders, with the versions that fix its
+  pixels: Pillow and the libjpeg / zlib it was built with (recorded in
+  every run's ``input.json`` and summary)."""
+  import PIL  # pylint: disable=g-import-not-at-top
+  from PIL import features  # pylint: disable=g-import-not-at-top
+  jpeg = (f"libjpeg-turbo {features.version_feature('libjpeg_turbo')}"
+          if features.check_feature("libjpeg_turbo")
+          else f"libjpeg {features.version('jpg')}")
+  return f"Pillow {PIL.__version__} ({jpeg}, zlib {features.version('zlib')})"
+
+
+def decoder_of(dataset: str) -> str:
+  """What decodes ``dataset``'s images: Pillow (``decoder``) for an image
+  folder, TensorFlow through tfds for the named data sets."""
+  if dataset.startswith("image_folder:"):
+    return decoder()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return (f"tensorflow-datasets {tfds_module().__version__} (TensorFlow"
+          f" {tf.__version__})")
+
+
+def _decode_one(path: pathlib.Path) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(path) as im:
+    return np.asarray(im.convert("RGB"), np.uint8)
+
+
+def _decode(files: list[tuple[pathlib.Path, int]]
             ) -> tuple[np.ndarray, np.ndarray]:
-  """(uint8 (N, H, W, 3) images, int32 (N,) labels) of ``files``: decoded by
-  TensorFlow as tfds does (the same pixels), or by Pillow."""
-  images = []
-  if with_tensorflow:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    for f, _ in files:
-      images.append(tf.image.decode_image(
-          tf.io.read_file(str(f)), channels=3, expand_animations=False).numpy())
-  else:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    for f, _ in files:
-      with Image.open(f) as im:
-        images.append(np.asarray(im.convert("RGB"), np.uint8))
+  """(uint8 (N, H, W, 3) images, int32 (N,) labels) of ``files``, decoded by
+  Pillow (``decoder``), whatever else is installed (one thread: threads
+  were slower on CIFAR's small images, 1.6 s against 1.1 s for 5,000)."""
+  images = [_decode_one(f) for f, _ in files]
   return (np.stack(images).astype(np.uint8),
           np.asarray([label for _, label in files], np.int32))
 
 
 def read_image_folder(root: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
                                           int]:
-  """``root/<split>/<class>/<image>`` read with Pillow, in the order and with
-  the labels of ``tfds.folder_dataset.ImageFolder`` (``folder_files``). The
-  loader where tensorflow-datasets is not installed. Pixels may differ from
-  tfds' by a few levels: TensorFlow decodes JPEG with the fast integer DCT,
-  Pillow with the accurate one.
+  """``root/<split>/<class>/<image>`` decoded by Pillow (``decoder``), in
+  the order and with the labels of ``tfds.folder_dataset.ImageFolder``
+  (``folder_files``).
 
   Returns:
     ({split: (uint8 (N, H, W, 3) images, int32 (N,) labels)}, num_classes).
   """
   files, num_classes = folder_files(root)
-  return {split: _decode(f, False) for split, f in files.items()}, num_classes
+  return {split: _decode(f) for split, f in files.items()}, num_classes
 
 
 def subset_files(root, subsets: dict[str, tuple[int, int]]
@@ -397,29 +420,21 @@ def subset_files(root, subsets: dict[str, tuple[int, int]]
           for split, (n, seed) in subsets.items()}, num_classes
 
 
-def read_folder_subsets(root, subsets: dict[str, tuple[int, int]],
-                        with_tensorflow: bool
+def read_folder_subsets(root, subsets: dict[str, tuple[int, int]]
                         ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
                                    int]:
   """The seeded subsets ``{split: (n, seed)}`` of an image folder, decoding
   only their files (``subset_files``): the arrays ``load`` would cut from
-  the whole folder (with TensorFlow, the same pixels as through tfds), in a
-  fraction of the time (CIFAR-10's 1,024 + 1,000 smoke images: 1.8 s to
-  decode, against 16 s for the whole folder)."""
+  the whole folder, in a fraction of the time."""
   chosen, num_classes = subset_files(root, subsets)
-  return ({split: _decode(f, with_tensorflow) for split, f in chosen.items()},
-          num_classes)
+  return ({split: _decode(f) for split, f in chosen.items()}, num_classes)
 
 
 def _read_with_tfds(dataset: str, data_dir: str | None):
   tfds = tfds_module()
-  if dataset.startswith("image_folder:"):
-    with _no_tfds_tempdirs():
-      builder = tfds.folder_dataset.ImageFolder(dataset.split(":", 1)[1])
-  else:
-    builder = prepared_builder(
-        dataset, data_dir, "point --config.data_dir at a prepared tfds"
-        " directory or use --config.dataset=image_folder:PATH for a local copy")
+  builder = prepared_builder(
+      dataset, data_dir, "point --config.data_dir at a prepared tfds"
+      " directory or use --config.dataset=image_folder:PATH for a local copy")
   arrays = {}
   for split in ("train", "test"):
     chunks = list(tfds.as_numpy(builder.as_dataset(
@@ -434,10 +449,10 @@ def load(dataset: str, data_dir: str | None = None, train_subset: int = 0,
          test_subset: int = 0, seed: int = 0) -> InMemoryData:
   """Loads a whole small data set as uint8 arrays (optionally a seeded subset).
 
-  Through tfds; an ``image_folder:PATH`` is read with Pillow
-  (``read_image_folder``) where tensorflow-datasets is not installed, and
-  with both subsets given, only their files are decoded
-  (``read_folder_subsets``: the same arrays).
+  Named data sets through tfds (the ``tfds`` extra); an
+  ``image_folder:PATH`` with Pillow (``read_image_folder``), and with both
+  subsets given, only their files (``read_folder_subsets``: the same
+  arrays).
   """
   check_dataset_name(dataset)
   if dataset.startswith("image_folder:") and train_subset and test_subset:
@@ -456,8 +471,8 @@ def load(dataset: str, data_dir: str | None = None, train_subset: int = 0,
     try:
       tfds_module()
     except ImportError:
-      raise ValueError(f"dataset: {dataset!r} needs tensorflow-datasets, which"
-                       " is not installed") from None
+      raise ValueError(f"dataset: {dataset!r} needs tensorflow-datasets:"
+                       f" {TFDS_EXTRA}") from None
     arrays, num_classes = _read_with_tfds(dataset, data_dir)
   check_sizes(n_train=len(arrays["train"][1]), n_test=len(arrays["test"][1]),
               train_subset=train_subset, test_subset=test_subset,
@@ -468,10 +483,10 @@ def load(dataset: str, data_dir: str | None = None, train_subset: int = 0,
 
 
 def _read_folder(index: FolderIndex, subsets=None):
-  """An image folder's arrays: through tfds, or Pillow without it (with
-  ``subsets``, {split: (n, seed)}, only those examples:
-  ``read_folder_subsets``); its images checked first, and a read that fails
-  diagnosed by name (``check_images``)."""
+  """An image folder's arrays, decoded by Pillow (with ``subsets``,
+  {split: (n, seed)}, only those examples: ``read_folder_subsets``); its
+  images checked first, and a read that fails diagnosed by name
+  (``check_images``)."""
   if index.skipped:
     logging.getLogger("absl").warning(
         "%d file(s) in %s are not .jpg/.jpeg/.png images and are skipped, e.g."
@@ -482,16 +497,8 @@ def _read_folder(index: FolderIndex, subsets=None):
     files = [f for split in chosen.values() for f, _ in split]
   check_images(index, files=files)
   try:
-    try:
-      tfds_module()
-      with_tensorflow = True
-    except ImportError:
-      with_tensorflow = False
     if chosen is not None:
-      return ({split: _decode(f, with_tensorflow)
-               for split, f in chosen.items()}, num_classes)
-    if with_tensorflow:
-      return _read_with_tfds(f"image_folder:{index.root}", None)
+      return {split: _decode(f) for split, f in chosen.items()}, num_classes
     return read_image_folder(index.root)
   except Exception as e:  # pylint: disable=broad-except
     check_images(index, decode=True, files=files)  # names the file, if

@@ -84,6 +84,7 @@ class TrainInput(Protocol):
   # "cifar10's constants", "computed from the 50,000 training images").
   normalization: data_lib.Normalization
   normalization_source: str
+  decoder: str  # what decoded the images, with its version
   device_augment: bool  # the step augments (True) or the host did
   # What the step adds to crop + flip (device_augment only).
   augmentation: augmentations.Augmentation
@@ -135,8 +136,9 @@ class InMemoryInput:
                passes: int = 1,
                augmentation: augmentations.Augmentation = (
                    augmentations.Augmentation()),
-               normalization_source: str = "given"):
+               normalization_source: str = "given", decoder: str = ""):
     self.data = data
+    self.decoder = decoder
     self.normalization = normalization
     self.normalization_source = normalization_source
     self.num_classes = data.num_classes
@@ -221,6 +223,7 @@ class StreamInput:
     self.num_train = imagenet.process_split(
         self.builder, "train", drop_remainder=True)[1]
     self.input_shape = (config.image_size, config.image_size, 3)
+    self.decoder = data_lib.decoder_of(config.dataset)
     self.normalization, self.normalization_source = (
         (config.normalization, "given") if config.normalization
         else (data_lib.named_normalization(config.dataset),
@@ -321,4 +324,5 @@ def load(config: InputConfig, batch_sharding,
       eval_batch_size=config.eval_batch_size, seed=config.seed,
       normalization=normalization, batch_sharding=batch_sharding,
       passes=config.repeated_augmentation,
-      augmentation=config.augmentation, normalization_source=source)
+      augmentation=config.augmentation, normalization_source=source,
+      decoder=data_lib.decoder_of(config.dataset))

@@ -67,11 +67,11 @@ def restore_dense(source: pathlib.Path, dense, spec: str, num_classes: int,
 def _normalization(spec, dataset, normalization, variables_dir
                    ) -> data_lib.Normalization:
   """The given one; else ``dataset``'s constants; else the one recorded by
-  the run whose workdir holds ``variables_dir`` (its ``normalization.json``);
+  the run whose workdir holds ``variables_dir`` (its ``input.json``);
   else the constants of the zoo model's data set."""
   if normalization is not None:
     return normalization
-  recorded = pathlib.Path(variables_dir).absolute().parent / "normalization.json"
+  recorded = pathlib.Path(variables_dir).absolute().parent / "input.json"
   if dataset is None and recorded.is_file():
     saved = json.loads(recorded.read_text())
     return data_lib.Normalization(tuple(saved["mean"]), tuple(saved["std"]))
@@ -100,7 +100,7 @@ def compact_from_checkpoint(
   ``spec``: a zoo name or ``package.module:factory`` (``models.build``),
   whose training flag is ``model_flag``. ``normalization``: the serving
   artifact's input normalization; default the constants of ``dataset``, or
-  the run's own (``normalization.json`` beside ``variables_dir``), or the
+  the run's own (``input.json`` beside ``variables_dir``), or the
   constants of the data set a zoo model is built for. Bad arguments raise a one-line
   ValueError naming the argument, before anything is written.
   """

@@ -35,6 +35,7 @@ from lrpet_jax.core import projection
 from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.deploy import compact
 from lrpet_jax.deploy import variables_file
+from lrpet_jax.pipeline import records
 from lrpet_jax.pipeline import steps as steps_lib
 
 
@@ -234,9 +235,7 @@ def summary(e: Ending) -> dict:
       macs_reduction=1 - final_cost["macs"] / dense_cost["macs"],
       params_reduction=1 - final_cost["params"] / dense_cost["params"],
       device=f"{jax.device_count()}x {jax.devices()[0].device_kind}",
-      normalization={"mean": list(e.source.normalization.mean),
-                     "std": list(e.source.normalization.std),
-                     "from": e.source.normalization_source})
+      input=records.input_record(e.source))
   if e.report is not None and "export_check" in e.report:
     out["export_check"] = e.report["export_check"]
   return out

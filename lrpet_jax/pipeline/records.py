@@ -1,8 +1,8 @@
 """What a run records about itself in its workdir, and reads back.
 
 ``config.json`` holds the resolved config of the latest start,
-``commands.txt`` every start's command line, ``normalization.json`` the
-input mean and std in use; ``summary.json`` marks a
+``commands.txt`` every start's command line, ``input.json`` the image
+decoder and the input mean and std in use; ``summary.json`` marks a
 finished run. From these a new start learns whether the workdir is its own:
 finished with this very config (nothing to do), holding another run's
 checkpoints (refused), or to be resumed.
@@ -192,24 +192,37 @@ def record(config, workdir: pathlib.Path, command) -> None:
       f.write(f"cd {shlex.quote(os.getcwd())} && {shlex.join(command)}\n")
 
 
-NORMALIZATION_FILE = "normalization.json"
+INPUT_FILE = "input.json"
 
 
-def record_normalization(workdir: pathlib.Path, normalization,
-                         source: str) -> None:
-  """``normalization.json``: the input mean and std the run uses, and where
-  they come from (read back on resume and by ``load_run``)."""
-  (workdir / NORMALIZATION_FILE).write_text(json.dumps(
-      {"mean": list(normalization[0]), "std": list(normalization[1]),
-       "from": source}, indent=1) + "\n")
+def input_record(source) -> dict:
+  """What ``input.json`` and the summary say of a run's inputs: the decoder
+  that made its pixels (with versions), and the mean and std that normalize
+  them, with where those come from."""
+  return {"decoder": source.decoder,
+          "mean": list(source.normalization.mean),
+          "std": list(source.normalization.std),
+          "normalization_from": source.normalization_source}
+
+
+def record_input(workdir: pathlib.Path, source) -> None:
+  """``input.json`` (``input_record``), read back on resume, by ``load_run``
+  and by the export command."""
+  (workdir / INPUT_FILE).write_text(
+      json.dumps(input_record(source), indent=1) + "\n")
+
+
+def recorded_input(workdir: pathlib.Path) -> dict | None:
+  """What ``record_input`` wrote, or None."""
+  path = workdir / INPUT_FILE
+  return json.loads(path.read_text()) if path.is_file() else None
 
 
 def recorded_normalization(workdir: pathlib.Path):
-  """The (mean, std) ``record_normalization`` wrote, or None."""
-  path = workdir / NORMALIZATION_FILE
-  if not path.is_file():
+  """The (mean, std) ``record_input`` wrote, or None."""
+  saved = recorded_input(workdir)
+  if saved is None:
     return None
-  saved = json.loads(path.read_text())
   return data_lib.Normalization(tuple(saved["mean"]), tuple(saved["std"]))
 
 

@@ -17,6 +17,7 @@ import json
 import pathlib
 from typing import Any
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -95,14 +96,14 @@ class SavedRun:
 
   @functools.cached_property
   def normalization(self) -> data_lib.Normalization:
-    """The input mean and std the run used (``normalization.json``; the
+    """The input mean and std the run used (``input.json``; the
     config's, for a run older than that file)."""
     recorded = records.recorded_normalization(self.workdir)
     if recorded is not None:
       return recorded
     if not self.config.mean:
       raise ValueError(f"{self.workdir} records no input normalization"
-                       " (normalization.json); the run has not started")
+                       " (input.json); the run has not started")
     return data_lib.Normalization(tuple(self.config.mean),
                                   tuple(self.config.std))
 
@@ -116,6 +117,11 @@ class SavedRun:
       if not folder.is_absolute():
         folder = records.launch_dir(self.workdir) / folder
       dataset = f"image_folder:{folder}"
+    recorded = (records.recorded_input(self.workdir) or {}).get("decoder")
+    if recorded and recorded != data_lib.decoder_of(dataset):
+      logging.warning("%s decoded its images with %s; here they are decoded"
+                      " with %s, and the pixels may differ", self.workdir,
+                      recorded, data_lib.decoder_of(dataset))
     loaded = data_lib.load(dataset, c.data_dir, c.train_subset, c.test_subset,
                            c.seed)
     return loaded.test_images, loaded.test_labels

@@ -588,8 +588,7 @@ def _train(config, run: Run, workdir: pathlib.Path, command, start) -> dict:
   first_step = int(state.step)
   if hosts.is_writer():  # only once the workdir is accepted
     records.record(config, workdir, command)
-    records.record_normalization(workdir, run.source.normalization,
-                                 run.source.normalization_source)
+    records.record_input(workdir, run.source)
     setting = run.method.setting
     records.record_pairs(workdir, setting.pairing, setting.ranks,
                             setting.table, setting.unranked)

@@ -3,6 +3,7 @@
 import pathlib
 import re
 import shutil
+import subprocess
 import sys
 
 import jax
@@ -97,9 +98,11 @@ def test_normalize():
   np.testing.assert_allclose(np.asarray(x).ravel(), [2.0, 1.0, 0.5])
 
 
-def test_pillow_reader_matches_tfds_image_folder(tmp_path):
-  """The loader used without tensorflow-datasets: same images, labels, order."""
-  tf = pytest.importorskip("tensorflow")
+def test_image_folders_have_tfds_order_and_labels(tmp_path):
+  """Pillow decodes; the order and labels are tfds ImageFolder's (the
+  reference), and the pixels its TensorFlow decoder's within a few levels."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from PIL import Image  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   # Class names whose sorted order differs from creation order; a non-image
   # file that both readers must skip.
@@ -110,23 +113,61 @@ def test_pillow_reader_matches_tfds_image_folder(tmp_path):
       d.mkdir(parents=True)
       for i in (3, 1, 2):
         img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-        (d / f"img{i}.jpg").write_bytes(tf.io.encode_jpeg(img).numpy())
+        Image.fromarray(img).save(d / f"img{i}.jpg", quality=90)
       (d / "notes.txt").write_text("not an image")
-  arrays, num_classes = datasets.read_image_folder(str(tmp_path))
   loaded = datasets.load(f"image_folder:{tmp_path}")
-  assert num_classes == loaded.num_classes == 3
+  builder = tfds.folder_dataset.ImageFolder(str(tmp_path))
+  assert builder.info.features["label"].num_classes == loaded.num_classes == 3
   for split, images, labels in (
       ("train", loaded.train_images, loaded.train_labels),
       ("test", loaded.test_images, loaded.test_labels)):
-    np.testing.assert_array_equal(arrays[split][1], labels)
+    want = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
+                                            shuffle_files=False))
+    np.testing.assert_array_equal(want["label"], labels)
     # Same images in the same order; TF's fast DCT vs Pillow's accurate one
     # differ by a few levels on these noise images (same image: ≤ 8, others
     # differ by ~85 on average).
-    diff = np.abs(arrays[split][0].astype(int) - images.astype(int))
+    diff = np.abs(want["image"].astype(int) - images.astype(int))
     assert diff.max() <= 8 and diff.mean() < 2, (split, diff.max())
   # ant=0, moth=1, zebra=2, three files each.
-  assert sorted(arrays["train"][1]) == [0] * 3 + [1] * 3 + [2] * 3
-  assert sorted(arrays["test"][1]) == [0] * 3 + [1] * 3 + [2] * 3
+  assert sorted(loaded.train_labels) == [0] * 3 + [1] * 3 + [2] * 3
+  assert sorted(loaded.test_labels) == [0] * 3 + [1] * 3 + [2] * 3
+
+
+SHARED_CIFAR10 = pathlib.Path(__file__).resolve().parents[3] / "shared" / (
+    "datasets/cifar10")
+_DECODE = """
+import sys, numpy as np
+if sys.argv[2] == "hidden":
+  sys.modules["tensorflow"] = sys.modules["tensorflow_datasets"] = None
+else:
+  import tensorflow_datasets, tensorflow  # importable, and imported first
+from lrpet_jax.data import datasets
+d = datasets.load("image_folder:" + sys.argv[1], None, 300, 200, 7)
+np.savez(sys.argv[3], train=d.train_images, test=d.test_images)
+print(datasets.decoder_of("image_folder:x"))
+"""
+
+
+@pytest.mark.skipif(not SHARED_CIFAR10.is_dir(), reason="no shared CIFAR-10")
+def test_the_same_pixels_with_and_without_tensorflow(tmp_path):
+  """One decoder whatever is installed: the shared CIFAR-10 copy's JPEGs
+  read with TensorFlow hidden and with it imported are the same arrays."""
+  pytest.importorskip("tensorflow_datasets")
+  got, names = {}, {}
+  for mode in ("hidden", "imported"):
+    done = subprocess.run(
+        [sys.executable, "-c", _DECODE, str(SHARED_CIFAR10), mode,
+         str(tmp_path / f"{mode}.npz")], capture_output=True, text=True,
+        timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got[mode] = np.load(tmp_path / f"{mode}.npz")
+    names[mode] = done.stdout.strip()
+  for split in ("train", "test"):
+    np.testing.assert_array_equal(got["hidden"][split],
+                                  got["imported"][split])
+  assert names["hidden"] == names["imported"]
+  assert names["hidden"].startswith("Pillow ")
 
 
 def test_without_tfds_image_folders_load_and_tfds_names_fail(tmp_path,
@@ -146,7 +187,9 @@ def test_without_tfds_image_folders_load_and_tfds_names_fail(tmp_path,
                          (loaded.test_images, loaded.test_labels)):
     assert sorted(int(v) for v in images[:, 0, 0, 0]) == [0, 60, 100, 160]
     np.testing.assert_array_equal(labels, images[:, 0, 0, 0] >= 100)
-  with pytest.raises(ValueError, match="dataset: 'cifar10' needs"):
+  with pytest.raises(ValueError, match=r"^dataset: 'cifar10' needs"
+                     r" tensorflow-datasets: install the tfds extra: python3 -m"
+                     r" pip install -e '\.\[tfds\]'"):
     datasets.load("cifar10")
 
 
@@ -214,7 +257,6 @@ def test_device_batch_selection_matches_host_indices():
 
 
 def test_image_folder_leaves_no_temporary_folders(tmp_path, monkeypatch):
-  pytest.importorskip("tensorflow_datasets")
   from PIL import Image  # pylint: disable=g-import-not-at-top
   for split in ("train", "test"):
     for c in ("a", "b"):
@@ -321,7 +363,7 @@ def test_subsets_of_an_image_folder_read_alone_are_the_subsets_of_the_whole(
   """With both subsets, only their files are decoded: the same examples, in
   the same order, with the same pixels (real CIFAR-10 JPEGs when the shared
   copy is there, else generated ones) as cut from the whole folder."""
-  tf = pytest.importorskip("tensorflow")
+  from PIL import Image  # pylint: disable=g-import-not-at-top
   cifar = (pathlib.Path(__file__).resolve().parents[3] / "shared" / "datasets"
            / "cifar10")
   rng = np.random.default_rng(0)
@@ -336,7 +378,7 @@ def test_subsets_of_an_image_folder_read_alone_are_the_subsets_of_the_whole(
           (d / real[i].name).symlink_to(real[i])
         else:
           img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-          (d / f"{i}.jpg").write_bytes(tf.io.encode_jpeg(img).numpy())
+          Image.fromarray(img).save(d / f"{i}.jpg", quality=95)
   name = f"image_folder:{tmp_path}"
   whole = datasets.load(name)
   for seed in (0, 3):
@@ -347,10 +389,10 @@ def test_subsets_of_an_image_folder_read_alone_are_the_subsets_of_the_whole(
     np.testing.assert_array_equal(alone.train_labels, whole.train_labels[train])
     np.testing.assert_array_equal(alone.test_images, whole.test_images[test])
     np.testing.assert_array_equal(alone.test_labels, whole.test_labels[test])
-  # Without TensorFlow: the Pillow reader's pixels, subset alone as well.
+  # The whole-folder reader and the subset reader: the same pixels.
   files, _ = datasets.folder_files(tmp_path)
   pillow = datasets.read_image_folder(str(tmp_path))[0]
-  alone = datasets.read_folder_subsets(tmp_path, {"train": (20, 0)}, False)[0]
+  alone = datasets.read_folder_subsets(tmp_path, {"train": (20, 0)})[0]
   keep = np.sort(np.random.default_rng(0).permutation(36)[:20])
   np.testing.assert_array_equal(alone["train"][0], pillow["train"][0][keep])
   assert len(files["train"]) == 36

@@ -35,11 +35,13 @@ def test_an_image_folder_is_normalized_with_its_own_statistics(
   train_images = datasets.load(f"image_folder:{png_folder}").train_images
   x = train_images.astype(np.float64).reshape(-1, 3) / 255
   want = {"mean": list(x.mean(0)), "std": list(x.std(0))}
-  recorded = json.loads((workdir / "normalization.json").read_text())
+  recorded = json.loads((workdir / "input.json").read_text())
   np.testing.assert_allclose(recorded["mean"], want["mean"], rtol=1e-12)
   np.testing.assert_allclose(recorded["std"], want["std"], rtol=1e-10)
-  assert recorded["from"] == "computed from the 24 training images"
-  assert summary["normalization"] == recorded
+  assert recorded["normalization_from"] == (
+      "computed from the 24 training images")
+  assert recorded["decoder"].startswith("Pillow ")
+  assert summary["input"] == recorded
   spec = json.loads((workdir / "serving" / "spec.json").read_text())
   assert spec["input"]["normalization"] == {"mean": recorded["mean"],
                                             "std": recorded["std"]}
@@ -64,7 +66,7 @@ def test_an_image_folder_is_normalized_with_its_own_statistics(
   # A resumed run reads the record instead of computing again.
   (workdir / "summary.json").unlink()
   again = train.train_and_evaluate(tiny_config(mean=(), std=()), str(workdir))
-  assert again["normalization"] == {
-      **recorded,
-      "from": "computed from the training images when the run started"}
+  assert again["input"] == {
+      **recorded, "normalization_from":
+          "computed from the training images when the run started"}
   assert again["final_accuracy"] == summary["final_accuracy"]
