@@ -22,12 +22,14 @@ than the data is refused in one line naming the file, folder or field.
 import contextlib
 import dataclasses
 import glob
+import importlib.util
 import logging
 import os
 import pathlib
 import random
 import shutil
 import socket
+import sys
 import tempfile
 from typing import NamedTuple
 import urllib.parse
@@ -39,6 +41,13 @@ import numpy as np
 # How to install what the named (tfds) data sets and streamed ImageNet need.
 TFDS_EXTRA = ("install the tfds extra: python3 -m pip install -e '.[tfds]'"
               " (pinned: -r requirements-tfds.txt)")
+
+
+def has_tfds() -> bool:
+  """Whether tensorflow-datasets can be imported (without importing it)."""
+  if "tensorflow_datasets" in sys.modules:
+    return sys.modules["tensorflow_datasets"] is not None
+  return importlib.util.find_spec("tensorflow_datasets") is not None
 
 
 def tfds_module():
@@ -119,6 +128,9 @@ def check_dataset_name(dataset: str) -> None:
   """A known name, or an ``image_folder:PATH`` that ``index_image_folder``
   accepts; else a one-line ValueError naming ``dataset``."""
   if dataset in TFDS_NAMES + STREAMED:
+    if not has_tfds():
+      raise ValueError(f"dataset: {dataset!r} needs tensorflow-datasets:"
+                       f" {TFDS_EXTRA}")
     return
   if dataset.startswith("image_folder:"):
     index_image_folder(dataset.split(":", 1)[1])
