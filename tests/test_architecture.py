@@ -72,17 +72,13 @@ def test_the_check_sees_an_upward_import(tmp_path):
   assert upward(bad, "pipeline") == ["lrpet_jax.main"]
 
 
-def test_the_flat_layout_still_imports_and_names_the_new_place():
+def test_no_flat_layout_names():
+  """The layout before the subpackages was never released: no shims."""
   import lrpet_jax  # pylint: disable=g-import-not-at-top
-  from lrpet_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  from lrpet_jax.ranking import selection  # pylint: disable=g-import-not-at-top
-  with pytest.warns(DeprecationWarning,
-                    match=r"lrpet_jax.rank_selection is now lrpet_jax.ranking"
-                    r".selection"):
-    from lrpet_jax import rank_selection  # pylint: disable=g-import-not-at-top
-  assert rank_selection is selection
-  with pytest.warns(DeprecationWarning, match=r"lrpet_jax.data.load is now"
-                    r" lrpet_jax.data.datasets.load"):
-    assert lrpet_jax.data.load is datasets.load
-  with pytest.raises(AttributeError, match="no attribute 'nope'"):
-    lrpet_jax.nope  # pylint: disable=pointless-statement
+  from lrpet_jax import data  # pylint: disable=g-import-not-at-top
+  for name in ("rank_selection", "train", "projection"):
+    with pytest.raises(AttributeError):
+      getattr(lrpet_jax, name)
+  with pytest.raises(AttributeError):
+    data.load  # pylint: disable=pointless-statement
+  assert lrpet_jax.Ranks is lrpet_jax.core.ranks.Ranks

@@ -7,11 +7,6 @@ recipe's AutoAugment, random erasing, CutMix/Mixup, on the device),
 tf.data), ``inputs`` (the training loop's batch adapters) and ``hosts``
 (processes: global arrays from each process's rows, the one writer).
 
-Imports: ``lrpet_jax.core`` only (its shim for the flat layout's names).
+Imports: nothing else of the package.
 """
 
-
-from lrpet_jax.core import _compat
-
-# lrpet_jax.data was a module: its names, from datasets, with a warning.
-__getattr__ = _compat.moved_attributes(__name__, __path__, "datasets")

@@ -11,8 +11,3 @@ dense checkpoint to all of these: the library behind
 Imports: ``lrpet_jax.core``, ``analysis``, ``ranking``, ``models``, ``data``.
 """
 
-
-from lrpet_jax.core import _compat
-
-# lrpet_jax.deploy was a module: its names, from from_checkpoint, with a warning.
-__getattr__ = _compat.moved_attributes(__name__, __path__, "from_checkpoint")
