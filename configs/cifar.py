@@ -29,7 +29,7 @@ def get_config():
   # --- Model ---
   # A zoo name (lrpet_jax/models) or your own model: "package.module:factory",
   # a function (num_classes=, dtype=) -> nn.Module, or a Flax NNX factory
-  # (num_classes=, dtype=, rngs=) -> nnx.Module (README "Your own NNX model").
+  # (num_classes=, dtype=, rngs=) -> nnx.Module (docs/nnx.md).
   c.model = "resnet56"
   c.model_flag = "train"       # the name of the model's training flag
   c.num_classes = 10
@@ -44,7 +44,7 @@ def get_config():
   c.project_dense = False
   # "" (the above), or the layers to rank by role: comma-separated "conv",
   # "mlp", "attention", "classifier", "embedding"; or "re:REGEX" on kernel
-  # paths (README "Which layers are ranked, folded and counted").
+  # paths (docs/own-model.md, "Which layers are ranked, folded and counted").
   c.project_layers = ""
   c.rank_floor = 0             # > 0: every rank at least this (configs/vgg16.py)
   c.first_rank_floor = 0       # > 0: the first conv's rank at least this
@@ -123,7 +123,7 @@ def get_config():
   # Kept: the latest keep_checkpoints, and with val_examples the best by
   # validation accuracy.
   c.keep_checkpoints = 3
-  # --- More than one process (README, "More than one machine") ---
+  # --- More than one process (docs/multi-process.md) ---
   # jax.distributed.initialize(): under SLURM, Open MPI, on TPU pods and
   # Kubernetes the cluster is detected; otherwise give the three below (the
   # address may also come from JAX_COORDINATOR_ADDRESS).

@@ -1,4 +1,4 @@
-"""A model of your own, as the pipeline takes it (README, "Your own model").
+"""A model of your own, as the pipeline takes it (docs/own-model.md).
 
     python -m lrpet_jax.main --config=configs/smoke.py --workdir=/tmp/own \
         --config.model=examples.own_model:make --config.model_flag=training

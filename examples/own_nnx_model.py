@@ -1,5 +1,4 @@
-"""A Flax NNX model of your own, as the pipeline takes it (README, "Your own
-NNX model").
+"""A Flax NNX model of your own, as the pipeline takes it (docs/nnx.md).
 
     python -m lrpet_jax.main --config=configs/smoke.py --workdir=/tmp/own_nnx \
         --config.model=examples.own_nnx_model:make

@@ -96,7 +96,7 @@ def lines(scale, records, main_table, plots, command):
   out += [row.replace(" + BN rectification", "; no BatchNorm to rectify")
           for row in main_table]
   out += ["", "MACs count every Dense layer and attention's two products"
-          " (README, \"Transformers\"). ¹ Mean over the runs that trained in"
+          " (docs/transformers.md). ¹ Mean over the runs that trained in"
           " one process; the runs shared the 2-core machine with other work,"
           " so wall times compare loosely.", ""]
   out += ["### LRPET minus dense, paired by seed", ""]

@@ -8,8 +8,7 @@ Starts ``--processes`` copies of ``python -m lrpet_jax.main <flags>`` with
 each process's count and id; each sees ``--devices_per_process`` CPU devices
 (``--xla_force_host_platform_device_count``). This is for trying
 multi-process training here; on a cluster, start ``lrpet_jax.main`` with
-``--config.distributed=True`` through its launcher (README, "More than one
-machine").
+``--config.distributed=True`` through its launcher (docs/multi-process.md).
 
 SIGINT and SIGTERM are forwarded to every process (each saves and stops).
 When one process fails or is killed, the others are stopped at once (a

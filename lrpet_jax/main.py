@@ -31,7 +31,7 @@ from lrpet_jax.deploy import export_check
 from lrpet_jax.pipeline import errors
 from lrpet_jax.pipeline import train
 
-# The exit status of each error reported in one line (the README's table);
+# The exit status of each error reported in one line (docs/exit-statuses.md);
 # any other exception is an internal error, status 4.
 EXIT_STATUS = {errors.ConfigError: 2, errors.NonFiniteLoss: 1,
                export_check.ExportCheckError: 3, errors.SaveFailed: 4}

@@ -237,14 +237,11 @@ def test_a_factory_without_rngs_returning_nnx_is_told_the_signature(
 
 
 def test_readme_nnx_block_runs_and_serves(tmp_path, monkeypatch):
-  import pathlib  # pylint: disable=g-import-not-at-top
-  import re  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its mkdtemp()
-  readme = pathlib.Path(__file__).resolve().parents[2] / "README.md"
-  blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+  import docs  # pylint: disable=g-import-not-at-top
   ns = {}
-  exec(next(b for b in blocks if "class OwnNnxNet" in b), ns)  # pylint: disable=exec-used
+  exec(docs.block("docs/nnx.md", "class OwnNnxNet"), ns)  # pylint: disable=exec-used
   assert ns["pairs"] == {"stem/kernel": "norms/0", "body/0/kernel": "norms/1"}
   # The Linen block's model in NNX: the same MACs, dense and compact.
   assert (ns["macs"], ns["small_macs"]) == (1_290_560, 809_280)

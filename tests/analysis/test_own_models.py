@@ -6,7 +6,6 @@ import functools
 import json
 import os
 import pathlib
-import re
 import subprocess
 import sys
 import tempfile
@@ -258,10 +257,9 @@ def test_api_errors_say_what_to_do():
 def test_readme_own_model_block_runs_and_serves_without_lrpet_jax(
     tmp_path, monkeypatch):
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its mkdtemp()
-  blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(),
-                      re.S)
+  import docs  # pylint: disable=g-import-not-at-top
   ns = {}
-  exec(next(b for b in blocks if "class OwnNet" in b), ns)  # pylint: disable=exec-used
+  exec(docs.block("docs/own-model.md", "class OwnNet"), ns)  # pylint: disable=exec-used
   assert ns["pairs"] == MODELS["flax_defaults"][2]
   assert (ns["macs"], ns["small_macs"]) == (1_290_560, 809_280)
   pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)

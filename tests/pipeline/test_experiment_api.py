@@ -42,12 +42,9 @@ def test_a_projecting_step_leaves_each_ranked_kernel_at_its_rank(tiny_config):
 
 
 def test_the_readme_block_runs(tiny_config):
-  """The README's experiment-API block, as written, on the tiny config."""
-  import pathlib  # pylint: disable=g-import-not-at-top
-  import re  # pylint: disable=g-import-not-at-top
-  readme = pathlib.Path(__file__).resolve().parents[2] / "README.md"
-  blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
-  block = next(b for b in blocks if "experiment.from_config" in b)
+  """The experiments page's API block, as written, on the tiny config."""
+  import docs  # pylint: disable=g-import-not-at-top
+  block = docs.block("docs/experiments.md", "experiment.from_config")
   rng = np.random.default_rng(0)
   ns = {"config": tiny_config(model="resnet8"),
         "images_uint8": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),

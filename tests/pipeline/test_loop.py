@@ -67,6 +67,9 @@ def test_lrpet_loop_in_process(tiny_config, tmp_path, caplog):
   # its saved models on its test data; the served model predicts as the
   # compact one (BatchNorm folded: equal up to rounding, so at most one of
   # the 16 test images may flip).
+  import docs  # pylint: disable=g-import-not-at-top
+  exec(docs.block("docs/training.md", "load_run(").replace(  # pylint: disable=exec-used
+      '"/tmp/lrpet_smoke"', repr(str(workdir))), {})
   run = lrpet_jax.load_run(workdir)
   assert run.evaluate("compact")["top1"] == summary["compact_accuracy"]
   assert run.evaluate("dense")["top1"] == summary["dense_accuracy"]

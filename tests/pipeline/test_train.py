@@ -224,10 +224,9 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
   assert json.loads(again.stdout) == summary
   assert {p: p.stat().st_mtime_ns for p in straight.rglob("*")} == before
 
-  # The README's restore snippet works on what this run wrote.
-  blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(),
-                      re.S)
-  snippet = next(b for b in blocks if "dense_final" in b)
+  # The training page's restore snippet works on what this run wrote.
+  import docs  # pylint: disable=g-import-not-at-top
+  snippet = docs.block("docs/training.md", "dense_final")
   ns = {"workdir": str(straight), "model_name": "resnet8", "input_size": 32}
   exec(snippet, ns)  # pylint: disable=exec-used
   x = np.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)),
@@ -236,9 +235,9 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
       ns["compact"].apply(ns["compact_vars"], x, train=False),
       ns["dense"].apply(ns["dense_vars"], x, train=False), rtol=1e-4, atol=1e-4)
   assert int(ns["state"]["step"]) == 12
-  # The README's serving snippet on the artifact this run wrote: the compact
-  # model's logits from raw pixels.
-  snippet = next(b for b in blocks if "model.jax_export" in b)
+  # The deploy page's serving snippet on the artifact this run wrote: the
+  # compact model's logits from raw pixels.
+  snippet = docs.block("docs/deploy.md", "model.jax_export")
   pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), np.uint8)
   served = {"images": pixels}
   exec(textwrap.dedent(snippet).replace("OUT/", f"{straight}/"), served)  # pylint: disable=exec-used

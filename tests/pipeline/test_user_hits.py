@@ -387,15 +387,15 @@ def test_ctrl_c_stops_within_the_queued_calls(tmp_path):
   assert proc.returncode == 130, "".join(lines[-20:])
   stopped = int(re.search(r"stopped by signal 2 at step (\d+)",
                           "".join(lines)).group(1))
-  # The call under way, the 2 queued ones (the README's bound), and one
+  # The call under way, the 2 queued ones (the training page's bound), and one
   # dispatched meanwhile; before, the next log boundary (50).
   assert train.QUEUED == 2 and 40 < stopped <= 44
 
 
-def test_help_lists_every_exit_status_of_the_readme():
-  """The README's exit-status table and --help name the same statuses."""
-  readme = (ROOT / "README.md").read_text()
-  table = readme[readme.index("| status | meaning |"):]
+def test_help_lists_every_exit_status_of_the_docs():
+  """The exit-status page's table and --help name the same statuses."""
+  page = (ROOT / "docs" / "exit-statuses.md").read_text()
+  table = page[page.index("| status | meaning |"):]
   rows = re.findall(r"^\| ([\d, ]+) \|", table[:table.index("\n\n")], re.M)
   statuses = {s.strip() for row in rows for s in row.split(",")}
   assert statuses == {"0", "1", "2", "3", "4", "130", "143"}
