@@ -174,6 +174,10 @@ class Ranks(Mapping[str, int]):
     """{"block/conv/kernel": rank} (``ranks.json``)."""
     return dict(self._ranks)
 
+  def write(self, path) -> None:
+    """``to_json`` to the file ``path`` (``read`` reads it back)."""
+    pathlib.Path(path).write_text(json.dumps(self._ranks, indent=1) + "\n")
+
   def __getitem__(self, path) -> int:
     return self._ranks[_trees.path_str(path)]
 
@@ -218,3 +222,8 @@ def round_ranks(ranks: Any, params: Any, multiple: int = 8) -> Any:
                min(projection.matrix_shape(leaf.shape)))
 
   return jax.tree.map(up, ranks, params, is_leaf=lambda r: r is None)
+
+
+def as_json(ranks: Any) -> dict[str, int]:
+  """{"block/conv/kernel": rank} of a rank pytree or a ``Ranks``."""
+  return Ranks.of_tree(ranks).to_json()

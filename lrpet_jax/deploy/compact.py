@@ -188,16 +188,16 @@ def _summary_line(model_name, report) -> str:
           f" ({report['params_reduction']:.1%} fewer)\n")
 
 
-def build_report(dense_model, ranks: Any, pairs, *,
+def build_report(dense_model, compact_model, ranks: Any, pairs, *,
                  input_shape: tuple[int, ...], dense_variables: Any,
                  compact_variables: Any, energy_kept=None,
                  description: dict) -> tuple[dict, Any]:
   """(the report ``write`` saves, the compact model's folded variables).
 
+  ``compact_model``: ``factorized.Factorized(dense_model, ranks)``.
   ``dense_variables`` None: costs from the dense model's shapes, no rows.
   ``description`` (model name, classes) heads the report.
   """
-  compact_model = factorized.Factorized(dense_model, ranks)
   dense_abstract = tracing.abstract_variables(dense_model, input_shape)
   costs = folded_costs(dense_model, compact_model,
                        dense_variables or dense_abstract, compact_variables,
@@ -257,19 +257,19 @@ def write(out_dir: str | pathlib.Path, dense_model, ranks: Any, pairs, *,
   out = pathlib.Path(out_dir).absolute()
   if compact_variables is None:
     compact_variables = factorize(dense_variables, ranks)
+  compact_model = factorized.Factorized(dense_model, ranks)
   report, folded = build_report(
-      dense_model, ranks, pairs, input_shape=input_shape,
+      dense_model, compact_model, ranks, pairs, input_shape=input_shape,
       dense_variables=dense_variables, compact_variables=compact_variables,
       energy_kept=energy_kept, description=description)
   out.mkdir(parents=True, exist_ok=True)
   variables_file.save(out / "compact", compact_variables, force=overwrite)
   if not hosts.is_writer():
     return report, compact_variables
-  (out / "ranks.json").write_text(
-      json.dumps(ranks_lib.Ranks.of_tree(ranks).to_json(), indent=1))
+  ranks_lib.Ranks.of_tree(ranks).write(out / "ranks.json")
   if normalization is not None:
     report["export_check"] = _write_serving(
-        out / "serving", dense_model, ranks, folded, input_shape=input_shape,
+        out / "serving", dense_model, compact_model, ranks, folded, input_shape=input_shape,
         normalization=normalization, description=description,
         dense_variables=dense_variables, compact_variables=compact_variables,
         check_images=check_images)
@@ -286,17 +286,16 @@ def _write_report(out: pathlib.Path, report: dict, model: str) -> None:
       + _summary_line(model, report))
 
 
-def _write_serving(path, dense_model, ranks, folded, *, input_shape,
-                   normalization, description, dense_variables,
+def _write_serving(path, dense_model, compact_model, ranks, folded, *,
+                   input_shape, normalization, description, dense_variables,
                    compact_variables, check_images) -> dict:
-  """The serving artifact at ``path`` (the compact model, BatchNorm
+  """The serving artifact at ``path`` (``compact_model``, BatchNorm
   ``folded``), checked against the trained model; returns the check."""
-  compact_model = factorized.Factorized(dense_model, ranks)
   artifact = serving.write(
       path, compact_model, folded, input_shape=input_shape,
       mean=normalization[0], std=normalization[1],
       description={**description,
-                   "ranks": ranks_lib.Ranks.of_tree(ranks).to_json(),
+                   "ranks": ranks_lib.as_json(ranks),
                    "form": "compact (LRPET factorization)" + (
                        ", BatchNorm folded" if folded.get(folding.BIAS)
                        else "")})

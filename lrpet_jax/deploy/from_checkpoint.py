@@ -174,8 +174,7 @@ def write_tuned(out: pathlib.Path, model, variables, ranks, pairs, *,
       log=lambda line: print(f"tuning: {line}", file=sys.stderr, flush=True))
   tuned_vars = compact.factorize(variables, tuned_ranks)
   variables_file.save(out / "tuned", tuned_vars)
-  (out / "tuned_ranks.json").write_text(json.dumps(
-      ranks_lib.Ranks.of_tree(tuned_ranks).to_json(), indent=1))
+  ranks_lib.Ranks.of_tree(tuned_ranks).write(out / "tuned_ranks.json")
   dtype = None if report["dtype"] == "float32" else jnp.dtype(report["dtype"])
   tuned = factorized.Factorized(model, tuned_ranks)
   folded = folding.fold(tuned_vars, pairs)
@@ -183,7 +182,7 @@ def write_tuned(out: pathlib.Path, model, variables, ranks, pairs, *,
       out / "serving", tuned, folded, input_shape=input_shape,
       mean=normalization[0], std=normalization[1], dtype=dtype,
       description={**description,
-                   "ranks": ranks_lib.Ranks.of_tree(tuned_ranks).to_json(),
+                   "ranks": ranks_lib.as_json(tuned_ranks),
                    "form": f"tuned for {report['backend']} ({report['device']})"
                            f" at batch {batch}, {report['dtype']}; BatchNorm"
                            " folded"})

@@ -48,7 +48,7 @@ def run_identity(model: str, num_classes: int, method: str, ranks) -> dict:
   ``ranks`` None: a rank policy has not decided them yet."""
   return {"model": model, "num_classes": num_classes, "method": method,
           "ranks": (None if ranks is None
-                    else ranks_lib.Ranks.of_tree(ranks).to_json())}
+                    else ranks_lib.as_json(ranks))}
 
 
 def _same_run(saved: dict, identity: dict) -> bool:

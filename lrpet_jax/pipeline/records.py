@@ -243,7 +243,7 @@ def record_pairs(workdir: pathlib.Path, pairing, ranks, table=None,
   layer and why the others stay — ``layers.json`` (the layer table: each
   kernel's kind, shape, calls, MACs, whether it can be ranked and its
   rank) and log lines, one naming the layers left unranked."""
-  ranked = ranks_lib.Ranks.of_tree(ranks).to_json()
+  ranked = ranks_lib.as_json(ranks)
   if table is not None:
     (workdir / "layers.json").write_text(json.dumps(
         {"layers": [{**l.to_json(), "rank": ranked.get(l.name)}

@@ -220,7 +220,7 @@ def with_method(run: Run, method: methods.Method) -> Run:
   on."""
   return dataclasses.replace(run, method=method, identity={
       **run.identity,
-      "ranks": ranks_lib.Ranks.of_tree(method.setting.ranks).to_json()})
+      "ranks": ranks_lib.as_json(method.setting.ranks)})
 
 
 def restore_or_init(run: Run, checkpoints, seed: int

@@ -242,9 +242,9 @@ def deferred(rule: RankRule, model, variables: Any, input_shape,
                                                 c.out_positions)
   dense_macs = table.dense_macs
   rule.policy.check_plan(shapes, dense_macs)
-  uniform = ranks_lib.Ranks.of_tree(ranks_lib.uniform_ranks(
+  uniform = ranks_lib.as_json(ranks_lib.uniform_ranks(
       variables["params"], rule.ratio,
-      include=ranks_lib.by_name(l.kernel for l in rule.chosen(table)))).to_json()
+      include=ranks_lib.by_name(l.kernel for l in rule.chosen(table))))
   return Deferred(rule, step, shapes, dense_macs, uniform)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import lrpet_jax
+from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.core.ranks import floor_ranks, is_kernel, round_ranks
 
 PARAMS = {
@@ -135,3 +136,13 @@ def test_one_ranks_value_in_its_three_forms(tmp_path):
     updates.append(jax.jit(tx.update)(grads, tx.init(params), params)[0])
   assert all(np.array_equal(u, v) for u, v in zip(*map(jax.tree.leaves,
                                                         updates)))
+
+
+def test_ranks_write_and_read_back_and_as_json(tmp_path):
+  params = {"a": {"kernel": np.zeros((3, 3, 4, 8))}, "b": {"bias": np.zeros(8)}}
+  tree = {"a": {"kernel": 3}, "b": {"bias": None}}
+  assert ranks_lib.as_json(tree) == {"a/kernel": 3}  # by hand
+  assert ranks_lib.as_json(ranks_lib.Ranks({"a/kernel": 3})) == {"a/kernel": 3}
+  ranks_lib.Ranks.of_tree(tree).write(tmp_path / "ranks.json")
+  assert json.loads((tmp_path / "ranks.json").read_text()) == {"a/kernel": 3}
+  assert ranks_lib.Ranks.read(tmp_path / "ranks.json").tree(params) == tree
