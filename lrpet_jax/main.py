@@ -106,7 +106,7 @@ def main(argv):
             f" ({first}) at {frame.filename}:{frame.lineno} in {frame.name};"
             f" {_save_traceback()}", file=sys.stderr)
       sys.exit(2)
-    print(f"error: internal error in {train.PHASE[0]} ({type(e).__name__}:"
+    print(f"error: internal error in {train.phase_of(e)} ({type(e).__name__}:"
           f" {first}); {_save_traceback()}", file=sys.stderr)
     sys.exit(4)
   if "signal" in result:  # saved and stopped: exit as the signal would have

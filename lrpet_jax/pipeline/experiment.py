@@ -23,7 +23,7 @@ import jax
 from lrpet_jax.data import datasets
 from lrpet_jax.pipeline import methods
 from lrpet_jax.pipeline import steps
-from lrpet_jax.pipeline import train
+from lrpet_jax.pipeline import setup
 
 empty_window = steps.empty_window
 TrainState = steps.TrainState
@@ -42,7 +42,7 @@ class Experiment:
   def initial_state(self) -> steps.TrainState:
     """Step 0 as the pipeline starts it (a random init at ``seed``, or the
     method's own starting point)."""
-    return train.initial_state(self.method.model, self.method.tx, self.seed,
+    return setup.initial_state(self.method.model, self.method.tx, self.seed,
                                self.input_shape,
                                self.method.initial_variables())
 
@@ -74,7 +74,7 @@ def from_config(config, *, input_shape, steps_per_epoch: int,
   ``config.method``; ``normalization``: the input mean and std (default the
   config's, or its named data set's constants). Bad values raise ValueError
   (one line)."""
-  setting = train.make_setting(config, input_shape, steps_per_epoch)
+  setting = setup.make_setting(config, input_shape, steps_per_epoch)
   if normalization is None and config.mean:
     normalization = datasets.Normalization(tuple(config.mean),
                                            tuple(config.std))

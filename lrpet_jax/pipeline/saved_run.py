@@ -31,7 +31,7 @@ from lrpet_jax.deploy import variables_file
 from lrpet_jax.pipeline import methods
 from lrpet_jax.pipeline import records
 from lrpet_jax.pipeline import steps as steps_lib
-from lrpet_jax.pipeline import train
+from lrpet_jax.pipeline import setup
 
 
 def _restore(path: pathlib.Path, abstract=None):
@@ -59,7 +59,7 @@ class SavedRun:
   @functools.cached_property
   def dense_model(self):
     """The dense model, called as ``(x, train=...)``."""
-    return train.model_builder(self.config)()
+    return setup.model_builder(self.config)()
 
   @functools.cached_property
   def ranks(self) -> Any:
@@ -152,10 +152,10 @@ class SavedRun:
     """A training checkpoint (the newest, or ``step``) as a ``TrainState``
     with the optimizer's own state types."""
     steps_per_epoch = (self.summary or {}).get("steps_per_epoch", 1)
-    setting = train.make_setting(self.config, self.input_shape,
+    setting = setup.make_setting(self.config, self.input_shape,
                                  steps_per_epoch)
     method = methods.method_for(self.config.method, setting)
-    abstract = jax.eval_shape(lambda: train.initial_state(
+    abstract = jax.eval_shape(lambda: setup.initial_state(
         method.model, method.tx, self.config.seed, self.input_shape))
     folder = self.workdir / "checkpoints"
     if step is None:

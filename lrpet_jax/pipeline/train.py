@@ -27,20 +27,13 @@ from typing import Any
 
 from absl import logging
 import jax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from lrpet_jax import models
-from lrpet_jax.analysis import factorized
-from lrpet_jax.analysis import tracing
 from lrpet_jax.core import ranks as ranks_lib
-from lrpet_jax.core import transform
 from lrpet_jax.data import hosts
-from lrpet_jax.data import inputs
 from lrpet_jax.pipeline import checkpointing
 from lrpet_jax.pipeline import config_check
 from lrpet_jax.pipeline import ending
@@ -48,188 +41,19 @@ from lrpet_jax.pipeline import methods
 from lrpet_jax.pipeline import metrics
 from lrpet_jax.pipeline import plots
 from lrpet_jax.pipeline import records
+from lrpet_jax.pipeline import setup
 from lrpet_jax.pipeline import steps as steps_lib
 from lrpet_jax.pipeline.errors import ConfigError, NonFiniteLoss
 from lrpet_jax.pipeline.steps import TrainState
-from lrpet_jax.ranking import selection
 
 
-def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
-  """``lr_schedule="step"``: lr ×decay at each epoch in
-  ``lr_boundaries_epochs``. "cosine": linear warm-up from 0 over
-  ``warmup_epochs``, then cosine decay to 0 at the run's last step."""
-  if config.lr_schedule == "cosine":
-    total = config.num_steps or config.num_epochs * steps_per_epoch
-    warmup = min(config.warmup_epochs * steps_per_epoch, total)
-    return optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, warmup, max(total, warmup + 1), 0.0)
-  return optax.piecewise_constant_schedule(
-      config.learning_rate,
-      {int(e * steps_per_epoch): config.lr_decay
-       for e in config.lr_boundaries_epochs})
-
-
-def model_builder(config):
-  """``build_model(ranks=None, dtype=None)``: the config's model (a zoo name
-  or ``package.module:factory``) called as ``(x, train=...)``, and with
-  ``ranks`` its compact model (``factorized.Factorized``)."""
-  def build_model(ranks=None, dtype=None):
-    dense = models.with_train_flag(
-        models.build(config.model, config.num_classes, dtype),
-        config.model_flag)
-    return dense if ranks is None else factorized.Factorized(dense, ranks)
-  return build_model
-
-
-def decision_step(config, steps_per_epoch: int) -> int:
-  """The update at whose start a rank policy decides: the first projecting
-  one at or after the end of epoch ``rank_decision_epoch``."""
-  every = config.project_every_steps or steps_per_epoch
-  return transform.ProjectionSchedule(every).next_projection(
-      config.rank_decision_epoch * steps_per_epoch - 1)
-
-
-def make_setting(config, input_shape, steps_per_epoch) -> methods.Setting:
-  """The method's models, ranks (``selection``; a policy decided in
-  training: ``Deferred``), BatchNorm pairs (``tracing.bn_pairs``) and
-  optimizer settings."""
-  build_model = model_builder(config)
-  dense = build_model()
-  abstract = tracing.abstract_variables(dense, input_shape)
-  rule = config_check.part(selection.RankRule, config)
-  check_output(dense, abstract, input_shape, config.num_classes)
-  table = tracing.table(tracing.eval_apply(dense), abstract, input_shape)
-  ranks = selection.select(rule, dense, abstract, input_shape,
-                                table=table)
-  if config.method != "dense" and not jax.tree.leaves(ranks):
-    raise ValueError(selection.none_rankable(table, rule.kinds))
-  deferred = None
-  if rule.decided_in_training:  # a method that can (``methods.check``)
-    deferred = selection.deferred(
-        rule, dense, abstract, input_shape,
-        decision_step(config, steps_per_epoch), table=table)
-  return methods.Setting(
-      build_model=build_model, dtype=jnp.dtype(config.compute_dtype),
-      dense_abstract=abstract, ranks=ranks,
-      pairing=tracing.Pairing.of(table), table=table,
-      unranked=selection.unranked(rule, table),
-      learning_rate=learning_rate_schedule(config, steps_per_epoch),
-      momentum=config.momentum, weight_decay=config.weight_decay,
-      nesterov=config.nesterov,
-      project_every=config.project_every_steps or steps_per_epoch,
-      energy_transfer=config.energy_transfer,
-      residual_scale=config.residual_scale,
-      bn_rectification=config.bn_rectification, init_from=config.init_from,
-      optimizer=config.optimizer, label_smoothing=config.label_smoothing,
-      deferred=deferred)
-
-
-def check_output(model, variables, input_shape, num_classes) -> None:
-  """The model returns logits (batch, num_classes), or a one-line
-  ValueError naming the shape it returns."""
-  x = jax.ShapeDtypeStruct((2,) + tuple(input_shape), jnp.float32)
-  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False),
-                       variables, x)
-  shape = getattr(out, "shape", None)
-  if shape != (2, num_classes) or not jnp.issubdtype(out.dtype, jnp.floating):
-    got = (f"shape {tuple(shape)}" if shape is not None
-           else f"a {type(out).__name__}")
-    raise ValueError(
-        f"model: returns {got} for a batch of 2 images; it must return"
-        f" logits of shape (batch, num_classes) = (2, {num_classes})")
-
-
-def initial_state(model, tx, seed, input_shape, variables=None) -> TrainState:
-  """Step 0: ``variables`` (e.g. ``methods.decomposed_variables``) or a
-  random init."""
-  if variables is None:
-    variables = model.init(jax.random.key(seed),
-                           jnp.zeros((1,) + tuple(input_shape)), train=False)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                    batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(variables["params"]))
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """One run's pieces, built before anything is written."""
-
-  method: methods.Method
-  source: inputs.TrainInput
-  input_config: inputs.InputConfig
-  identity: dict
-  total_steps: int
-  replicated: NamedSharding
-
-
-def make_run(config, cached_normalization=None) -> Run:
-  """Loads the data and builds the method; bad input is a ``ConfigError``.
-  ``cached_normalization``: the mean and std a resumed run computed."""
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  replicated = NamedSharding(mesh, P())
-  input_config = config_check.part(inputs.InputConfig, config)
-  started = time.time()
-  logging.info("reading %s", config.dataset)
-  try:
-    source = inputs.load(input_config, NamedSharding(mesh, P("data")),
-                         cached_normalization)
-  except ValueError as e:  # data sets that cannot be found or prepared
-    raise ConfigError(str(e)) from None
-  logging.info("data ready in %.0fs: %s training examples; input mean %s,"
-               " std %s (%s)", time.time() - started, f"{source.num_train:,}",
-               _rounded(source.normalization.mean),
-               _rounded(source.normalization.std), source.normalization_source)
-  if source.num_classes != config.num_classes:
-    raise ConfigError(f"num_classes: {config.num_classes} but the data set has"
-                      f" {source.num_classes}")
-  if source.steps_per_epoch < 1:
-    raise ConfigError(f"batch_size: {config.batch_size} exceeds the"
-                      f" {source.num_train} training examples")
-  try:
-    setting = make_setting(config, source.input_shape, source.steps_per_epoch)
-    method = methods.method_for(config.method, setting)
-  except ValueError as e:  # e.g. an unreachable macs_reduction
-    raise ConfigError(str(e)) from None
-  total_steps = config.num_steps or config.num_epochs * source.steps_per_epoch
-  late = [e for e in config.lr_boundaries_epochs
-          if e * source.steps_per_epoch > total_steps]
-  if late:
-    raise ConfigError(
-        f"lr_boundaries_epochs: {late[0]} is after the end of the run"
-        f" ({total_steps} steps = {total_steps / source.steps_per_epoch:g}"
-        " epochs)")
-  if setting.deferred is not None and setting.deferred.step >= total_steps:
-    raise ConfigError(
-        f"rank_decision_epoch: {config.rank_decision_epoch} decides at step"
-        f" {setting.deferred.step + 1}, after the run's {total_steps} steps")
-  return Run(
-      method=method, source=source, input_config=input_config,
-      identity=checkpointing.run_identity(
-          config.model, config.num_classes, method.NAME,
-          None if setting.deferred else setting.ranks),
-      total_steps=total_steps, replicated=replicated)
-
-
-def _rounded(values) -> str:
-  return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
-
-
-def with_method(run: Run, method: methods.Method) -> Run:
-  """``run`` once its rank policy has decided: ``method``'s ranks from now
-  on."""
-  return dataclasses.replace(run, method=method, identity={
-      **run.identity,
-      "ranks": ranks_lib.as_json(method.setting.ranks)})
-
-
-def restore_or_init(run: Run, checkpoints, seed: int
-                    ) -> tuple[Run, TrainState]:
+def restore_or_init(run: setup.Run, checkpoints, seed: int
+                    ) -> tuple[setup.Run, TrainState]:
   """The newest readable checkpoint, else the method's starting point; a
   checkpoint taken after a rank policy decided brings its ranks."""
   method, shape = run.method, run.source.input_shape
   abstract = jax.eval_shape(
-      lambda: initial_state(method.model, method.tx, seed, shape))
+      lambda: setup.initial_state(method.model, method.tx, seed, shape))
   state, saved = checkpointing.restore_latest(checkpoints, abstract,
                                               run.identity)
   if state is None:
@@ -237,19 +61,21 @@ def restore_or_init(run: Run, checkpoints, seed: int
       variables = method.initial_variables()
     except ValueError as e:  # an init_from that cannot be read
       raise ConfigError(str(e)) from None
-    state = initial_state(method.model, method.tx, seed, shape, variables)
+    state = setup.initial_state(method.model, method.tx, seed, shape,
+                                variables)
   elif run.identity["ranks"] is None and saved["ranks"] is not None:
-    run = with_method(run, method.at_ranks(ranks_lib.Ranks(
+    run = setup.with_method(run, method.at_ranks(ranks_lib.Ranks(
         saved["ranks"]).tree(method.setting.dense_abstract["params"])))
   return run, jax.device_put(state, run.replicated)
 
 
-def replan(run: Run, tools, plan: methods.Replan, writer_dir: pathlib.Path
-           ) -> tuple[Run, "Tools"]:
+def replan(run: setup.Run, tools, plan: methods.Replan,
+           writer_dir: pathlib.Path
+           ) -> tuple[setup.Run, "Tools"]:
   """The run and tools under the method a rank policy's decision returned:
   logged in one line, recorded in ``rank_decision.json``; the stepper
   compiles for the new ranks."""
-  run, record = with_method(run, plan.method), plan.record
+  run, record = setup.with_method(run, plan.method), plan.record
   chosen = [l["rank"] for l in record["layers"].values()]
   # record["step"] is the update's index; the log counts steps done, as
   # "step N: projected" after the same update does.
@@ -326,7 +152,8 @@ def evaluations_left(step, total_steps, every) -> int:
   return multiples + (total_steps % every != 0 and step < total_steps)
 
 
-def next_call(run: Run, step: int, every: Every) -> tuple[int, bool | None]:
+def next_call(run: setup.Run, step: int, every: Every
+              ) -> tuple[int, bool | None]:
   """(length, project) of the call starting at ``step``: a projecting step
   alone, else up to ``steps_per_call`` steps, ending before the next
   projection and at the next epoch end, checkpoint or the last step."""
@@ -347,9 +174,9 @@ def next_call(run: Run, step: int, every: Every) -> tuple[int, bool | None]:
 QUEUED = 2
 
 
-def train_loop(run: Run, tools: Tools, state: TrainState, every: Every,
+def train_loop(run: setup.Run, tools: Tools, state: TrainState, every: Every,
                workdir: pathlib.Path
-               ) -> tuple[Run, Tools, TrainState, bool]:
+               ) -> tuple[setup.Run, Tools, TrainState, bool]:
   """Trains to ``run.total_steps``; (the run and tools, with the ranks a
   policy decided, the state, whether a signal stopped it)."""
   window = jax.device_put(steps_lib.empty_window(), run.replicated)
@@ -470,7 +297,7 @@ def evaluation_scalars(evaluate, source, state, aux) -> dict[str, float]:
   return scalars
 
 
-def evaluate_and_save(run: Run, tools: Tools, step, state, aux) -> None:
+def evaluate_and_save(run: setup.Run, tools: Tools, step, state, aux) -> None:
   """An evaluation boundary: evaluate, log, and start the checkpoint save
   (with the validation accuracy its preservation policy reads)."""
   began = time.time()
@@ -485,13 +312,14 @@ def evaluate_and_save(run: Run, tools: Tools, step, state, aux) -> None:
        if k in ("test_top1", "val_top1")})
 
 
-def make_stepper(run: Run, like: steps_lib.Stepper) -> steps_lib.Stepper:
+def make_stepper(run: setup.Run, like: steps_lib.Stepper
+                 ) -> steps_lib.Stepper:
   """A ``Stepper`` for ``run``'s method, with ``like``'s seed and inputs."""
   return steps_lib.Stepper(run.method, run.source, like.seed,
                            like.normalization)
 
 
-def make_tools(config, run: Run, workdir: pathlib.Path, checkpoints,
+def make_tools(config, run: setup.Run, workdir: pathlib.Path, checkpoints,
                first_step: int, stop: StopRequested, started: float) -> Tools:
   normalization = run.source.normalization
   method, setting = run.method, run.method.setting
@@ -514,7 +342,8 @@ def make_tools(config, run: Run, workdir: pathlib.Path, checkpoints,
                                 enabled=hosts.is_writer()))
 
 
-def finish(config, run: Run, tools: Tools, workdir, state) -> dict | None:
+def finish(config, run: setup.Run, tools: Tools, workdir, state,
+           phase: list[str]) -> dict | None:
   """The method's final phases (``ending``); returns the summary, or None
   if a signal stopped them at a phase boundary."""
   method = run.method
@@ -537,7 +366,7 @@ def finish(config, run: Run, tools: Tools, workdir, state) -> dict | None:
   def done(line):
     phases.done(line)
     finished.append(line)
-    PHASE[0] = f"the final phase (after final {len(finished)}/{total})"
+    phase[0] = f"the final phase (after final {len(finished)}/{total})"
 
   summary = ending.finish(record, done, lambda: tools.stop.signal is not None)
   if summary is not None:
@@ -545,8 +374,16 @@ def finish(config, run: Run, tools: Tools, workdir, state) -> dict | None:
   return summary
 
 
-# What the run is doing, for a one-line report of an unexpected error.
-PHASE = ["setting up"]
+# An unexpected error leaves train_and_evaluate with a note that starts so,
+# naming what the run was doing (``phase_of``).
+PHASE_NOTE = "lrpet_jax was in: "
+
+
+def phase_of(error: BaseException) -> str:
+  """What the run was doing when ``error`` left ``train_and_evaluate``."""
+  notes = [n for n in getattr(error, "__notes__", ())
+           if n.startswith(PHASE_NOTE)]
+  return notes[-1][len(PHASE_NOTE):] if notes else "setting up"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -558,10 +395,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   run stopped by SIGTERM/SIGINT saves at the end of the compiled call under
   way (in the final phase: at the end of the phase under way) and returns
   ``{"stopped_at_step": step, "signal": signum}`` (and ``"phase"``).
-  ``command``: the command line to record.
+  ``command``: the command line to record. An unexpected error leaves with
+  a note naming the phase it happened in (``phase_of``).
   """
+  phase = ["setting up"]
+  try:
+    return _train_and_evaluate(config, workdir, command, phase)
+  except Exception as e:
+    e.add_note(PHASE_NOTE + phase[0])
+    raise
+
+
+def _train_and_evaluate(config, workdir, command, phase: list[str]) -> dict:
+  """``train_and_evaluate``; ``phase[0]``: what it is doing now."""
   start = time.time()
-  PHASE[0] = "setting up"
   config_check.check(config)
   workdir = records.prepare(workdir)
   done = records.finished_summary(config, workdir)
@@ -571,16 +418,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   records.check_not_busy(workdir)
   records.check_same_run(config, workdir)
   records.check_not_finished_otherwise(config, workdir)
-  run = make_run(config, records.recorded_normalization(workdir))
+  run = setup.make_run(config, records.recorded_normalization(workdir))
   with records.exclusive(workdir):
     done = records.finished_summary(config, workdir)
     if done is not None:  # another run finished it while this one loaded
       return report_summary(workdir, done)
     records.check_not_finished_otherwise(config, workdir)
-    return _train(config, run, workdir, command, start)
+    return _train(config, run, workdir, command, start, phase)
 
 
-def _train(config, run: Run, workdir: pathlib.Path, command, start) -> dict:
+def _train(config, run: setup.Run, workdir: pathlib.Path, command,
+           start, phase: list[str]) -> dict:
   """``train_and_evaluate`` once the workdir is this run's."""
   checkpoints = checkpointing.manager(workdir, config.keep_checkpoints,
                                       best_by_validation=config.val_examples > 0)
@@ -603,15 +451,16 @@ def _train(config, run: Run, workdir: pathlib.Path, command, start) -> dict:
   with StopRequested() as stop:
     tools = make_tools(config, run, workdir, checkpoints, first_step, stop,
                        start)
-    PHASE[0] = "training"
+    phase[0] = "training"
     run, tools, state, stopped = train_loop(run, tools, state, every,
                                             workdir)
-    PHASE[0] = "the final phase"
-    summary = None if stopped else finish(config, run, tools, workdir, state)
+    phase[0] = "the final phase"
+    summary = None if stopped else finish(config, run, tools, workdir, state,
+                                          phase)
     if summary is None:
       tools.writer.close()
       return {"stopped_at_step": int(state.step), "signal": stop.signal,
-              **({} if stopped else {"phase": PHASE[0]})}
+              **({} if stopped else {"phase": phase[0]})}
   tools.segments.update(run.total_steps)
   summary["wall_time_s"] = tools.segments.total()
   summary["segments"] = tools.segments.entries

@@ -209,12 +209,12 @@ def test_weight_standardized_convs_are_counted_and_refused_by_name():
         lrpet_jax.factorize(variables, ranks), jnp.zeros((1,) + shape))
   # The pipeline refuses it naming the layers and why (not "every leaf is
   # None").
-  from lrpet_jax.pipeline import train  # pylint: disable=g-import-not-at-top
+  from lrpet_jax.pipeline import setup  # pylint: disable=g-import-not-at-top
   import smoke  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
   config.update(model="test_public_models:make_bit", num_classes=5)
   with pytest.raises(ValueError) as e:
-    train.make_setting(config, shape, 10)
+    setup.make_setting(config, shape, 10)
   assert str(e.value).startswith("model: none of its conv/transposed_conv"
                                  " layers can be ranked - conv1/kernel: its"
                                  " kernel is computed on before use")

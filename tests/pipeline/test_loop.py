@@ -14,6 +14,7 @@ from lrpet_jax import models
 from lrpet_jax.core import _trees
 from lrpet_jax.pipeline import ending
 from lrpet_jax.pipeline import methods
+from lrpet_jax.pipeline import steps
 from lrpet_jax.pipeline import train
 
 
@@ -76,7 +77,7 @@ def test_lrpet_loop_in_process(tiny_config, tmp_path, caplog):
   assert abs(run.evaluate("serving")["top1"]
              - summary["compact_accuracy"]) <= 1 / 16
   state = run.training_state()
-  assert isinstance(state, train.TrainState) and int(state.step) == 6
+  assert isinstance(state, steps.TrainState) and int(state.step) == 6
   assert isinstance(state.opt_state[1], optax.ConditionallyTransformState)
   assert int(state.opt_state[1].step) == 6
 

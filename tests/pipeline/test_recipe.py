@@ -8,7 +8,7 @@ import pytest
 
 from lrpet_jax.pipeline import methods
 from lrpet_jax.pipeline import steps
-from lrpet_jax.pipeline import train
+from lrpet_jax.pipeline import setup
 
 import cifar
 
@@ -17,7 +17,7 @@ def test_warmup_then_cosine_by_hand():
   config = cifar.get_config()
   config.update(dict(lr_schedule="cosine", learning_rate=1e-3,
                      warmup_epochs=2, num_epochs=10, lr_boundaries_epochs=()))
-  lr = train.learning_rate_schedule(config, steps_per_epoch=5)
+  lr = setup.learning_rate_schedule(config, steps_per_epoch=5)
   # 10 warm-up steps from 0, then a cosine over the 40 left, to 0 at 50.
   expected = {0: 0.0, 5: 5e-4, 10: 1e-3, 30: 5e-4, 50: 0.0,
               20: 1e-3 * (1 + np.cos(np.pi * 10 / 40)) / 2}

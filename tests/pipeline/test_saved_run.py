@@ -16,7 +16,7 @@ from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.data import datasets
 from lrpet_jax.deploy import variables_file
 from lrpet_jax.pipeline import saved_run
-from lrpet_jax.pipeline import train
+from lrpet_jax.pipeline import setup
 
 
 def write_workdir(workdir, config, command_dir=None):
@@ -72,7 +72,7 @@ def test_saved_models_evaluate_as_a_forward_pass_by_hand(tiny_config,
                                                          tmp_path):
   config = tiny_config()
   workdir = write_workdir(tmp_path / "w", config)
-  model = train.model_builder(config)()
+  model = setup.model_builder(config)()
   variables = model.init(jax.random.key(3), jnp.zeros((1, 16, 16, 3)),
                          train=False)
   kernel = "stage2_block0/conv1/kernel"  # 3·3·16 x 32 at rank 4: split
@@ -124,7 +124,7 @@ def test_a_run_without_batchnorm_loads_and_evaluates(tiny_config, tmp_path):
   MISSING')."""
   config = tiny_config(model="test_saved_run:make_mlp")
   workdir = write_workdir(tmp_path / "w", config)
-  model = train.model_builder(config)()
+  model = setup.model_builder(config)()
   variables = model.init(jax.random.key(3), jnp.zeros((1, 16, 16, 3)),
                          train=False)
   assert "batch_stats" not in variables

@@ -149,8 +149,9 @@ def test_an_internal_error_has_its_own_status_and_saves_the_traceback(
       from lrpet_jax import main
       from lrpet_jax.pipeline import train
       def broken(config, workdir, command=None):
-        train.PHASE[0] = "training"
-        raise RuntimeError("something broke")
+        error = RuntimeError("something broke")
+        error.add_note(train.PHASE_NOTE + "training")
+        raise error
       train.train_and_evaluate = broken
       sys.argv = ["main", "--config={ROOT / 'configs' / 'smoke.py'}",
                   "--workdir={workdir}"]
