@@ -1,6 +1,6 @@
 """The shipped artifact checked against the model it was made from.
 
-``check`` runs a batch of input images (raw pixels in [0, 255], as the
+``check`` runs a batch of input images (uint8 pixels, as the
 serving artifact takes them) through the reference — the dense model at the
 export's ranks (``compact.truncated``: after LRPET's final projection, the
 trained model itself), or the compact model when it was trained directly —

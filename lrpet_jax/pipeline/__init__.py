@@ -2,7 +2,9 @@
 
 ``config_check`` (the config checked up front, handed out in parts),
 ``methods`` (what is trained: ``lrpet``, ``dense``, ``compact``), ``steps``
-(the compiled training step and evaluation), ``train`` (the loop),
+(the compiled training step and evaluation), ``setup`` (a run's setup from
+its config: model, ranks, optimizer settings, data, step 0), ``train`` (the
+loop),
 ``ending`` (the final phases), ``checkpointing`` (Orbax), ``records`` (the
 workdir's own files: lock, config, commands), ``metrics`` (metrics,
 progress, spectra logs), ``plots``, ``saved_run`` (a workdir loaded back,

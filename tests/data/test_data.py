@@ -229,33 +229,6 @@ def test_precise_bn_batches_are_augmented_training_batches(tmp_path):
   assert changed >= 4  # not the clean images
 
 
-def test_device_batch_selection_matches_host_indices():
-  """Step s's batch holds the examples batch_indices names."""
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from lrpet_jax.data import inputs  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(3)
-  n, b = 50, 8  # 6 steps per epoch, 2 examples dropped each epoch
-  images = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
-  labels = np.arange(n, dtype=np.int32)
-  mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  source = inputs.InMemoryInput(
-      datasets.InMemoryData(images, labels, images[:1], labels[:1], 10),
-      batch_size=b, eval_batch_size=b, seed=5,
-      normalization=datasets.NORMALIZATION["cifar10"],
-      batch_sharding=NamedSharding(mesh, P("data")))
-  assert source.steps_per_epoch == 6
-  for step in (0, 5, 6, 13):
-    got_images, got_labels = source.chunk_data(step, 1)
-    idx = datasets.batch_indices(5, step, n, b)
-    np.testing.assert_array_equal(got_labels[0], labels[idx])
-    np.testing.assert_array_equal(got_images[0], images[idx])
-  # A chunk across an epoch end: steps 4..7, each its own step's batch.
-  got_images, got_labels = source.chunk_data(4, 4)
-  for k, step in enumerate(range(4, 8)):
-    np.testing.assert_array_equal(got_labels[k],
-                                  labels[datasets.batch_indices(5, step, n, b)])
-
-
 def test_image_folder_leaves_no_temporary_folders(tmp_path, monkeypatch):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   for split in ("train", "test"):
