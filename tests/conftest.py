@@ -1,6 +1,7 @@
 """Test configuration: quiet TensorFlow logs; a tiny image folder and config
 for in-process runs of the pipeline."""
 
+import gc
 import os
 import pathlib
 import shutil
@@ -70,7 +71,13 @@ def tiny_config(png_folder):
   return make
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
+  # A pytest-xdist worker frees the session's compiled programs and buffers
+  # now, before it reports that it is done: execnet sends a worker that is
+  # still busy 5 s after the end a SIGINT, which JAX's gc callback then
+  # printed as a KeyboardInterrupt traceback.
+  gc.collect()
   if _OWN_CACHE:
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

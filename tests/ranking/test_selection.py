@@ -5,7 +5,6 @@ import json
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import pytest
 
 from lrpet_jax.analysis import tracing
