@@ -3,6 +3,7 @@ and test fixtures shared by several test files."""
 
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +45,17 @@ def matrix_with_spectrum(rng, m, n, singular_values):
   u, _ = np.linalg.qr(rng.standard_normal((m, k)))
   v, _ = np.linalg.qr(rng.standard_normal((n, k)))
   return ((u * singular_values) @ v.T).astype(np.float32)
+
+
+class ConvBN(nn.Module):
+  """conv (3×3, 6 filters, no bias) → BatchNorm → ReLU, mean → Dense(5):
+  the deploy tests' model with one foldable BatchNorm."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(6, (3, 3), use_bias=False, name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
+    return nn.Dense(5, name="head")(nn.relu(x).mean(axis=(1, 2)))
 
 
 def randomized_bn(variables, seed):

@@ -2,7 +2,6 @@
 with differences near float round-off, one of another model is refused
 naming the stage, and the check takes the uint8 pixels the artifact does."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,17 +11,10 @@ from lrpet_jax.analysis import folding
 from lrpet_jax.analysis import tracing
 from lrpet_jax.deploy import export_check
 from lrpet_jax.deploy import serving
-from reference import randomized_bn
+from reference import ConvBN, randomized_bn
 
 SHAPE, NORMALIZATION = (8, 8, 3), ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
 
-
-class ConvBN(nn.Module):
-  @nn.compact
-  def __call__(self, x, train=False):
-    x = nn.Conv(6, (3, 3), use_bias=False, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
-    return nn.Dense(5, name="head")(nn.relu(x).mean(axis=(1, 2)))
 
 
 def _artifact(path, model, variables):

@@ -4,7 +4,6 @@ says what it takes and returns."""
 
 import json
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,17 +12,10 @@ import pytest
 from lrpet_jax.analysis import folding
 from lrpet_jax.analysis import tracing
 from lrpet_jax.deploy import serving
-from reference import randomized_bn, rel_err
+from reference import ConvBN, randomized_bn, rel_err
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
-
-class ConvBN(nn.Module):
-  @nn.compact
-  def __call__(self, x, train=False):
-    x = nn.Conv(6, (3, 3), use_bias=False, name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
-    return nn.Dense(5, name="head")(nn.relu(x).mean(axis=(1, 2)))
 
 
 @pytest.fixture(scope="module")
