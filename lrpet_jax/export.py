@@ -2,7 +2,7 @@ r"""Dense checkpoint → compact checkpoint, a per-layer report and a
 standalone inference artifact, optionally tuned for latency.
 
     python -m lrpet_jax.export --variables=DENSE_DIR --workdir=OUT_DIR \
-        --model=resnet56 --ratio=0.54 [--num_classes=10 --input_size=32] \
+        --model=resnet56 --ratio=0.54 [--num_classes=10 --image_size=32] \
         [--tune_for=cpu --batch=256]
 
 ``--model`` is a zoo name or ``package.module:factory``: your own model, a
@@ -17,7 +17,7 @@ worst layers' energy kept, and ``--strict`` refuses). Ranks are chosen as in tra
 (``lrpet_jax.ranking.selection``): from ``--ratio``, ``--macs_reduction`` /
 ``--params_reduction`` (the uniform ratio that best meets the cut) over the
 convolutions (``--project_dense`` adds Dense kernels), or
-``--ranks=FILE.json`` ({"layer/kernel": rank}, e.g. a run's ``ranks.json``),
+``--ranks_file=FILE.json`` ({"layer/kernel": rank}, e.g. a run's ``ranks.json``),
 then raised to ``--rank_floor`` / ``--first_rank_floor``. Writes to
 ``OUT_DIR``:
 
@@ -77,11 +77,14 @@ _DATASET = flags.DEFINE_string(
     "dataset", None, "The data set whose normalization the serving artifact"
     " applies (default: the zoo model's); or give --mean and --std.")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 10, "Classes of the head.")
-_INPUT_SIZE = flags.DEFINE_integer("input_size", 32, "Input height = width.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", 32, "Input height = width (as --config.image_size).")
 _RATIO = flags.DEFINE_float("ratio", None, "Uniform compression ratio.")
 _MACS = flags.DEFINE_float("macs_reduction", None, "Target MACs cut.")
 _PARAMS = flags.DEFINE_float("params_reduction", None, "Target params cut.")
-_RANKS = flags.DEFINE_string("ranks", None, "JSON file of ranks.")
+_RANKS_FILE = flags.DEFINE_string(
+    "ranks_file", None, "JSON file of ranks, e.g. a run's ranks.json (as"
+    " --config.ranks_file).")
 _PROJECT_DENSE = flags.DEFINE_bool(
     "project_dense", False, "With --ratio/--macs_reduction/--params_reduction:"
     " rank Dense kernels (the classifier) too, not only convolutions.")
@@ -129,11 +132,11 @@ def _rank_rule() -> selection.RankRule:
   """The flags as the training config's rank fields (``RankRule``)."""
   chosen = {name: flag.value for name, flag in (
       ("ratio", _RATIO), ("macs_reduction", _MACS),
-      ("params_reduction", _PARAMS), ("ranks_file", _RANKS))
+      ("params_reduction", _PARAMS), ("ranks_file", _RANKS_FILE))
             if flag.value is not None}
   if len(chosen) != 1:
     raise ValueError("give exactly one of --ratio, --macs_reduction,"
-                     " --params_reduction and --ranks")
+                     " --params_reduction and --ranks_file")
   return selection.RankRule(
       **{"ratio": 0.0, **chosen}, project_dense=_PROJECT_DENSE.value,
       project_layers=_PROJECT_LAYERS.value, rank_floor=_FLOOR.value, first_rank_floor=_FIRST_FLOOR.value)
@@ -148,7 +151,7 @@ def main(argv):
         raise ValueError(f"--{flag} is required")
     report = from_checkpoint.compact_from_checkpoint(
         _VARIABLES.value, _WORKDIR.value, _MODEL.value, rule=_rank_rule(),
-        num_classes=_NUM_CLASSES.value, input_size=_INPUT_SIZE.value,
+        num_classes=_NUM_CLASSES.value, image_size=_IMAGE_SIZE.value,
         model_flag=_MODEL_FLAG.value, overwrite=_OVERWRITE.value,
         tune_for=_TUNE_FOR.value, batch=_BATCH.value,
         compute_dtype=_DTYPE.value, dataset=_DATASET.value,

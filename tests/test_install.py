@@ -85,7 +85,7 @@ def test_each_extra_installs_into_a_fresh_venv_and_runs(tmp_path):
   assert summary["input"]["decoder"].startswith("Pillow ")
   _run([python, "-m", "lrpet_jax.export", f"--variables={workdir}/dense_final",
         f"--workdir={tmp_path / 'export'}", "--model=resnet8", "--ratio=0.5",
-        "--num_classes=2", "--input_size=16"])
+        "--num_classes=2", "--image_size=16"])
   assert (tmp_path / "export" / "serving" / "model.jax_export").is_file()
   evaluated = _run([python, "-c", "import sys, lrpet_jax; run = lrpet_jax"
                     ".load_run(sys.argv[1]); print(run.evaluate('compact')"

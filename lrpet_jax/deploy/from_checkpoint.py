@@ -89,7 +89,7 @@ def _normalization(spec, dataset, normalization, variables_dir
 def compact_from_checkpoint(
     variables_dir: str, workdir: str, spec: str, *,
     rule: selection.RankRule, num_classes: int = 10,
-    input_size: int = 32, model_flag: str = "train", overwrite: bool = False,
+    image_size: int = 32, model_flag: str = "train", overwrite: bool = False,
     tune_for: str | None = None, batch: int = 256,
     compute_dtype: str = "float32", dataset: str | None = None,
     normalization: data_lib.Normalization | None = None,
@@ -111,7 +111,7 @@ def compact_from_checkpoint(
   if (out / "compact").exists() and not overwrite:
     raise ValueError(f"workdir: {out / 'compact'} exists (pass --overwrite to"
                      " replace)")
-  shape = (input_size, input_size, 3)
+  shape = (image_size, image_size, 3)
   dense = models.with_train_flag(models.build(spec, num_classes), model_flag)
   if tune_for is not None and isinstance(dense, nnx_models.NnxModel):
     raise ValueError("tune_for: latency tuning times each layer as a Linen"

@@ -333,8 +333,8 @@ def test_pipeline_trains_and_exports_an_own_model(tiny_config, tmp_path):
       [sys.executable, "-m", "lrpet_jax.export",
        f"--variables={workdir / 'dense_final'}", f"--workdir={out}",
        "--model=examples.own_model:make", "--model_flag=training",
-       "--num_classes=4", "--input_size=16", "--dataset=cifar10",
-       f"--ranks={workdir / 'ranks.json'}"], cwd=ROOT, capture_output=True,
+       "--num_classes=4", "--image_size=16", "--dataset=cifar10",
+       f"--ranks_file={workdir / 'ranks.json'}"], cwd=ROOT, capture_output=True,
       text=True, timeout=300, check=False,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   assert done.returncode == 0, done.stderr[-3000:]

@@ -56,7 +56,7 @@ def test_nnx_model_trains_resumes_exactly_and_exports(image_folder,
       [sys.executable, "-m", "lrpet_jax.export",
        f"--variables={straight / 'dense_final'}", f"--workdir={out}",
        "--model=examples.own_nnx_model:make", "--dataset=cifar10",
-       f"--ranks={straight / 'ranks.json'}"],
+       f"--ranks_file={straight / 'ranks.json'}"],
       capture_output=True, text=True, timeout=300, check=False,
       cwd=command.__globals__["ROOT"])
   assert exported.returncode == 0, exported.stderr[-3000:]

@@ -58,7 +58,7 @@ def test_an_image_folder_is_normalized_with_its_own_statistics(
   # The export command reads the run's record beside its variables.
   report = from_checkpoint.compact_from_checkpoint(
       str(workdir / "dense_final"), str(tmp_path / "out"), "resnet8",
-      rule=selection.RankRule(ratio=0.5), num_classes=4, input_size=16)
+      rule=selection.RankRule(ratio=0.5), num_classes=4, image_size=16)
   assert report["model"] == "resnet8"
   exported = json.loads((tmp_path / "out" / "serving" / "spec.json"
                          ).read_text())

@@ -227,7 +227,7 @@ def test_pipeline_and_exact_resume_after_sigkill(image_folder, finished,
   # The training page's restore snippet works on what this run wrote.
   import docs  # pylint: disable=g-import-not-at-top
   snippet = docs.block("docs/training.md", "dense_final")
-  ns = {"workdir": str(straight), "model_name": "resnet8", "input_size": 32}
+  ns = {"workdir": str(straight), "model_name": "resnet8", "image_size": 32}
   exec(snippet, ns)  # pylint: disable=exec-used
   x = np.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)),
                  np.float32)
