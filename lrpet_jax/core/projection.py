@@ -184,6 +184,17 @@ def project_kernel(kernel: jax.Array, rank: int, *,
 
   Returns:
     Array of the same shape and dtype. Jittable (``rank`` must be static).
+
+  Example (energy transfer keeps the Frobenius norm):
+
+  >>> import jax, jax.numpy as jnp, numpy as np
+  >>> from lrpet_jax.core.projection import project_kernel
+  >>> w = jax.random.normal(jax.random.key(0), (3, 3, 16, 32))
+  >>> p = project_kernel(w, 8)
+  >>> int(np.linalg.matrix_rank(np.asarray(p).reshape(-1, 32), tol=1e-4))
+  8
+  >>> bool(jnp.allclose(jnp.linalg.norm(p), jnp.linalg.norm(w), rtol=1e-5))
+  True
   """
   shape = jnp.shape(kernel)
   rank = check_rank(rank, shape)
@@ -203,7 +214,13 @@ def project_kernel(kernel: jax.Array, rank: int, *,
 def energy_kept(kernel: jax.Array, rank: int) -> float:
   """Σ_{i<r} s_i² / Σ_i s_i²: the Frobenius energy a rank-r truncation keeps
   (before energy transfer). Float64 NumPy, for reports; NaN for a kernel
-  with a non-finite entry."""
+  with a non-finite entry.
+
+  >>> import numpy as np
+  >>> from lrpet_jax.core.projection import energy_kept
+  >>> energy_kept(np.diag([3.0, 1.0]), 1)  # 9 / (9 + 1)
+  0.9
+  """
   w = np.asarray(kernel, np.float64).reshape(matrix_shape(np.shape(kernel)))
   if not np.all(np.isfinite(w)):
     return float("nan")

@@ -68,6 +68,15 @@ def uniform_ranks(params: Any, ratio: float, *,
 
   Returns:
     A rank pytree: int at selected leaves, ``None`` elsewhere.
+
+  r = max(1, int(n − n·ratio)), n = min of the kernel's matrix dimensions:
+
+  >>> import numpy as np
+  >>> from lrpet_jax.core.ranks import uniform_ranks
+  >>> params = {"conv": {"kernel": np.zeros((3, 3, 16, 32))},
+  ...           "head": {"kernel": np.zeros((32, 10))}}
+  >>> uniform_ranks(params, 0.54)
+  {'conv': {'kernel': 14}, 'head': {'kernel': None}}
   """
   if (isinstance(ratio, bool) or not isinstance(ratio, numbers.Real)
       or not 0.0 <= ratio < 1.0):

@@ -224,6 +224,19 @@ def lrpet(learning_rate: optax.ScalarOrSchedule, ranks: Any, *, every: int,
   Args:
     learning_rate, momentum, weight_decay, nesterov: see ``pytorch_sgd``.
     ranks, every, energy_transfer, residual_scale: see ``low_rank_projection``.
+
+  Each ``every``-th update leaves the kernels at their ranks:
+
+  >>> import jax, jax.numpy as jnp, numpy as np, optax
+  >>> from lrpet_jax import lrpet, uniform_ranks
+  >>> params = {"conv": {"kernel": jax.random.normal(jax.random.key(0),
+  ...                                                (3, 3, 4, 8))}}
+  >>> tx = lrpet(0.1, uniform_ranks(params, 0.5), every=1)
+  >>> grads = jax.tree.map(jnp.ones_like, params)
+  >>> updates, state = tx.update(grads, tx.init(params), params)
+  >>> kernel = optax.apply_updates(params, updates)["conv"]["kernel"]
+  >>> int(np.linalg.matrix_rank(np.asarray(kernel).reshape(-1, 8), tol=1e-4))
+  4
   """
   return optax.chain(
       pytorch_sgd(learning_rate, momentum=momentum, weight_decay=weight_decay,
