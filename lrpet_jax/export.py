@@ -51,7 +51,6 @@ Restore the compact model elsewhere (``tests/deploy/test_export.py`` runs this):
     logits = model.apply(variables, x, train=False)
 """
 
-import os
 import pathlib
 import sys
 
@@ -172,8 +171,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  # TensorFlow only decodes images here; without its oneDNN kernels it also
-  # prints no notice about them.
-  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   app.run(main)

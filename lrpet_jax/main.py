@@ -16,11 +16,6 @@ import sys
 import sysconfig
 import traceback
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TensorFlow only decodes images here; without its oneDNN kernels it also
-# prints no notice about them.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging

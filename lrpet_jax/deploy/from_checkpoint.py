@@ -30,6 +30,9 @@ from lrpet_jax.deploy import tuning
 from lrpet_jax.deploy import variables_file
 from lrpet_jax.ranking import selection
 
+# The dtypes an artifact is tuned and served in (``models.COMPUTE_DTYPES``
+# but float64, a precision for checks in training), and the model dtype each
+# builds.
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 

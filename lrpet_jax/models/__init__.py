@@ -33,6 +33,10 @@ from lrpet_jax.models import nnx_cifar_resnet
 from lrpet_jax.models import vgg
 from lrpet_jax.models import vit
 
+# The dtypes a model computes in (``compute_dtype``); float64 is a reference
+# precision for checks (needs JAX_ENABLE_X64=1).
+COMPUTE_DTYPES = ("float32", "bfloat16", "float64")
+
 _ZOO = {
     # ResNet-8: the smallest of the family, for quick benchmark modes.
     "resnet8": functools.partial(cifar_resnet.CifarResNet, depth=8),

@@ -21,8 +21,6 @@ from lrpet_jax.pipeline import methods
 from lrpet_jax.pipeline.errors import ConfigError
 from lrpet_jax.ranking import selection
 
-# float64 is a reference precision for checks (needs JAX_ENABLE_X64=1).
-COMPUTE_DTYPES = ("float32", "bfloat16", "float64")
 # The augmentation fields' "off" values (streamed data sets augment on the host).
 _AUGMENTATION_OFF = (("auto_augment", ""), ("random_erasing", 0),
                      ("mix_prob", 0), ("repeated_augmentation", 1))
@@ -115,8 +113,8 @@ FIELDS = {
     "mixup_alpha": (lambda v: _is_real(v) and v > 0, "a number > 0"),
     "cutmix_beta": (lambda v: _is_real(v) and v > 0, "a number > 0"),
     "repeated_augmentation": (_int_at_least(1), "an int >= 1"),
-    "compute_dtype": (lambda v: v in COMPUTE_DTYPES,
-                      f"one of {', '.join(COMPUTE_DTYPES)}"),
+    "compute_dtype": (lambda v: v in models.COMPUTE_DTYPES,
+                      f"one of {', '.join(models.COMPUTE_DTYPES)}"),
     **{name: (lambda v: isinstance(v, bool), "True or False") for name in (
         "energy_transfer", "bn_rectification", "log_spectra", "nesterov",
         "project_dense", "distributed", "extend")},
