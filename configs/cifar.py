@@ -2,8 +2,11 @@ r"""The paper's CIFAR-10 setting: ResNet-56, ratio 0.54, 400 epochs.
 
     python -m lrpet_jax.main --config=configs/cifar.py --workdir=runs/resnet56
 
-Data: ``cifar10`` through tfds (needs internet or a prepared ``data_dir``);
-offline, ``--config.dataset=image_folder:../shared/datasets/cifar10``.
+Data: ``cifar10`` through tfds (the tfds extra, ``python3 -m pip install -r
+requirements-tfds.txt``, and internet or a prepared ``data_dir``); offline
+and without TensorFlow, the shared copy: ``--config.dataset=image_folder:
+../shared/datasets/cifar10`` (with the authors' constants, as
+``SHARED_CIFAR10`` gives them).
 """
 
 import ml_collections

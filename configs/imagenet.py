@@ -3,7 +3,8 @@ r"""ImageNet ResNet-50: 120 epochs, batch 256, lr 0.1 ×0.1 at 30/60/90, project
     python -m lrpet_jax.main --config=configs/imagenet.py --workdir=runs/r50 \
         --config.data_dir=/path/to/tensorflow_datasets
 
-``imagenet2012`` needs the manual download tfds describes (tars in
+``imagenet2012`` needs the tfds extra (``python3 -m pip install -r
+requirements-tfds.txt``) and the manual download tfds describes (tars in
 ``<data_dir>/downloads/manual``). Training crops: RandomResizedCrop 224 +
 flip; evaluation: resize 256, center crop 224; top-1 and top-5 are logged.
 Multi-host: add ``--config.distributed=True`` on every host.
