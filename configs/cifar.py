@@ -5,8 +5,10 @@ r"""The paper's CIFAR-10 setting: ResNet-56, ratio 0.54, 400 epochs.
 Data: ``cifar10`` through tfds (the tfds extra, ``python3 -m pip install -r
 requirements-tfds.txt``, and internet or a prepared ``data_dir``); offline
 and without TensorFlow, the shared copy: ``--config.dataset=image_folder:
-../shared/datasets/cifar10`` (with the authors' constants, as
-``SHARED_CIFAR10`` gives them).
+../shared/datasets/cifar10``, normalized with its own mean and std unless
+given (the authors' constants: ``--config.mean='(0.4914, 0.4822, 0.4465)'
+--config.std='(0.2023, 0.1994, 0.2010)'``, as ``SHARED_CIFAR10`` sets them
+for the configs that import it).
 """
 
 import ml_collections
