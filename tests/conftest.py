@@ -74,10 +74,12 @@ def tiny_config(png_folder):
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
-  # A pytest-xdist worker frees the session's compiled programs and buffers
-  # now, before it reports that it is done: execnet sends a worker that is
-  # still busy 5 s after the end a SIGINT, which JAX's gc callback then
-  # printed as a KeyboardInterrupt traceback.
+  # A pytest-xdist worker collects its garbage now, before it reports that it
+  # is done, and freezes what is left: execnet sends a worker still busy 5 s
+  # after that report a SIGINT, and the full collections of pytest's own
+  # teardown on the session's heap took that long; the signal then landed in
+  # a gc callback (JAX's, hypothesis') as a KeyboardInterrupt traceback.
   gc.collect()
+  gc.freeze()
   if _OWN_CACHE:
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
