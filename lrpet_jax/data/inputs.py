@@ -21,6 +21,8 @@ an uninterrupted one would. ``load`` builds the adapter a config names.
 
 from collections.abc import Iterable, Iterator
 import dataclasses
+import json
+import pathlib
 from typing import Any, Protocol
 
 import jax
@@ -224,10 +226,9 @@ class StreamInput:
         self.builder, "train", drop_remainder=True)[1]
     self.input_shape = (config.image_size, config.image_size, 3)
     self.decoder = data_lib.decoder_of(config.dataset)
-    self.normalization, self.normalization_source = (
-        (config.normalization, "given") if config.normalization
-        else (data_lib.named_normalization(config.dataset),
-              f"{config.dataset}'s constants"))
+    # A streamed data set is a named one: its constants, unless given.
+    self.normalization, self.normalization_source = resolve_normalization(
+        config, train_images=None)
     self.steps_per_epoch = self.num_train // config.batch_size
     self._sharding = batch_sharding
     # Chunks of several steps stack batches on a leading axis.
@@ -280,6 +281,20 @@ class StreamInput:
       yield data_lib.normalize(
           jax.make_array_from_process_local_data(self._sharding, images),
           self.normalization)
+
+
+# Beside a run's checkpoints: the decoder and the mean and std its inputs had
+# (``pipeline.records`` writes it; training, load_run and export read it).
+INPUT_FILE = "input.json"
+
+
+def recorded_normalization(workdir) -> data_lib.Normalization | None:
+  """The (mean, std) in ``workdir``'s ``input.json``, or None."""
+  path = pathlib.Path(workdir) / INPUT_FILE
+  if not path.is_file():
+    return None
+  saved = json.loads(path.read_text())
+  return data_lib.Normalization(tuple(saved["mean"]), tuple(saved["std"]))
 
 
 def resolve_normalization(config: InputConfig, train_images,

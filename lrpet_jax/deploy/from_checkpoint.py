@@ -24,6 +24,7 @@ from lrpet_jax.core import _trees
 from lrpet_jax.core import projection
 from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.data import datasets as data_lib
+from lrpet_jax.data import inputs
 from lrpet_jax.deploy import compact
 from lrpet_jax.deploy import serving
 from lrpet_jax.deploy import tuning
@@ -74,10 +75,10 @@ def _normalization(spec, dataset, normalization, variables_dir
   else the constants of the zoo model's data set."""
   if normalization is not None:
     return normalization
-  recorded = pathlib.Path(variables_dir).absolute().parent / "input.json"
-  if dataset is None and recorded.is_file():
-    saved = json.loads(recorded.read_text())
-    return data_lib.Normalization(tuple(saved["mean"]), tuple(saved["std"]))
+  recorded = inputs.recorded_normalization(
+      pathlib.Path(variables_dir).absolute().parent)
+  if dataset is None and recorded is not None:
+    return recorded
   dataset = dataset or models.DATASETS.get(spec)
   if not dataset:
     raise ValueError("mean: a model outside the zoo needs --mean and --std"

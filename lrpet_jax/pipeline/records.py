@@ -21,7 +21,7 @@ import time
 from absl import logging
 
 from lrpet_jax.core import ranks as ranks_lib
-from lrpet_jax.data import datasets as data_lib
+from lrpet_jax.data import inputs
 from lrpet_jax.data import hosts
 from lrpet_jax.pipeline.errors import ConfigError
 
@@ -192,9 +192,6 @@ def record(config, workdir: pathlib.Path, command) -> None:
       f.write(f"cd {shlex.quote(os.getcwd())} && {shlex.join(command)}\n")
 
 
-INPUT_FILE = "input.json"
-
-
 def input_record(source) -> dict:
   """What ``input.json`` and the summary say of a run's inputs: the decoder
   that made its pixels (with versions), and the mean and std that normalize
@@ -208,22 +205,14 @@ def input_record(source) -> dict:
 def record_input(workdir: pathlib.Path, source) -> None:
   """``input.json`` (``input_record``), read back on resume, by ``load_run``
   and by the export command."""
-  (workdir / INPUT_FILE).write_text(
+  (workdir / inputs.INPUT_FILE).write_text(
       json.dumps(input_record(source), indent=1) + "\n")
 
 
 def recorded_input(workdir: pathlib.Path) -> dict | None:
   """What ``record_input`` wrote, or None."""
-  path = workdir / INPUT_FILE
+  path = workdir / inputs.INPUT_FILE
   return json.loads(path.read_text()) if path.is_file() else None
-
-
-def recorded_normalization(workdir: pathlib.Path):
-  """The (mean, std) ``record_input`` wrote, or None."""
-  saved = recorded_input(workdir)
-  if saved is None:
-    return None
-  return data_lib.Normalization(tuple(saved["mean"]), tuple(saved["std"]))
 
 
 def launch_dir(workdir: pathlib.Path) -> pathlib.Path:

@@ -98,7 +98,7 @@ class SavedRun:
   def normalization(self) -> data_lib.Normalization:
     """The input mean and std the run used (``input.json``; the
     config's, for a run older than that file)."""
-    recorded = records.recorded_normalization(self.workdir)
+    recorded = inputs.recorded_normalization(self.workdir)
     if recorded is not None:
       return recorded
     if not self.config.mean:
@@ -118,10 +118,11 @@ class SavedRun:
         folder = records.launch_dir(self.workdir) / folder
       dataset = f"image_folder:{folder}"
     recorded = (records.recorded_input(self.workdir) or {}).get("decoder")
-    if recorded and recorded != data_lib.decoder_of(dataset):
+    here = data_lib.decoder_of(dataset)
+    if recorded and recorded != here:
       logging.warning("%s decoded its images with %s; here they are decoded"
                       " with %s, and the pixels may differ", self.workdir,
-                      recorded, data_lib.decoder_of(dataset))
+                      recorded, here)
     loaded = data_lib.load(dataset, c.data_dir, c.train_subset, c.test_subset,
                            c.seed)
     return loaded.test_images, loaded.test_labels

@@ -34,6 +34,7 @@ import optax
 
 from lrpet_jax.core import ranks as ranks_lib
 from lrpet_jax.data import hosts
+from lrpet_jax.data import inputs
 from lrpet_jax.pipeline import checkpointing
 from lrpet_jax.pipeline import config_check
 from lrpet_jax.pipeline import ending
@@ -418,7 +419,7 @@ def _train_and_evaluate(config, workdir, command, phase: list[str]) -> dict:
   records.check_not_busy(workdir)
   records.check_same_run(config, workdir)
   records.check_not_finished_otherwise(config, workdir)
-  run = setup.make_run(config, records.recorded_normalization(workdir))
+  run = setup.make_run(config, inputs.recorded_normalization(workdir))
   with records.exclusive(workdir):
     done = records.finished_summary(config, workdir)
     if done is not None:  # another run finished it while this one loaded
